@@ -1,0 +1,14 @@
+"""Clipwatch's training side: clipping policies, tasks, the background trainer and its store.
+
+No Streamlit here: this package runs headless (see `python -m training --help`).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+from training.policies import POLICY_NAMES  # noqa: E402
+from training.tasks import TASK_NAMES  # noqa: E402
+from training.trainer import Trainer, TrainerStatus  # noqa: E402
+
+__all__ = ["Trainer", "TrainerStatus", "POLICY_NAMES", "TASK_NAMES"]

@@ -1,0 +1,603 @@
+"""The trainer: one background thread that trains a task, clips every step and records it.
+
+The thread owns the model, the optimizer, the data and the compiled step. Other threads talk to
+it only through thread-safe methods: commands go into a queue that the thread drains between
+chunks (so a command takes effect at most one chunk later), and metrics come out through the
+store as snapshots.
+
+Speed: each compiled call runs a chunk of steps in-graph (gathering batches from tensors in
+memory, clipping, applying, and writing every step's metrics into TensorArrays), so there is one
+host sync per chunk, not per step. Chunks are sized to stay near `TARGET_CHUNK_SECONDS` so
+commands stay responsive. Live knobs are `tf.Variable`s, so changing them never retraces.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import math
+import queue
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from training import policies
+from training.store import MetricsStore
+from training.tasks import get_task
+
+STATES = ("idle", "running", "paused", "stopped", "failed")
+TARGET_CHUNK_SECONDS = 0.02  # keeps control latency to a few tens of milliseconds
+MAX_CHUNK_STEPS = 2048  # the size of the in-graph metric buffers
+DEFAULT_MAX_NONFINITE_STEPS = 50
+Sink = Callable[[dict[str, np.ndarray]], None]
+
+_LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings in force (as applied by the training thread)."""
+
+    task: str
+    policy: str
+    clip_threshold: float
+    learning_rate: float
+    batch_size: int
+    seed: int
+    policy_params: dict[str, dict[str, float]]  # per policy, all its parameters
+    max_steps_per_second: float | None = None
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainerStatus:
+    state: str  # one of STATES
+    step: int  # steps completed
+    steps_per_second: float
+    error: str | None = None  # why the run failed
+    traceback: str | None = None
+    nonfinite_steps: int = 0
+    trace_count: int = 0  # how many times the compiled chunk was traced
+    config: RunConfig | None = None
+    chunk_steps: int = 0  # size of the last chunk
+
+
+@dataclass
+class _Command:
+    kind: str
+    value: Any
+    params: dict = field(default_factory=dict)
+
+
+def _validate_learning_rate(value: Any) -> float:
+    return policies.validate_positive("learning_rate", value)
+
+
+def _validate_optional_positive(name: str, value: Any) -> float | None:
+    return None if value is None else policies.validate_positive(name, value)
+
+
+def _validate_count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Trains `task` in a background thread with live-steerable gradient clipping.
+
+    Args:
+        task: a name from `training.tasks.TASK_NAMES`.
+        policy: a name from `training.policies.POLICY_NAMES`.
+        clip_threshold: c, a finite number > 0 (the cap for `zclip`).
+        learning_rate, batch_size: None takes the task's default.
+        seed: seeds the model's initial weights and the batch order.
+        max_steps: stop after this many steps (None: run until stopped).
+        max_nonfinite_steps: fail after this many consecutive non-finite steps.
+        window: steps kept at full resolution in the store.
+        data: "memory" gathers batches in-graph from tensors (fast); "stream" reads a
+            `tf.data` pipeline (the path for data that does not fit in memory).
+        jit_compile: XLA-compile the chunk; None takes the task's default.
+        sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
+        **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
+    """
+
+    def __init__(
+        self,
+        task: str = "seed",
+        policy: str = "global_norm",
+        clip_threshold: float = 1.0,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        *,
+        max_steps: int | None = None,
+        max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
+        window: int = 100_000,
+        data: str = "memory",
+        jit_compile: bool | None = None,
+        sinks: tuple[Sink, ...] = (),
+        **policy_params: Any,
+    ):
+        task_spec = get_task(task)
+        policies.validate_policy_name(policy)
+        all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
+        all_params[policy] = policies.validate_policy_params(policy, policy_params)
+        if data not in ("memory", "stream"):
+            raise ValueError(f"`data` must be 'memory' or 'stream'. Received: data={data!r}")
+        self._task = task_spec
+        self._data = data
+        self._jit_compile = task_spec.jit_compile if jit_compile is None else bool(jit_compile)
+        if data == "stream":
+            self._jit_compile = False  # an iterator inside the loop cannot be XLA-compiled
+        self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
+        self._sinks = tuple(sinks)
+        self._config = RunConfig(
+            task=task,
+            policy=policy,
+            clip_threshold=policies.validate_clip_threshold(clip_threshold),
+            learning_rate=task_spec.learning_rate
+            if learning_rate is None
+            else _validate_learning_rate(learning_rate),
+            batch_size=task_spec.batch_size
+            if batch_size is None
+            else _validate_count("batch_size", batch_size),
+            seed=_validate_count("seed", seed, minimum=0),
+            policy_params=all_params,
+            max_steps=None if max_steps is None else _validate_count("max_steps", max_steps),
+        )
+        self._window = _validate_count("window", window)
+        self._lock = threading.Lock()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = TrainerStatus(state="idle", step=0, steps_per_second=0.0, config=self._config)
+        self._store: MetricsStore | None = None
+        self._store_ready = threading.Event()
+        self._trace_count = 0
+        _LIVE_TRAINERS.add(self)
+
+    # --- commands (any thread) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the training thread; a no-op if it is already running or paused."""
+        with self._lock:
+            if self._thread is not None:
+                if self._status.state in ("stopped", "failed"):
+                    raise RuntimeError(
+                        f"This run is {self._status.state}; create a new Trainer for a new run."
+                    )
+                return
+            self._set_status(state="running")
+            self._thread = threading.Thread(target=self._run, name="clipwatch-trainer", daemon=True)
+            self._thread.start()
+
+    def pause(self) -> None:
+        self._send("pause", None)
+
+    def resume(self) -> None:
+        self._send("resume", None)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and wait for it (at most `timeout` seconds)."""
+        self._stop_requested.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._lock:
+            if self._status.state in ("idle", "running", "paused"):
+                self._set_status(state="stopped")
+
+    def set_clip_threshold(self, value: Any) -> None:
+        self._send("clip_threshold", policies.validate_clip_threshold(value))
+
+    def set_learning_rate(self, value: Any) -> None:
+        self._send("learning_rate", _validate_learning_rate(value))
+
+    def set_policy(self, name: str, **params: Any) -> None:
+        """Switch policy (or change its parameters); missing parameters keep their values."""
+        policies.validate_policy_name(name)
+        current = self._config.policy_params[name]
+        merged = policies.validate_policy_params(name, {**current, **params})
+        self._send("policy", name, merged)
+
+    def inject_spike(self, factor: Any) -> None:
+        """Multiply the next step's gradients by `factor` (before clipping), for demos."""
+        self._send("spike", policies.validate_positive("factor", factor))
+
+    def set_max_steps_per_second(self, value: Any) -> None:
+        """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
+        self._send("max_steps_per_second", _validate_optional_positive("max_steps_per_second", value))
+
+    def _send(self, kind: str, value: Any, params: dict | None = None) -> None:
+        state = self._status.state
+        if state in ("stopped", "failed"):
+            raise RuntimeError(f"The run is {state}; a {kind} command cannot change it.")
+        self._commands.put(_Command(kind, value, params or {}))
+        self._wake.set()
+
+    # --- reading (any thread) --------------------------------------------------------------------
+
+    @property
+    def status(self) -> TrainerStatus:
+        return self._status
+
+    @property
+    def config(self) -> RunConfig:
+        return self._config
+
+    @property
+    def trace_count(self) -> int:
+        return self._trace_count
+
+    @property
+    def store(self) -> MetricsStore | None:
+        """The run's store, once the thread has built the model (None before)."""
+        return self._store
+
+    def wait_until_ready(self, timeout: float = 60.0) -> bool:
+        return self._store_ready.wait(timeout)
+
+    def metrics(self, since: int | None = None):
+        return self._read("metrics", since)
+
+    def layer_norms(self, since: int | None = None):
+        return self._read("layer_norms", since)
+
+    def events(self):
+        store = self._store
+        if store is None:
+            import pandas as pd
+
+            return pd.DataFrame(columns=["step", "time_s", "kind", "old", "new"])
+        return store.events()
+
+    def _read(self, what: str, since):
+        store = self._store
+        if store is None:
+            import pandas as pd
+
+            from training.store import STEP_COLUMNS
+
+            columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
+            return pd.DataFrame(columns=columns)
+        return getattr(store, what)(since)
+
+    # --- the training thread ---------------------------------------------------------------------
+
+    def _set_status(self, **changes: Any) -> None:
+        self._status = replace(self._status, **changes)
+
+    def _run(self) -> None:
+        try:
+            self._build()
+            self._loop()
+        except Exception as error:  # kept for the UI, never lost
+            self._set_status(
+                state="failed",
+                error=f"{type(error).__name__}: {error}",
+                traceback=traceback.format_exc(),
+            )
+        finally:
+            self._store_ready.set()
+
+    def _build(self) -> None:
+        import keras
+
+        config, task = self._config, self._task
+        model = task.build_model(config.seed)
+        loss_function = task.build_loss()
+        optimizer_class = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[task.optimizer]
+        optimizer = optimizer_class(learning_rate=config.learning_rate)
+        variables = model.trainable_variables
+        optimizer.build(variables)
+        inputs, targets = task.make_data(config.seed)
+
+        self._model, self._optimizer, self._variables = model, optimizer, variables
+        self._variable_names = [_short_name(v) for v in variables]
+        self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
+        self._clip_threshold = tf.Variable(config.clip_threshold, dtype=tf.float32, trainable=False)
+        live = config.policy_params
+        self._percentile = tf.Variable(live["autoclip"]["percentile"], dtype=tf.float32, trainable=False)
+        self._clip_factor = tf.Variable(live["agc"]["clip_factor"], dtype=tf.float32, trainable=False)
+        self._z_threshold = tf.Variable(live["zclip"]["z_threshold"], dtype=tf.float32, trainable=False)
+        self._policy_index = tf.Variable(
+            policies.POLICY_NAMES.index(config.policy), dtype=tf.int32, trainable=False
+        )
+        self._spike = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        self._spike_pending = False
+        if self._data == "memory":
+            self._inputs, self._targets = tf.constant(inputs), tf.constant(targets)
+            self._next_batch = self._gather_batch
+        else:
+            dataset = (
+                tf.data.Dataset.from_tensor_slices((inputs, targets))
+                .shuffle(len(inputs), seed=config.seed)
+                .repeat()
+                .batch(config.batch_size, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE)
+            )
+            self._iterator = iter(dataset)
+            self._next_batch = lambda step: next(self._iterator)
+        self._build_policies()
+        self._store_ready.set()
+
+    def _build_policies(self) -> None:
+        """Build every policy (for the in-graph switch) and the compiled chunk; traces anew."""
+        params = self._config.policy_params
+        self._policies = [policies.make_policy(name, **params[name]) for name in policies.POLICY_NAMES]
+        self._policy_states = [self._state_variables(policy) for policy in self._policies]
+        self._chunk = tf.function(self._train_chunk, jit_compile=self._jit_compile)
+
+    def _state_variables(self, policy) -> tuple:
+        return tuple(tf.Variable(value, trainable=False) for value in policy.init(self._variables))
+
+    def _reset_policy_state(self, index: int) -> None:
+        fresh = self._policies[index].init(self._variables)
+        for variable, value in zip(self._policy_states[index], fresh):
+            variable.assign(value)
+
+    def _gather_batch(self, step):
+        # Stateless sampling keyed on the step: reproducible, and XLA-friendly.
+        count = tf.shape(self._inputs)[0]
+        seed = tf.stack([tf.constant(self._config.seed, tf.int64), tf.cast(step, tf.int64)])
+        index = tf.random.stateless_uniform(
+            [self._config.batch_size], seed=seed, maxval=count, dtype=tf.int32
+        )
+        return tf.gather(self._inputs, index), tf.gather(self._targets, index)
+
+    def _train_chunk(self, num_steps, first_step):
+        """Run `num_steps` (<= MAX_CHUNK_STEPS) training steps; return every step's metrics."""
+        self._trace_count += 1  # Python side effect: runs once per trace
+        model, optimizer, variables = self._model, self._optimizer, self._variables
+        loss_function = self._task.build_loss()
+        settings = policies.ClipSettings(
+            self._clip_threshold.read_value(),
+            self._percentile.read_value(),
+            self._clip_factor.read_value(),
+            self._z_threshold.read_value(),
+        )
+        states = tuple(tuple(v.read_value() for v in state) for state in self._policy_states)
+        policy_index = self._policy_index.read_value()
+        buffers = {
+            name: tf.TensorArray(dtype, size=MAX_CHUNK_STEPS, element_shape=shape)
+            for name, dtype, shape in (
+                ("loss", tf.float32, []),
+                ("grad_norm", tf.float32, []),
+                ("clipped_grad_norm", tf.float32, []),
+                ("clip_threshold", tf.float32, []),
+                ("clipped", tf.bool, []),
+                ("finite", tf.bool, []),
+                ("layer_norms", tf.float32, [len(variables)]),
+            )
+        }
+        def one_step(i, states, buffers):
+            inputs, targets = self._next_batch(first_step + tf.cast(i, tf.int64))
+            with tf.GradientTape() as tape:
+                loss = loss_function(targets, model(inputs, training=True))
+            gradients = tape.gradient(loss, variables)
+            spike = tf.where(tf.equal(i, 0), self._spike, 1.0)  # a demo spike hits one step
+            gradients = [g * spike for g in gradients]
+
+            def apply_policy(index):
+                clipped, state, stats = self._policies[index].update(
+                    gradients, states[index], settings, variables
+                )
+                return clipped, states[:index] + (state,) + states[index + 1 :], stats
+
+            branches = [lambda index=index: apply_policy(index) for index in range(len(states))]
+            clipped, new_states, stats = tf.switch_case(policy_index, branches)
+
+            # A non-finite step changes nothing: no update, and no adaptive history either.
+            finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(stats.grad_norm))
+            tf.cond(finite, lambda: optimizer.apply(clipped, variables), lambda: None)
+            states = tf.nest.map_structure(
+                lambda new, old: tf.where(finite, new, old), new_states, states
+            )
+            record = {
+                "loss": loss,
+                "grad_norm": stats.grad_norm,
+                "clipped_grad_norm": stats.clipped_grad_norm,
+                "clip_threshold": tf.cast(stats.clip_threshold, tf.float32),
+                "clipped": stats.clipped,
+                "finite": finite,
+                "layer_norms": stats.variable_norms,
+            }
+            buffers = {name: buffers[name].write(i, record[name]) for name in buffers}
+            return i + 1, states, buffers
+
+        _, states, buffers = tf.while_loop(
+            lambda i, states, buffers: i < num_steps,
+            one_step,
+            (tf.constant(0), states, buffers),
+            maximum_iterations=MAX_CHUNK_STEPS,
+        )
+        for variables_of_policy, state in zip(self._policy_states, states):
+            for variable, value in zip(variables_of_policy, state):
+                variable.assign(value)
+        return {name: buffer.stack() for name, buffer in buffers.items()}
+
+    def _loop(self) -> None:
+        chunk_steps = 16
+        pace_start_time, pace_start_step = time.perf_counter(), 0
+        recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
+        nonfinite_total, nonfinite_run = 0, 0
+        self._record("start", None, self._config.policy)
+        while True:
+            paced_before = self._config.max_steps_per_second
+            self._apply_commands()
+            if self._config.max_steps_per_second != paced_before:
+                pace_start_time, pace_start_step = time.perf_counter(), self._status.step
+            if self._stop_requested.is_set():
+                self._record("stop", None, None)
+                self._set_status(state="stopped", steps_per_second=0.0)
+                return
+            if self._status.state == "paused":
+                self._wake.wait(0.5)
+                self._wake.clear()
+                pace_start_time, pace_start_step = time.perf_counter(), self._status.step
+                recent.clear()
+                continue
+            step = self._status.step
+            max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
+            if max_steps is not None and step >= max_steps:
+                self._record("finished", None, step)
+                self._set_status(state="stopped", steps_per_second=0.0)
+                return
+            steps = chunk_steps
+            if pace is not None:
+                steps = min(steps, max(1, int(pace * 0.1)))  # ~10 updates per second when paced
+            if max_steps is not None:
+                steps = min(steps, max_steps - step)
+
+            started = time.perf_counter()
+            out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
+            rows = self._rows(out, step, steps, started)
+            elapsed = time.perf_counter() - started
+            if self._spike_pending:
+                self._spike.assign(1.0)
+                self._spike_pending = False
+            self._store.append(rows)
+            for sink in self._sinks:
+                sink(rows)
+
+            # Adapt the chunk so it stays near TARGET_CHUNK_SECONDS (and never over the buffer).
+            per_step = elapsed / steps
+            chunk_steps = int(min(MAX_CHUNK_STEPS, max(1, TARGET_CHUNK_SECONDS / max(per_step, 1e-9))))
+            now = time.perf_counter()
+            recent.append((now, step + steps))
+            window = [(t, s) for t, s in recent if now - t <= 1.0] or [recent[-1]]
+            first_time, first_step = window[0] if len(window) > 1 else (started, step)
+            speed = (step + steps - first_step) / max(now - first_time, 1e-9)
+
+            finite = rows["finite"]
+            nonfinite_total += int((~finite).sum())
+            longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
+            self._set_status(
+                step=step + steps,
+                steps_per_second=speed,
+                nonfinite_steps=nonfinite_total,
+                trace_count=self._trace_count,
+                chunk_steps=steps,
+            )
+            if longest >= self._max_nonfinite_steps:
+                reason = (
+                    f"Stopped after {longest} consecutive non-finite steps (loss or gradient "
+                    f"NaN/inf; limit max_nonfinite_steps={self._max_nonfinite_steps}). "
+                    "Lower the learning rate or the clip threshold."
+                )
+                self._record("failed", None, reason)
+                self._set_status(state="failed", error=reason, steps_per_second=0.0)
+                return
+            if pace is not None:
+                due = pace_start_time + (step + steps - pace_start_step) / pace
+                while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
+                    if self._wake.wait(min(delay, 0.05)):
+                        break  # a command arrived: apply it now
+
+    def _rows(self, out, first_step: int, steps: int, started: float) -> dict[str, np.ndarray]:
+        rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}  # the host sync
+        now = time.time()
+        duration = time.perf_counter() - started
+        rows["step"] = np.arange(first_step + 1, first_step + steps + 1, dtype=np.int64)
+        # Steps inside a chunk are not timed one by one: spread the chunk's wall time evenly.
+        rows["time_s"] = now - duration + duration * np.arange(1, steps + 1) / steps
+        rows["learning_rate"] = np.full(steps, self._config.learning_rate, np.float32)
+        rows["policy"] = np.full(steps, policies.POLICY_NAMES.index(self._config.policy), np.int8)
+        return rows
+
+    def _record(self, kind: str, old: Any, new: Any) -> None:
+        if self._store is not None:
+            self._store.record_event(self._status.step, kind, old, new)
+
+    def _apply_commands(self) -> None:
+        self._wake.clear()
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(command)
+
+    def _apply(self, command: _Command) -> None:
+        config, kind, value = self._config, command.kind, command.value
+        if kind == "pause" and self._status.state == "running":
+            self._set_status(state="paused", steps_per_second=0.0)
+            self._record("pause", None, None)
+        elif kind == "resume" and self._status.state == "paused":
+            self._set_status(state="running")
+            self._record("resume", None, None)
+        elif kind == "clip_threshold":
+            self._clip_threshold.assign(value)
+            self._record("clip_threshold", config.clip_threshold, value)
+            self._config = replace(config, clip_threshold=value)
+        elif kind == "learning_rate":
+            self._optimizer.learning_rate.assign(value)
+            self._record("learning_rate", config.learning_rate, value)
+            self._config = replace(config, learning_rate=value)
+        elif kind == "spike":
+            self._spike.assign(value)
+            self._spike_pending = True
+            self._record("spike", None, value)
+        elif kind == "max_steps_per_second":
+            self._record("max_steps_per_second", config.max_steps_per_second, value)
+            self._config = replace(config, max_steps_per_second=value)
+        elif kind == "policy":
+            self._apply_policy(value, command.params)
+        self._set_status(config=self._config)
+
+    def _apply_policy(self, name: str, params: dict) -> None:
+        config = self._config
+        old_params = config.policy_params[name]
+        all_params = {**config.policy_params, name: params}
+        self._config = replace(config, policy=name, policy_params=all_params)
+        spec = policies.POLICY_PARAMETERS[name]
+        structural_changed = any(
+            not spec[key].live and params[key] != old_params[key] for key in params
+        )
+        index = policies.POLICY_NAMES.index(name)
+        if structural_changed:
+            self._build_policies()  # a new buffer size or constant: this one retraces
+        elif name != config.policy:
+            self._reset_policy_state(index)
+        self._policy_index.assign(index)
+        live = {"percentile": self._percentile, "clip_factor": self._clip_factor, "z_threshold": self._z_threshold}
+        for key, variable in live.items():
+            if key in params:
+                variable.assign(params[key])
+        if name != config.policy:
+            self._record("policy", config.policy, name)
+        for key in params:
+            if params[key] != old_params[key]:
+                self._record(f"{name}.{key}", old_params[key], params[key])
+
+
+def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
+    """(longest run of non-finite steps, counting `carried` from before; the trailing run)."""
+    finite_positions = np.flatnonzero(finite)
+    if len(finite_positions) == 0:
+        run = carried + len(finite)
+        return run, run
+    gaps = np.diff(finite_positions) - 1
+    longest = max(carried + finite_positions[0], int(gaps.max(initial=0)), len(finite) - 1 - finite_positions[-1])
+    return longest, len(finite) - 1 - int(finite_positions[-1])
+
+
+def _short_name(variable) -> str:
+    path = getattr(variable, "path", variable.name)
+    parts = path.split("/")
+    return "/".join(parts[1:]) if len(parts) > 2 else path
+
+
+@atexit.register
+def _stop_all_trainers() -> None:
+    for trainer in list(_LIVE_TRAINERS):
+        trainer.stop(timeout=1.0)
