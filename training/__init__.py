@@ -5,7 +5,9 @@ No Streamlit here: this package runs headless (see `python -m training --help`).
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+# TensorFlow's C++ start-up chatter (no CUDA driver, CPU flags) is noise here; its real errors
+# still arrive as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from training.policies import POLICY_NAMES  # noqa: E402
 from training.tasks import TASK_NAMES  # noqa: E402

@@ -105,6 +105,8 @@ class Trainer:
             `tf.data` pipeline (the path for data that does not fit in memory).
         jit_compile: XLA-compile the chunk; None takes the task's default.
         sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
+        monitoring: False runs the same compiled loop but records no per-step metrics (the
+            benchmark's ceiling); the store then stays empty.
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
     """
 
@@ -123,6 +125,7 @@ class Trainer:
         data: str = "memory",
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
+        monitoring: bool = True,
         **policy_params: Any,
     ):
         task_spec = get_task(task)
@@ -138,6 +141,7 @@ class Trainer:
             self._jit_compile = False  # an iterator inside the loop cannot be XLA-compiled
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
+        self._monitoring = bool(monitoring)
         self._config = RunConfig(
             task=task,
             policy=policy,
@@ -378,6 +382,7 @@ class Trainer:
                 ("finite", tf.bool, []),
                 ("layer_norms", tf.float32, [len(variables)]),
             )
+            if self._monitoring
         }
         def one_step(i, states, buffers):
             inputs, targets = self._next_batch(first_step + tf.cast(i, tf.int64))
@@ -460,14 +465,18 @@ class Trainer:
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
-            rows = self._rows(out, step, steps, started)
+            if self._monitoring:
+                rows = self._rows(out, step, steps, started)
+            else:
+                rows = {"finite": np.ones(steps, bool)}  # eager calls return when the chunk is done
             elapsed = time.perf_counter() - started
             if self._spike_pending:
                 self._spike.assign(1.0)
                 self._spike_pending = False
-            self._store.append(rows)
-            for sink in self._sinks:
-                sink(rows)
+            if self._monitoring:
+                self._store.append(rows)
+                for sink in self._sinks:
+                    sink(rows)
 
             # Adapt the chunk so it stays near TARGET_CHUNK_SECONDS (and never over the buffer).
             per_step = elapsed / steps

@@ -1,0 +1,166 @@
+"""Headless runs: `python -m training --task seed --policy global_norm --steps 2000 --csv out.csv`.
+
+Writes every step to the CSV (streamed chunk by chunk from the training thread), shows a progress
+bar on stderr when stderr is a terminal, and prints a one-line JSON summary last. Bad arguments
+exit with status 2 and a message; a failed run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from typing import IO
+
+import numpy as np
+
+from training.policies import POLICY_NAMES, POLICY_PARAMETERS
+from training.store import STEP_COLUMNS
+from training.tasks import TASK_NAMES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description="Train a task headless with gradient clipping."
+    )
+    parser.add_argument("--task", default="seed", choices=TASK_NAMES)
+    parser.add_argument("--policy", default="global_norm", choices=POLICY_NAMES)
+    parser.add_argument("--clip-threshold", type=float, default=1.0, help="c (zclip: the cap)")
+    parser.add_argument("--steps", type=int, default=2000, help="steps to train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the task's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the task's")
+    parser.add_argument("--csv", default=None, help="write every step to this CSV file")
+    parser.add_argument(
+        "--max-nonfinite-steps", type=int, default=50,
+        help="fail after this many consecutive non-finite steps",
+    )  # fmt: skip
+    seen = set()
+    for policy, parameters in POLICY_PARAMETERS.items():
+        for name, parameter in parameters.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            users = [p for p, params in POLICY_PARAMETERS.items() if name in params]
+            parser.add_argument(
+                "--" + name.replace("_", "-"),
+                type=parameter.kind,
+                default=None,
+                help=f"{', '.join(users)}: {parameter.allowed()} (default {parameter.default:g})",
+            )
+    return parser
+
+
+class CsvSink:
+    """Streams every chunk's rows to a CSV file (runs in the training thread)."""
+
+    COLUMNS = list(STEP_COLUMNS)
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._writer = csv.writer(stream)
+        self._writer.writerow(self.COLUMNS)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> None:
+        policy_names = np.array(POLICY_NAMES)
+        columns = []
+        for name in self.COLUMNS:
+            values = rows[name]
+            if name == "policy":
+                values = policy_names[values]
+            elif values.dtype == np.float32:
+                values = values.astype(str)  # shortest round-trip text, not float32 noise
+            columns.append(values.tolist())
+        self._writer.writerows(zip(*columns))
+        self._stream.flush()
+
+
+def _progress(step: int, total: int, speed: float) -> None:
+    width = 30
+    filled = int(width * step / max(total, 1))
+    bar = "#" * filled + "-" * (width - filled)
+    sys.stderr.write(f"\r[{bar}] {step}/{total} steps  {speed:,.0f} steps/s")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    policy_params = {
+        name: getattr(args, name)
+        for name in POLICY_PARAMETERS[args.policy]
+        if getattr(args, name) is not None
+    }
+    stray = [
+        name
+        for parameters in POLICY_PARAMETERS.values()
+        for name in parameters
+        if getattr(args, name) is not None and name not in POLICY_PARAMETERS[args.policy]
+    ]
+    if stray:
+        parser.error(
+            f"--{stray[0].replace('_', '-')} does not apply to policy {args.policy!r}; "
+            f"it takes: {', '.join(POLICY_PARAMETERS[args.policy]) or 'only --clip-threshold'}"
+        )
+    if args.steps < 1:
+        parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
+
+    from training.trainer import Trainer  # imports TensorFlow: after the arguments are good
+
+    csv_file = None
+    try:
+        sinks = ()
+        if args.csv:
+            try:
+                csv_file = open(args.csv, "w", newline="")
+            except OSError as error:
+                parser.error(f"cannot write --csv {args.csv!r}: {error.strerror}")
+            sinks = (CsvSink(csv_file),)
+        try:
+            trainer = Trainer(
+                task=args.task,
+                policy=args.policy,
+                clip_threshold=args.clip_threshold,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                max_steps=args.steps,
+                max_nonfinite_steps=args.max_nonfinite_steps,
+                sinks=sinks,
+                **policy_params,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+        show_progress = sys.stderr.isatty()
+        started = time.perf_counter()
+        trainer.start()
+        try:
+            while trainer.status.state in ("idle", "running"):
+                time.sleep(0.1)
+                if show_progress:
+                    _progress(trainer.status.step, args.steps, trainer.status.steps_per_second)
+        except KeyboardInterrupt:
+            trainer.stop()
+        elapsed = time.perf_counter() - started
+        if show_progress:
+            sys.stderr.write("\n")
+    finally:
+        if csv_file is not None:
+            csv_file.close()
+
+    status = trainer.status
+    metrics = trainer.metrics()
+    summary = {
+        "steps": status.step,
+        "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else None,
+        "clip_rate": float(metrics["clipped"].mean()) if len(metrics) else None,
+        "nonfinite_steps": status.nonfinite_steps,
+        "steps_per_second": status.step / elapsed if elapsed > 0 else None,
+        "state": status.state,
+    }
+    if status.error:
+        summary["error"] = status.error
+    print(json.dumps(summary))
+    return 1 if status.state == "failed" else 0
