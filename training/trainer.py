@@ -508,6 +508,9 @@ class Trainer:
                 return
             if pace is not None:
                 due = pace_start_time + (step + steps - pace_start_step) / pace
+                if due < time.perf_counter() - 0.1:  # behind (a compile, a slow chunk): no catch-up burst
+                    pace_start_time, pace_start_step = time.perf_counter(), step + steps
+                    due = pace_start_time
                 while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
                     if self._wake.wait(min(delay, 0.05)):
                         break  # a command arrived: apply it now

@@ -16,7 +16,7 @@ from training.tasks.base import Task
 SEQUENCE_LENGTH = 40
 SAMPLES = 4096
 UNITS = 32
-RECURRENT_GAIN = 1.3
+RECURRENT_GAIN = 1.5
 
 
 def make_adding_problem(seed: int, samples: int = SAMPLES, length: int = SEQUENCE_LENGTH):

@@ -1,0 +1,253 @@
+"""The background trainer: steering, failure handling, threads, and the exploding-RNN contrast."""
+
+import dataclasses
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from training import Trainer
+from training.tasks import TASKS, seed as seed_task
+from training.trainer import MAX_CHUNK_STEPS
+
+
+def wait_for(predicate, timeout=60.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def trainer_threads():
+    return [t for t in threading.enumerate() if t.name == "clipwatch-trainer" and t.is_alive()]
+
+
+@pytest.fixture
+def trainers():
+    made = []
+
+    def make(**kwargs):
+        trainer = Trainer(**kwargs)
+        made.append(trainer)
+        return trainer
+
+    yield make
+    for trainer in made:
+        trainer.stop()
+
+
+def running(trainer, min_steps=1):
+    trainer.start()
+    assert wait_for(lambda: trainer.status.step >= min_steps or trainer.status.state == "failed")
+    assert trainer.status.state == "running", trainer.status.error
+    return trainer
+
+
+def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers):
+    trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=200)
+    traces = trainer.trace_count
+    for new_threshold in (0.05, 0.3, 2.0):
+        step_sent = trainer.status.step
+        trainer.set_clip_threshold(new_threshold)
+        assert wait_for(lambda: (trainer.metrics()["clip_threshold"] == np.float32(new_threshold)).any())
+        metrics = trainer.metrics(since=step_sent)
+        first_new = int(metrics.loc[metrics.clip_threshold == np.float32(new_threshold), "step"].iloc[0])
+        # The command waits for the running chunk to finish, then applies to the next one.
+        chunk = max(trainer.status.chunk_steps, 1)
+        assert first_new - step_sent <= MAX_CHUNK_STEPS  # at most the one chunk in flight
+        after = metrics[metrics.step >= first_new]
+        assert (after.clip_threshold == np.float32(new_threshold)).all()
+        event = trainer.events().iloc[-1]
+        assert event.kind == "clip_threshold" and float(event.new) == pytest.approx(new_threshold)
+        assert first_new == event.step + 1  # applied exactly at the chunk boundary it names
+        assert chunk <= MAX_CHUNK_STEPS
+    assert trainer.trace_count == traces == 1
+
+
+def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers):
+    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100)
+    trainer.set_learning_rate(0.002)
+    trainer.set_policy("autoclip", percentile=30)
+    trainer.set_policy("zclip", z_threshold=3.0)
+    trainer.set_policy("agc", clip_factor=0.05)
+    assert wait_for(lambda: (trainer.metrics()["policy"] == "agc").any())
+    last = trainer.metrics().iloc[-1]
+    assert last.learning_rate == np.float32(0.002)
+    assert last.clip_threshold == np.float32(0.05)  # agc records its clip factor
+    kinds = trainer.events().kind.tolist()
+    for kind in ("learning_rate", "autoclip.percentile", "policy", "zclip.z_threshold", "agc.clip_factor"):
+        assert kind in kinds
+    assert trainer.trace_count == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "0.5"])
+def test_bad_threshold_is_refused_and_the_run_keeps_its_threshold(trainers, bad):
+    trainer = running(trainers(task="seed", clip_threshold=0.7), min_steps=50)
+    with pytest.raises(ValueError, match=f"Received: clip_threshold={bad!r}"):
+        trainer.set_clip_threshold(bad)
+    step = trainer.status.step
+    assert wait_for(lambda: trainer.status.step > step + 100)
+    assert (trainer.metrics()["clip_threshold"] == np.float32(0.7)).all()
+    assert trainer.config.clip_threshold == 0.7
+    assert "clip_threshold" not in trainer.events().kind.tolist()
+
+
+def test_unknown_task_or_policy_lists_the_valid_names():
+    with pytest.raises(ValueError, match="Valid tasks: seed, exploding_rnn, digits"):
+        Trainer(task="mnist")
+    with pytest.raises(ValueError, match="Valid policies: none, global_norm"):
+        Trainer(policy="clipall")
+    with pytest.raises(ValueError, match="Valid policies"):
+        Trainer().set_policy("clipall")
+
+
+def nan_task(name, nan_rows):
+    """The seed task with NaN written into some input rows (a small real task, not a mock)."""
+
+    def make_data(seed):
+        inputs, targets = seed_task.make_moons(seed)
+        inputs[nan_rows] = np.nan
+        return inputs, targets
+
+    return dataclasses.replace(seed_task.TASK, name=name, make_data=make_data, jit_compile=False)
+
+
+def test_non_finite_steps_are_skipped_and_too_many_fail_the_run(trainers, monkeypatch):
+    monkeypatch.setitem(TASKS, "all_nan", nan_task("all_nan", slice(None)))
+    trainer = trainers(task="all_nan", max_nonfinite_steps=20)
+    trainer.start()
+    assert wait_for(lambda: trainer.status.state == "failed")
+    assert "20" in trainer.status.error and "consecutive non-finite" in trainer.status.error
+    metrics = trainer.metrics()
+    assert len(metrics) >= 20 and not metrics.finite.any()
+    # No step touched the weights: they equal a freshly built model's.
+    fresh = seed_task.build_model(0)
+    for ours, initial in zip(trainer._model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(ours, initial)
+
+
+def test_occasional_non_finite_steps_do_not_stop_the_run(trainers, monkeypatch):
+    monkeypatch.setitem(TASKS, "some_nan", nan_task("some_nan", [3]))
+    trainer = running(trainers(task="some_nan", batch_size=4, max_steps=3000))
+    assert wait_for(lambda: trainer.status.state != "running")
+    assert trainer.status.state == "stopped"
+    metrics = trainer.metrics()
+    skipped = metrics[~metrics.finite]
+    assert 0 < len(skipped) < len(metrics) and trainer.status.nonfinite_steps == len(skipped)
+    assert np.isfinite(trainer._model.get_weights()[0]).all()
+
+
+def test_an_exception_in_the_thread_shows_in_status(trainers, monkeypatch):
+    def broken_model(seed):
+        raise RuntimeError("the model would not build")
+
+    monkeypatch.setitem(TASKS, "broken", dataclasses.replace(seed_task.TASK, name="broken", build_model=broken_model))
+    trainer = trainers(task="broken")
+    trainer.start()
+    assert wait_for(lambda: trainer.status.state == "failed")
+    assert trainer.status.error == "RuntimeError: the model would not build"
+    assert "broken_model" in trainer.status.traceback
+    with pytest.raises(RuntimeError, match="failed"):
+        trainer.set_clip_threshold(0.5)
+
+
+def test_start_twice_makes_no_second_thread_and_stop_is_quick(trainers):
+    before = len(trainer_threads())
+    trainer = running(trainers(task="seed"))
+    trainer.start()
+    trainer.start()
+    assert len(trainer_threads()) == before + 1
+    started = time.perf_counter()
+    trainer.stop()
+    assert time.perf_counter() - started < 2.0
+    assert len(trainer_threads()) == before
+    assert trainer.status.state == "stopped"
+
+
+def test_pause_holds_the_step_and_resume_continues(trainers):
+    trainer = running(trainers(task="seed"), min_steps=50)
+    trainer.pause()
+    assert wait_for(lambda: trainer.status.state == "paused")
+    step = trainer.status.step
+    time.sleep(0.3)
+    assert trainer.status.step == step
+    trainer.resume()
+    assert wait_for(lambda: trainer.status.step > step)
+    assert [k for k in trainer.events().kind if k in ("pause", "resume")] == ["pause", "resume"]
+
+
+def test_injected_spike_is_seen_and_clipped(trainers):
+    trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=100)
+    trainer.inject_spike(1e4)
+    assert wait_for(lambda: "spike" in trainer.events().kind.tolist())
+    spike_step = int(trainer.events().query("kind == 'spike'").step.iloc[0]) + 1
+    assert wait_for(lambda: trainer.status.step > spike_step)
+    metrics = trainer.metrics().set_index("step")
+    row = metrics.loc[spike_step]
+    assert row.grad_norm > 100 * metrics.grad_norm.drop(spike_step).median()
+    assert row.clipped and row.clipped_grad_norm == pytest.approx(1.0, rel=1e-5)
+
+
+def test_pace_limit_slows_the_run(trainers):
+    trainer = trainers(task="seed")
+    trainer.set_max_steps_per_second(50)
+    running(trainer)
+    step = trainer.status.step
+    time.sleep(1.0)
+    assert trainer.status.step - step <= 80
+
+
+def test_reader_snapshots_while_the_trainer_writes(trainers):
+    trainer = running(trainers(task="seed", window=5_000), min_steps=10)
+    problems = []
+
+    def read():
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            metrics, layers = trainer.metrics(), trainer.layer_norms()
+            steps = metrics.step.to_numpy()
+            if len(steps) and not (np.diff(steps) == 1).all():
+                problems.append("steps not consecutive")
+            view, _ = trainer.store.view(500)
+            # Every step appears in the view exactly once (its last row is a raw step).
+            if len(view) > 600 or view.steps.sum() != view.step.iloc[-1] - view.step.iloc[0] + 1:
+                problems.append(f"view inconsistent: {len(view)} rows")
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert not problems, problems[:3]
+    assert trainer.status.step > 5_000  # the ring wrapped while being read
+
+
+def test_stream_data_path_trains(trainers):
+    trainer = trainers(task="seed", data="stream", max_steps=600)
+    trainer.start()
+    assert wait_for(lambda: trainer.status.state != "running")
+    metrics = trainer.metrics()
+    assert trainer.status.state == "stopped" and len(metrics) == 600
+    assert metrics.loss.tail(100).mean() < metrics.loss.head(20).mean()
+
+
+def test_exploding_rnn_needs_clipping(trainers):
+    """Same seed: unclipped it blows up within 1,000 steps; global-norm clipping trains."""
+    results = {}
+    for policy in ("none", "global_norm"):
+        trainer = trainers(task="exploding_rnn", policy=policy, clip_threshold=TASKS["exploding_rnn"].clip_threshold, max_steps=1000, seed=0)
+        trainer.start()
+        assert wait_for(lambda: trainer.status.state in ("stopped", "failed"), timeout=180)
+        results[policy] = (trainer.status, trainer.metrics())
+    none_status, none_metrics = results["none"]
+    assert none_status.state == "failed" or none_status.nonfinite_steps > 0 or none_metrics.loss.tail(50).mean() > 10
+    clipped_status, clipped_metrics = results["global_norm"]
+    assert clipped_status.state == "stopped" and clipped_status.step == 1000
+    assert clipped_metrics.finite.all()
+    # Predicting the mean gives MSE 1/6 (the variance of a sum of two U(0,1)); it learns below that.
+    assert clipped_metrics.loss.tail(100).mean() < 0.15
+    assert clipped_metrics.clipped.mean() > 0.1
