@@ -251,3 +251,16 @@ def test_exploding_rnn_needs_clipping(trainers):
     # Predicting the mean gives MSE 1/6 (the variance of a sum of two U(0,1)); it learns below that.
     assert clipped_metrics.loss.tail(100).mean() < 0.15
     assert clipped_metrics.clipped.mean() > 0.1
+
+
+def test_settings_before_start_configure_the_run(trainers):
+    trainer = trainers(task="seed", policy="global_norm", clip_threshold=1.0)
+    trainer.set_clip_threshold(0.25)
+    trainer.set_policy("autoclip", percentile=50)
+    trainer.set_learning_rate(0.003)
+    assert trainer.config.clip_threshold == 0.25 and trainer.config.policy == "autoclip"
+    running(trainer, min_steps=5)
+    first = trainer.metrics().iloc[0]
+    assert first.policy == "autoclip" and first.learning_rate == np.float32(0.003)
+    assert trainer.config.policy_params["autoclip"]["percentile"] == 50
+    assert trainer.events().kind.tolist()[0] == "start"

@@ -39,6 +39,17 @@ Sink = Callable[[dict[str, np.ndarray]], None]
 
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
+# Commands that, before the thread starts, just change the configuration of the run.
+_CONFIG_FIELDS = {
+    "clip_threshold": lambda config, value, params: {"clip_threshold": value},
+    "learning_rate": lambda config, value, params: {"learning_rate": value},
+    "max_steps_per_second": lambda config, value, params: {"max_steps_per_second": value},
+    "policy": lambda config, value, params: {
+        "policy": value,
+        "policy_params": {**config.policy_params, value: params},
+    },
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -222,11 +233,17 @@ class Trainer:
         self._send("max_steps_per_second", _validate_optional_positive("max_steps_per_second", value))
 
     def _send(self, kind: str, value: Any, params: dict | None = None) -> None:
-        state = self._status.state
-        if state in ("stopped", "failed"):
-            raise RuntimeError(f"The run is {state}; a {kind} command cannot change it.")
-        self._commands.put(_Command(kind, value, params or {}))
-        self._wake.set()
+        with self._lock:
+            state = self._status.state
+            if state in ("stopped", "failed"):
+                raise RuntimeError(f"The run is {state}; a {kind} command cannot change it.")
+            if self._thread is None and kind in _CONFIG_FIELDS:
+                # Before start, a setting simply configures the run the thread will build.
+                self._config = replace(self._config, **_CONFIG_FIELDS[kind](self._config, value, params))
+                self._set_status(config=self._config)
+                return
+            self._commands.put(_Command(kind, value, params or {}))
+            self._wake.set()
 
     # --- reading (any thread) --------------------------------------------------------------------
 
