@@ -1,0 +1,14 @@
+"""Clipwatch: watch and steer gradient clipping live. Run with `streamlit run app.py`."""
+
+import streamlit as st
+
+st.set_page_config(
+    page_title="Clipwatch",
+    page_icon=":material/content_cut:",
+    layout="wide",
+    initial_sidebar_state="expanded",
+)
+
+from dashboard.page import render  # noqa: E402  (page config comes first)
+
+render()

@@ -1,0 +1,727 @@
+"""Chart builders and the small computations behind them: pure functions of DataFrames.
+
+Nothing here imports Streamlit or TensorFlow, so every chart can be built and checked in a unit
+test. The inputs are the frames a `MetricsStore` hands out:
+
+* a *metrics view* (`store.view()[0]`): one row per point, each standing for `steps` steps,
+  with `grad_norm` / `clipped_grad_norm` the max over the point's steps (so a spike stays
+  visible however long the run), `clipped` and `nonfinite` counts, and `clip_threshold` the
+  last value in force;
+* a *layer view* (`store.view()[1]`): `step` plus one column per trainable variable;
+* recent raw rows (`store.metrics(last=N)`) for the histogram and the what-if readout;
+* the events table (`store.events()`): step, time_s, kind, old, new.
+
+Every builder cuts the run into at most `max_points` equal spans of steps and merges the rows
+in each span (keeping the span's largest norm, so a spike stays visible), whatever it is
+handed: a chart costs the same for any run length, and old and new steps are drawn at one
+density. Non-finite values (a NaN step, the `inf` threshold of policy `none`) are dropped
+before drawing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+MAX_POINTS = 2000  # the most rows any chart carries; the browser stays fast
+LINE_POINTS = 1000  # spans of steps in the line charts: about one per pixel of a wide chart
+HEATMAP_COLUMNS = 240  # time spans in the per-layer heatmap: about one per 3-4 pixels
+MAX_EVENT_RULES = 60  # the newest events drawn as rules on the loss chart
+CLIP_RATE_WINDOW = 100  # steps in the rolling clip rate
+
+# One colour per meaning, shared by every chart (and the legend).
+COLORS = {
+    "before_clip": "#4C78A8",
+    "after_clip": "#54A24B",
+    "threshold": "#E45756",
+    "clip_marker": "#F58518",
+    "suggested": "#6F4E9C",
+    "loss": "#3B3B58",
+    "hover": "#9A9A9A",
+}
+SERIES_LABELS = {
+    "before_clip": "Before clip",
+    "after_clip": "After clip",
+    "threshold": "Threshold",
+    "clip_marker": "Clip event",
+}
+# Events drawn on the loss chart, grouped so that colours mean the same everywhere.
+EVENT_GROUP_COLORS = {
+    "Threshold": COLORS["threshold"],
+    "Spike": COLORS["clip_marker"],
+    "Policy": COLORS["suggested"],
+    "Learning rate": "#2A9D8F",
+    "Run": "#7F7F7F",
+}
+# Policies whose threshold is compared with a gradient norm; for `value` it caps single
+# elements and for `agc` it is a clip factor, so drawing it against the norm would mislead.
+NORM_THRESHOLD_POLICIES = frozenset({"global_norm", "per_tensor_norm", "autoclip", "zclip"})
+
+# How the columns of a metrics view combine when neighbouring rows merge (others: last).
+METRIC_AGGREGATIONS = {
+    "step": "first",
+    "steps": "sum",
+    "loss": "mean",
+    "grad_norm": "max",
+    "grad_norm_min": "min",
+    "grad_norm_mean": "mean",
+    "clipped_grad_norm": "max",
+    "clipped_grad_norm_mean": "mean",
+    "clipped": "sum",
+    "nonfinite": "sum",
+}
+# Means over a span weigh each row by the steps it stands for.
+WEIGHTED_BY_STEPS = ("loss", "grad_norm_mean", "clipped_grad_norm_mean")
+
+
+# --- data preparation ------------------------------------------------------------------------
+
+
+def finite(values) -> np.ndarray:
+    """`values` as float64 with every NaN and +-inf replaced by NaN (which charts drop)."""
+    array = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(array), array, np.nan)
+
+
+def even_spans(
+    frame: pd.DataFrame, max_points: int, aggregations: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Merge rows into at most `max_points` equal spans of steps, one row per non-empty span.
+
+    `frame` has a `step` column (ascending; the first step a row stands for) and optionally
+    `steps` (how many steps it stands for; 1 if absent). `aggregations` maps a column to
+    first, last, sum, mean, min or max (default: last); `step` takes the first and `steps` the
+    sum. Columns in `WEIGHTED_BY_STEPS` average with each row weighted by its `steps`.
+    """
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise ValueError(f"`max_points` must be an integer >= 1. Received: max_points={max_points!r}")
+    if len(frame) == 0:
+        return frame.reset_index(drop=True)
+    steps = frame["step"].to_numpy(np.int64)
+    counts = frame["steps"].to_numpy(np.int64) if "steps" in frame else np.ones(len(frame), np.int64)
+    first, end = int(steps[0]), int(steps[-1] + counts[-1])
+    width = max(1, math.ceil((end - first) / max_points))
+    if width == 1 and len(frame) <= max_points:
+        return frame.reset_index(drop=True)
+    group = (steps - first) // width
+    aggregations = {**(aggregations or {}), "step": "first", "steps": "sum"}
+    weighted = [column for column in WEIGHTED_BY_STEPS if column in frame]
+    frame = frame.copy()
+    for column in weighted:  # sum(value * steps) / sum(steps), skipping non-finite rows
+        values = finite(frame[column])
+        frame[column] = np.nan_to_num(values) * counts
+        frame[f"_{column}_steps"] = np.where(np.isfinite(values), counts, 0)
+        aggregations[column] = aggregations[f"_{column}_steps"] = "sum"
+    how = {column: aggregations.get(column, "last") for column in frame.columns}
+    merged = frame.groupby(group, sort=True, observed=True).agg(how)
+    for column in weighted:
+        weights = merged.pop(f"_{column}_steps").to_numpy(np.float64)
+        merged[column] = np.where(weights > 0, merged[column] / np.maximum(weights, 1), np.nan)
+    return merged.reset_index(drop=True)
+
+
+def _threshold_against_norm(view: pd.DataFrame) -> np.ndarray:
+    threshold = finite(view["clip_threshold"])
+    if "policy" in view:
+        compares_norm = view["policy"].astype(str).isin(NORM_THRESHOLD_POLICIES).to_numpy()
+        threshold = np.where(compares_norm, threshold, np.nan)
+    return threshold
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """For log scales: zero and negatives become NaN (a log axis cannot place them)."""
+    return np.where(values > 0, values, np.nan)
+
+
+def gradient_norm_frame(
+    view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS
+) -> pd.DataFrame:
+    """The rows the gradient-norm chart draws.
+
+    step, steps, grad_norm_min / grad_norm_mean / grad_norm (max) before clipping,
+    clipped_grad_norm_mean / clipped_grad_norm (max) after, clip_threshold (NaN where the
+    policy does not compare it with the norm), clipped (count) and clip_share.
+    """
+    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
+    steps = data["steps"].to_numpy(np.int64)
+    clipped = data["clipped"].to_numpy(np.int64)
+    frame = pd.DataFrame(
+        {
+            "step": data["step"].to_numpy(np.int64),
+            "steps": steps,
+            "grad_norm_min": finite(data["grad_norm_min"]),
+            "grad_norm_mean": finite(data["grad_norm_mean"]),
+            "grad_norm": finite(data["grad_norm"]),
+            "clipped_grad_norm_mean": finite(data["clipped_grad_norm_mean"]),
+            "clipped_grad_norm": finite(data["clipped_grad_norm"]),
+            "clip_threshold": _threshold_against_norm(data),
+            "clipped": clipped,
+            "clip_share": clipped / np.maximum(steps, 1),
+        }
+    )
+    if log_scale:
+        for column in NORM_COLUMNS:
+            frame[column] = _positive(frame[column].to_numpy())
+    return frame
+
+
+NORM_COLUMNS = (
+    "grad_norm_min",
+    "grad_norm_mean",
+    "grad_norm",
+    "clipped_grad_norm_mean",
+    "clipped_grad_norm",
+    "clip_threshold",
+)
+
+
+def rolling_clip_rate(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW) -> pd.DataFrame:
+    """Share of clipped steps over the last `window` steps, at every row of a metrics view.
+
+    Rows may stand for many steps (older, bucketed parts of the view); a row wider than the
+    window gives its own rate. Returns step, clip_rate (0..1) and steps_in_window.
+    """
+    if window < 1:
+        raise ValueError(f"`window` must be at least 1. Received: window={window!r}")
+    if len(view) == 0:
+        return pd.DataFrame({"step": [], "clip_rate": [], "steps_in_window": []})
+    steps = view["steps"].to_numpy(np.int64)
+    clipped = view["clipped"].to_numpy(np.int64)
+    row_end = view["step"].to_numpy(np.int64) + steps - 1
+    cumulative_steps = np.concatenate([[0], np.cumsum(steps)])
+    cumulative_clipped = np.concatenate([[0], np.cumsum(clipped)])
+    # The first row of each window: the oldest row that ends inside the window.
+    first = np.searchsorted(row_end, row_end - window, side="right")
+    first = np.minimum(first, np.arange(len(view)))
+    last = np.arange(len(view)) + 1
+    in_window = cumulative_steps[last] - cumulative_steps[first]
+    rate = (cumulative_clipped[last] - cumulative_clipped[first]) / np.maximum(in_window, 1)
+    return pd.DataFrame(
+        {"step": view["step"].to_numpy(np.int64), "clip_rate": rate, "steps_in_window": in_window}
+    )
+
+
+def layer_norm_frame(layer_view: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """Long form of a layer view for a heatmap: step, step_end, layer, norm.
+
+    Time is cut into equal spans of steps (at most `HEATMAP_COLUMNS`, and cells, spans times
+    layers, at most `max_points`); each cell holds the largest norm in its span.
+    """
+    layers = [column for column in layer_view.columns if column != "step"]
+    if not layers or len(layer_view) == 0:
+        return pd.DataFrame({"step": [], "step_end": [], "layer": [], "norm": []})
+    spans = max(1, min(max_points // len(layers), HEATMAP_COLUMNS))
+    data = even_spans(layer_view, spans, {name: "max" for name in layers})
+    starts = data["step"].to_numpy(np.int64)
+    last_end = int(layer_view["step"].iloc[-1]) + 1
+    width = max(1, math.ceil((last_end - int(starts[0])) / spans))
+    # A cell ends where the next begins (so cells tile the axis); the last one a span later.
+    step_end = np.append(starts[1:], max(last_end, starts[-1] + 1))
+    step_end = np.minimum(step_end, starts + width)
+    long = data.assign(step_end=step_end).melt(
+        id_vars=["step", "step_end"], value_vars=layers, var_name="layer", value_name="norm"
+    )
+    long["norm"] = _positive(finite(long["norm"]))
+    return long.dropna(subset=["norm"]).reset_index(drop=True)
+
+
+def recent_norms(recent: pd.DataFrame) -> np.ndarray:
+    """The finite pre-clip gradient norms of recent raw rows."""
+    if len(recent) == 0:
+        return np.zeros(0)
+    norms = finite(recent["grad_norm"])
+    return norms[np.isfinite(norms)]
+
+
+def histogram_frame(norms: np.ndarray, bins: int = 40, log_scale: bool = False) -> pd.DataFrame:
+    """Counts of `norms` in `bins` bins (log-spaced if `log_scale`): bin_start, bin_end, count."""
+    norms = np.asarray(norms, dtype=np.float64)
+    norms = norms[np.isfinite(norms)]
+    if log_scale:
+        norms = norms[norms > 0]
+    if len(norms) == 0:
+        return pd.DataFrame({"bin_start": [], "bin_end": [], "count": [], "share": []})
+    low, high = float(norms.min()), float(norms.max())
+    if high <= low:  # all equal: one bin around the value
+        low, high = (low / 1.05, high * 1.05) if log_scale else (low - 0.5, high + 0.5)
+    edges = np.geomspace(low, high, bins + 1) if log_scale else np.linspace(low, high, bins + 1)
+    counts, edges = np.histogram(norms, bins=edges)
+    return pd.DataFrame(
+        {
+            "bin_start": edges[:-1],
+            "bin_end": edges[1:],
+            "count": counts,
+            "share": counts / len(norms),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """At `clip_threshold`, `clipped_share` of the last `steps` steps would have been clipped."""
+
+    clip_threshold: float
+    steps: int
+    clipped_steps: int
+
+    @property
+    def clipped_share(self) -> float:
+        return self.clipped_steps / self.steps if self.steps else 0.0
+
+    def sentence(self) -> str:
+        return (
+            f"At threshold {self.clip_threshold:g}, {self.clipped_share:.1%} of the last "
+            f"{self.steps:,} steps would have been clipped."
+        )
+
+
+def what_if(norms: np.ndarray, clip_threshold: float) -> WhatIf:
+    """How many of `norms` a global-norm clip at `clip_threshold` would have scaled down."""
+    norms = np.asarray(norms, dtype=np.float64)
+    norms = norms[np.isfinite(norms)]
+    return WhatIf(float(clip_threshold), len(norms), int((norms > clip_threshold).sum()))
+
+
+def suggest_threshold(norms: np.ndarray, percentile: float = 90.0) -> float | None:
+    """The `percentile` of recent norms: clipping there trims the top (100 - p)% of steps.
+
+    None if there is nothing to go on (no finite, positive norm).
+    """
+    if not 0 < percentile < 100:
+        raise ValueError(
+            f"`percentile` must be between 0 and 100 (exclusive). Received: percentile={percentile!r}"
+        )
+    norms = np.asarray(norms, dtype=np.float64)
+    norms = norms[np.isfinite(norms) & (norms > 0)]
+    if len(norms) == 0:
+        return None
+    return float(f"{np.percentile(norms, percentile):.3g}")  # 3 significant digits reads well
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The header numbers, from the newest raw rows."""
+
+    loss: float | None
+    grad_norm: float | None
+    clip_rate: float | None  # over the last `window` steps
+    window: int
+
+
+def headline(recent: pd.DataFrame, window: int = CLIP_RATE_WINDOW) -> Headline:
+    if len(recent) == 0:
+        return Headline(None, None, None, 0)
+    last = recent.tail(window)
+    finite_rows = recent[recent["finite"].astype(bool)] if "finite" in recent else recent
+    loss = float(finite_rows["loss"].iloc[-1]) if len(finite_rows) else None
+    grad_norm = float(finite_rows["grad_norm"].iloc[-1]) if len(finite_rows) else None
+    clip_rate = float(last["clipped"].astype(bool).mean())
+    return Headline(loss, grad_norm, clip_rate, len(last))
+
+
+# --- events ----------------------------------------------------------------------------------
+
+_EVENT_NAMES = {
+    "clip_threshold": "threshold",
+    "learning_rate": "learning rate",
+    "max_steps_per_second": "speed",
+    "spike": "spike",
+}
+
+
+def event_group(kind: str) -> str:
+    if kind == "clip_threshold":
+        return "Threshold"
+    if kind == "spike":
+        return "Spike"
+    if kind == "learning_rate":
+        return "Learning rate"
+    if kind == "policy" or "." in kind:
+        return "Policy"
+    return "Run"
+
+
+def event_label(kind: str, old: str, new: str) -> str:
+    """A short label for a rule: 'threshold 1 -> 0.5', 'spike x100', 'pause'."""
+    name = _EVENT_NAMES.get(kind, kind)
+    if kind == "spike":
+        return f"spike ×{new}"
+    if kind == "max_steps_per_second":
+        old, new = old or "full", new or "full"
+    if old and new:
+        return f"{name} {old} → {new}"
+    if new and kind not in ("start", "failed", "finished"):
+        return f"{name} {new}"
+    return name
+
+
+def events_table(events: pd.DataFrame) -> pd.DataFrame:
+    """Every command, newest first: Step, Time, Command, Old, New."""
+    columns = ["Step", "Time", "Command", "Old", "New"]
+    if len(events) == 0:
+        return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
+    ordered = events.iloc[::-1]
+    times = [
+        datetime.datetime.fromtimestamp(float(t)).strftime("%H:%M:%S") for t in ordered["time_s"]
+    ]
+    return pd.DataFrame(
+        {
+            "Step": ordered["step"].astype(np.int64).to_numpy(),
+            "Time": times,
+            "Command": ordered["kind"].astype(str).to_numpy(),
+            "Old": ordered["old"].astype(str).to_numpy(),
+            "New": ordered["new"].astype(str).to_numpy(),
+        }
+    )
+
+
+def event_rules_frame(events: pd.DataFrame, limit: int = MAX_EVENT_RULES) -> pd.DataFrame:
+    """Events to draw as rules: the newest `limit`, without the run's own start."""
+    if len(events) == 0:
+        return pd.DataFrame({"step": [], "kind": [], "old": [], "new": [], "group": [], "label": []})
+    shown = events[events["kind"] != "start"].tail(limit)
+    return pd.DataFrame(
+        {
+            "step": shown["step"].astype(np.int64).to_numpy(),
+            "kind": shown["kind"].astype(str).to_numpy(),
+            "old": shown["old"].astype(str).to_numpy(),
+            "new": shown["new"].astype(str).to_numpy(),
+            "group": [event_group(kind) for kind in shown["kind"]],
+            "label": [
+                event_label(kind, old, new)
+                for kind, old, new in zip(shown["kind"], shown["old"], shown["new"])
+            ],
+        }
+    )
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+
+def _series_color_scale() -> alt.Scale:
+    keys = ("before_clip", "after_clip", "threshold", "clip_marker")
+    return alt.Scale(
+        domain=[SERIES_LABELS[key] for key in keys], range=[COLORS[key] for key in keys]
+    )
+
+
+def _y_scale(log_scale: bool, zero: bool = True) -> alt.Scale:
+    return alt.Scale(type="log") if log_scale else alt.Scale(zero=zero)
+
+
+def _step_axis(steps: Sequence | None = None, end: float | None = None) -> alt.X:
+    """The shared x axis: steps, labelled 0, 500, 10k, 1.5M; tight to the data."""
+    scale = alt.Scale(nice=False, zero=False)
+    if steps is not None and len(steps):
+        scale = alt.Scale(domain=[float(np.min(steps)), float(end if end is not None else np.max(steps))], nice=False)
+    axis = alt.Axis(labelExpr="datum.value >= 1000 ? format(datum.value, '~s') : format(datum.value, ',')", tickCount=8)
+    return alt.X("step:Q", title="Step", scale=scale, axis=axis)
+
+
+def gradient_norm_chart(
+    view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS, height: int = 300
+) -> alt.LayerChart:
+    """Gradient norm before and after clipping, the threshold as a step line, clip markers.
+
+    Before clipping: the mean per point as a line inside a min-max band, so a point that stands
+    for many steps still shows its largest norm (a spike stays visible). After clipping: the
+    mean per point. Clip markers sit at the largest pre-clip norm of every point with a clipped
+    step, more opaque the larger the share of clipped steps. One shared dataset of at most
+    `max_points` rows; hovering anywhere shows one tooltip for the nearest step.
+    """
+    data = gradient_norm_frame(view, log_scale=log_scale, max_points=max_points)
+    legend = alt.Legend(title=None, orient="top", symbolOpacity=1, symbolStrokeWidth=3)
+    color = alt.Color("series:N", scale=_series_color_scale(), legend=legend)
+    y_title = "Gradient norm (global L2)" + (", log scale" if log_scale else "")
+    base = alt.Chart().encode(x=_step_axis(data["step"]))
+
+    def series(key: str, *required: str):
+        valid = " && ".join(f"isValid(datum.{column})" for column in required)
+        return base.transform_filter(valid).transform_calculate(series=f"'{SERIES_LABELS[key]}'")
+
+    before = series("before_clip", "grad_norm_mean").mark_line(strokeWidth=1.3).encode(
+        y="grad_norm_mean:Q", color=color
+    )
+    # The envelope has a fixed colour so the legend takes its symbol from the line above.
+    band = (
+        base.transform_filter("isValid(datum.grad_norm_min) && isValid(datum.grad_norm)")
+        .mark_area(color=COLORS["before_clip"], opacity=0.18)
+        .encode(y="grad_norm_min:Q", y2="grad_norm:Q")
+    )
+    band_top = (
+        base.transform_filter("isValid(datum.grad_norm)")
+        .mark_line(color=COLORS["before_clip"], strokeWidth=0.8, opacity=0.55)
+        .encode(y="grad_norm:Q")
+    )
+    after = series("after_clip", "clipped_grad_norm_mean").mark_line(strokeWidth=1.6).encode(
+        y=alt.Y("clipped_grad_norm_mean:Q", title=y_title, scale=_y_scale(log_scale)), color=color
+    )
+    threshold = (
+        series("threshold", "clip_threshold")
+        .mark_line(interpolate="step-after", strokeDash=[6, 3], strokeWidth=2)
+        .encode(y="clip_threshold:Q", color=color)
+    )
+    markers = (
+        series("clip_marker", "grad_norm")
+        .transform_filter("datum.clipped > 0")
+        .mark_point(filled=True, size=22)
+        .encode(
+            y="grad_norm:Q",
+            color=color,
+            opacity=alt.Opacity("clip_share:Q", scale=alt.Scale(domain=[0, 1], range=[0.35, 0.95]), legend=None),
+        )
+    )
+    hover = alt.selection_point(
+        name="hover", fields=["step"], nearest=True, on="pointerover", clear="pointerout", empty=False
+    )
+    tooltip = [
+        alt.Tooltip("step:Q", title="Step", format=","),
+        alt.Tooltip("steps:Q", title="Steps in point", format=","),
+        alt.Tooltip("grad_norm_mean:Q", title="Before clip (mean)", format=".4g"),
+        alt.Tooltip("grad_norm:Q", title="Before clip (max)", format=".4g"),
+        alt.Tooltip("clipped_grad_norm_mean:Q", title="After clip (mean)", format=".4g"),
+        alt.Tooltip("clip_threshold:Q", title="Threshold", format=".4g"),
+        alt.Tooltip("clipped:Q", title="Clipped steps", format=","),
+    ]
+    hover_rule = (
+        base.mark_rule(color=COLORS["hover"], strokeWidth=1)
+        .encode(opacity=alt.condition(hover, alt.value(0.8), alt.value(0)), tooltip=tooltip)
+        .add_params(hover)
+    )
+    # After-clip first: where clipping changed nothing the before line covers it, so the green
+    # shows exactly where clipping acted.
+    layers = (after, band, band_top, before, threshold, markers, hover_rule)
+    return alt.layer(*layers, data=data).properties(height=height)
+
+
+def loss_chart(
+    view: pd.DataFrame,
+    events: pd.DataFrame,
+    log_scale: bool = False,
+    max_points: int = LINE_POINTS,
+    height: int = 260,
+) -> alt.LayerChart:
+    """Loss (mean per point) with every command drawn as a labelled vertical rule."""
+    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
+    loss = finite(data["loss"])
+    frame = pd.DataFrame(
+        {
+            "step": data["step"].astype(np.int64),
+            "steps": data["steps"].astype(np.int64),
+            "loss": _positive(loss) if log_scale else loss,
+        }
+    )
+    line = (
+        alt.Chart(frame)
+        .transform_filter("isValid(datum.loss)")
+        .mark_line(color=COLORS["loss"], strokeWidth=1.4)
+        .encode(
+            x=_step_axis(frame["step"]),
+            y=alt.Y("loss:Q", title="Loss (mean per point)", scale=_y_scale(log_scale, zero=False)),
+            tooltip=[
+                alt.Tooltip("step:Q", title="Step", format=","),
+                alt.Tooltip("steps:Q", title="Steps in point", format=","),
+                alt.Tooltip("loss:Q", title="Loss", format=".4g"),
+            ],
+        )
+    )
+    rules = event_rules_frame(events)
+    if len(rules) == 0:
+        return alt.layer(line).properties(height=height)
+    group_scale = alt.Scale(domain=list(EVENT_GROUP_COLORS), range=list(EVENT_GROUP_COLORS.values()))
+    color = alt.Color("group:N", scale=group_scale, legend=alt.Legend(orient="top", title=None))
+    event_tooltip = [
+        alt.Tooltip("step:Q", title="Step", format=","),
+        alt.Tooltip("kind:N", title="Command"),
+        alt.Tooltip("old:N", title="Old"),
+        alt.Tooltip("new:N", title="New"),
+    ]
+    rule = (
+        alt.Chart(rules)
+        .mark_rule(strokeDash=[4, 3], strokeWidth=1.5)
+        .encode(x="step:Q", color=color, tooltip=event_tooltip)
+    )
+    # One label per step: commands taken at the same step (pause, resume) share it.
+    labels = rules.groupby("step", sort=True).agg(
+        label=("label", " · ".join), group=("group", "last")
+    ).reset_index()
+    label = (
+        alt.Chart(labels)
+        .mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-3, fontSize=10)
+        .encode(
+            x="step:Q",
+            y=alt.value(0),
+            text="label:N",
+            color=alt.Color("group:N", scale=group_scale, legend=None),
+        )
+    )
+    return alt.layer(line, rule, label).properties(height=height)
+
+
+def clip_rate_chart(
+    view: pd.DataFrame,
+    window: int = CLIP_RATE_WINDOW,
+    max_points: int = LINE_POINTS,
+    height: int = 260,
+) -> alt.Chart:
+    """Share of clipped steps over a rolling window of `window` steps (mean per point)."""
+    rate = rolling_clip_rate(view, window)
+    if len(view):
+        rate["steps"] = view["steps"].to_numpy(np.int64)
+    data = even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
+    return (
+        alt.Chart(data)
+        .mark_area(
+            color=COLORS["clip_marker"], opacity=0.35, line={"color": COLORS["clip_marker"]}, interpolate="step-after"
+        )
+        .encode(
+            x=_step_axis(data["step"]),
+            y=alt.Y(
+                "clip_rate:Q",
+                title=f"Clipped, rolling {window} steps",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%"),
+            ),
+            tooltip=[
+                alt.Tooltip("step:Q", title="Step", format=","),
+                alt.Tooltip("clip_rate:Q", title="Clip rate", format=".1%"),
+            ],
+        )
+        .properties(height=height)
+    )
+
+
+def layer_norm_chart(
+    layer_view: pd.DataFrame, max_points: int = MAX_POINTS, row_height: int = 36
+) -> alt.Chart:
+    """Heatmap of each trainable variable's gradient norm (before clipping) over time."""
+    data = layer_norm_frame(layer_view, max_points)
+    layers = [column for column in layer_view.columns if column != "step"]
+    return (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=_step_axis(data["step"], end=data["step_end"].max() if len(data) else None),
+            x2="step_end:Q",
+            y=alt.Y("layer:N", title=None, sort=layers, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
+            color=alt.Color(
+                "norm:Q",
+                title="Norm",
+                scale=alt.Scale(type="log", scheme="viridis"),
+                legend=alt.Legend(orient="right", format=".2g"),
+            ),
+            tooltip=[
+                alt.Tooltip("layer:N", title="Variable"),
+                alt.Tooltip("step:Q", title="From step", format=","),
+                alt.Tooltip("norm:Q", title="Norm (max)", format=".4g"),
+            ],
+        )
+        .properties(height=row_height * max(len(layers), 1) + 60)  # + the step axis
+    )
+
+
+def gradient_norm_histogram(
+    norms: np.ndarray,
+    clip_threshold: float | None,
+    suggested_threshold: float | None = None,
+    log_scale: bool = False,
+    bins: int = 40,
+    height: int = 260,
+    threshold_label: str = "threshold",
+) -> alt.LayerChart:
+    """Distribution of recent pre-clip gradient norms, with the threshold (and suggestion)."""
+    counts = histogram_frame(norms, bins=bins, log_scale=log_scale)
+    x_scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
+    bars = (
+        alt.Chart(counts)
+        .mark_bar(color=COLORS["before_clip"], opacity=0.8, binSpacing=0)
+        .encode(
+            x=alt.X("bin_start:Q", title="Gradient norm before clip", scale=x_scale),
+            x2="bin_end:Q",
+            y=alt.Y("count:Q", title="Steps"),
+            y2=alt.datum(0),
+            tooltip=[
+                alt.Tooltip("bin_start:Q", title="From", format=".4g"),
+                alt.Tooltip("bin_end:Q", title="To", format=".4g"),
+                alt.Tooltip("count:Q", title="Steps", format=","),
+                alt.Tooltip("share:Q", title="Share", format=".1%"),
+            ],
+        )
+    )
+    marks = [
+        (value, name, color, dash)
+        for value, name, color, dash in (
+            (clip_threshold, threshold_label, COLORS["threshold"], []),
+            (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
+        )
+        if value is not None and math.isfinite(value) and value > 0
+    ]
+    values = [*counts["bin_start"], *counts["bin_end"], *(mark[0] for mark in marks)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    lines = []
+    for row, (value, name, color, dash) in enumerate(marks):
+        # Labels sit on the side of their line with more room, so they never run off the plot.
+        if log_scale and low > 0:
+            position = math.log(value / low) / max(math.log(high / low), 1e-12)
+        else:
+            position = (value - low) / max(high - low, 1e-12)
+        right_half = position > 0.6
+        marker = pd.DataFrame({"value": [float(value)], "label": [f"{name} {value:.3g}"]})
+        lines.append(
+            alt.Chart(marker)
+            .mark_rule(color=color, strokeWidth=2, strokeDash=dash)
+            .encode(x="value:Q", tooltip=[alt.Tooltip("label:N", title="Line")])
+        )
+        lines.append(
+            alt.Chart(marker)
+            .mark_text(
+                align="right" if right_half else "left",
+                baseline="top",
+                dx=-5 if right_half else 5,
+                dy=4 + 16 * row,
+                color=color,
+                fontSize=11,
+                fontWeight="bold",
+            )
+            .encode(x="value:Q", y=alt.value(0), text="label:N")
+        )
+    return alt.layer(bars, *lines).properties(height=height)
+
+
+def chart_rows(chart: alt.TopLevelMixin) -> int:
+    """How many data rows a built chart carries in total (what the browser has to draw)."""
+    spec = chart.to_dict()
+    return sum(len(rows) for rows in spec.get("datasets", {}).values())
+
+
+def chart_values(chart: alt.TopLevelMixin, field: str) -> list:
+    """Every value of `field` in every dataset of a built chart (for checks)."""
+    spec = chart.to_dict()
+    return [row[field] for rows in spec.get("datasets", {}).values() for row in rows if field in row]
+
+
+__all__: Sequence[str] = [
+    "COLORS",
+    "LINE_POINTS",
+    "MAX_POINTS",
+    "even_spans",
+    "chart_rows",
+    "chart_values",
+    "clip_rate_chart",
+    "event_label",
+    "events_table",
+    "gradient_norm_chart",
+    "gradient_norm_histogram",
+    "headline",
+    "layer_norm_chart",
+    "loss_chart",
+    "rolling_clip_rate",
+    "suggest_threshold",
+    "what_if",
+]

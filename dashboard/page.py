@@ -1,0 +1,654 @@
+"""The page: sidebar controls, a header, and one live fragment that draws every chart.
+
+Controls sit outside the live fragment and act through callbacks that send commands to the
+shared `RunManager`; a value the trainer refuses shows its message under the control and the
+control goes back to the last accepted value. The fragment reads one `RunSnapshot` per refresh
+(every `REFRESH_SECONDS` while a run is running or paused; no timer otherwise). Nothing here
+loops, sleeps or starts a thread.
+
+Tabs stay in step: when the run, its state or its settings change (from any tab), the next
+refresh of every tab reruns its whole page, and the controls take the run's values.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any, Callable
+
+import streamlit as st
+
+from dashboard import charts
+from dashboard.run_manager import (
+    POLICY_NAMES,
+    POLICY_PARAMETERS,
+    TASK_NAMES,
+    TASKS,
+    RunManager,
+    RunSettings,
+    RunSnapshot,
+    get_run_manager,
+    validate_clip_threshold,
+    validate_learning_rate,
+    validate_policy_params,
+)
+
+TITLE = "Clipwatch"
+SUBTITLE = (
+    "Watch gradient clipping act on a live training run, step by step, and tune the threshold "
+    "while the model trains."
+)
+REFRESH_SECONDS = 1.0
+EVENT_ROWS = 200  # newest events in the table (a plain HTML table: readable and quick)
+SPEED_OPTIONS = (10, 30, 100, 300, 1000, 3000, "Full")  # steps per second; "Full": no cap
+SUGGEST_PERCENTILES = (50, 75, 80, 90, 95, 99)
+# The policies for which a global-norm threshold read off the histogram means what it says.
+THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
+POLICY_DESCRIPTIONS = {
+    "none": "No clipping; norms are still measured.",
+    "global_norm": "Scale all gradients together so their global L2 norm is at most the "
+    "threshold (Pascanu et al. 2013).",
+    "per_tensor_norm": "Scale each gradient tensor to L2 norm at most the threshold "
+    "(Keras `clipnorm`).",
+    "value": "Clip every element to [−threshold, threshold] (Keras `clipvalue`).",
+    "autoclip": "Threshold = a percentile of the last `Window` norms (Seetharaman et al. "
+    "2020); `Clip threshold` is not used.",
+    "agc": "Unit-wise clipping relative to the weights' norms (Brock et al. 2021); "
+    "`Clip threshold` is not used.",
+    "zclip": "Clip spikes by z-score against a running mean of norms, capped at the "
+    "threshold (Kumar et al. 2025).",
+}
+
+# Session-state keys of the controls (also their widget keys).
+TASK = "task"
+POLICY = "policy"
+CLIP_THRESHOLD = "clip_threshold"
+LEARNING_RATE = "learning_rate"
+SPEED = "speed"
+SPIKE_FACTOR = "spike_factor"
+LOG_SCALE = "log_scale"
+WHAT_IF_THRESHOLD = "what_if_threshold"
+SUGGEST_PERCENTILE = "suggest_percentile"
+RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
+# Private session state.
+_ERRORS = "_errors"  # control key -> message, shown until the next command
+_ACCEPTED = "_accepted"  # control key -> last value that was accepted
+_SYNCED = "_synced"  # the run's values the controls last took
+_FINGERPRINT = "_fingerprint"  # manager.fingerprint() when the page last ran in full
+_NEEDS_FULL_RERUN = "_needs_full_rerun"
+
+
+def param_key(policy: str, name: str) -> str:
+    return f"param.{policy}.{name}"
+
+
+def param_label(name: str) -> str:
+    return name.replace("_", " ").capitalize()  # "z_threshold" -> "Z threshold"
+
+
+def speed_option(max_steps_per_second: float | None) -> Any:
+    """The Speed option closest to a steps-per-second cap (None: "Full")."""
+    if max_steps_per_second is None:
+        return "Full"
+    numbers = [option for option in SPEED_OPTIONS if option != "Full"]
+    return min(numbers, key=lambda option: abs(math.log(option / max_steps_per_second)))
+
+
+def _speed_value(option: Any) -> float | None:
+    return None if option == "Full" else float(option)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def render() -> None:
+    """Draw the whole page for this session (call after st.set_page_config)."""
+    manager = get_run_manager()
+    _initialize_defaults()
+    st.session_state[_FINGERPRINT] = manager.fingerprint()
+    _take_run_values(manager)
+    with st.sidebar:
+        _run_controls(manager)
+        _view_controls()
+    st.title(TITLE, anchor=False)
+    st.markdown(SUBTITLE)
+    refresh = REFRESH_SECONDS if manager.is_active else None
+    st.fragment(_live_view, run_every=refresh)()
+
+
+# --- session state ------------------------------------------------------------------------------
+
+
+def _defaults() -> dict[str, Any]:
+    task = TASKS["seed"]
+    values: dict[str, Any] = {
+        TASK: task.name,
+        POLICY: "global_norm",
+        CLIP_THRESHOLD: float(task.clip_threshold),
+        LEARNING_RATE: float(task.learning_rate),
+        SPEED: speed_option(300),
+        SPIKE_FACTOR: 100.0,
+        LOG_SCALE: False,
+        SUGGEST_PERCENTILE: 90,
+    }
+    for policy, parameters in POLICY_PARAMETERS.items():
+        for name, parameter in parameters.items():
+            values[param_key(policy, name)] = parameter.kind(parameter.default)
+    return values
+
+
+def _initialize_defaults() -> None:
+    state = st.session_state
+    defaults = _defaults()
+    state.setdefault(_ERRORS, {})
+    state.setdefault(_ACCEPTED, dict(defaults))
+    for key, value in defaults.items():
+        # A control's state is dropped on a run that does not draw it (another policy's
+        # parameters): bring back the last accepted value rather than the default.
+        state.setdefault(key, state[_ACCEPTED].get(key, value))
+
+
+def _run_values(settings: RunSettings) -> dict[str, Any]:
+    values = {
+        TASK: settings.task,
+        POLICY: settings.policy,
+        CLIP_THRESHOLD: float(settings.clip_threshold),
+        LEARNING_RATE: float(settings.learning_rate),
+        SPEED: speed_option(settings.max_steps_per_second),
+    }
+    for name, value in settings.policy_params.items():
+        values[param_key(settings.policy, name)] = value
+    return values
+
+
+def _take_run_values(manager: RunManager) -> None:
+    """Show the run's settings in the controls when they changed (e.g. from another tab).
+
+    Only while a run is running or paused: between runs the controls configure the next one.
+    Runs before any widget is drawn, as Streamlit requires for setting a widget's value.
+    """
+    settings = manager.settings
+    if not manager.is_active or settings is None:
+        return
+    state = st.session_state
+    values = _run_values(settings)
+    synced = state.get(_SYNCED) or {}
+    same_run = synced.get(RUN) == manager.run_number
+    for key, value in values.items():
+        if not same_run or synced.get(key) != value:
+            state[key] = value
+            state[_ACCEPTED][key] = value
+    state[_SYNCED] = {**values, RUN: manager.run_number}
+
+
+def _report(key: str, error: Exception) -> None:
+    st.session_state[_ERRORS][key] = str(error)
+
+
+def _show_error(key: str) -> None:
+    message = st.session_state[_ERRORS].get(key)
+    if message:
+        st.error(message, icon=":material/error:")
+
+
+def _command(key: str, action: Callable[[Any], Any], revert: bool = True) -> bool:
+    """Run `action(value of key)`; on a refusal show why and put the control back."""
+    state = st.session_state
+    state[_ERRORS] = {}
+    value = state.get(key)
+    try:
+        action(value)
+    except (ValueError, RuntimeError) as error:
+        _report(key, error)
+        if revert and key in state[_ACCEPTED]:
+            state[key] = state[_ACCEPTED][key]
+        return False
+    if revert:
+        state[_ACCEPTED][key] = value
+    return True
+
+
+# --- callbacks (run before the script, in this session's thread) -------------------------------
+
+
+def _on_task(manager: RunManager) -> None:
+    task = TASKS[st.session_state[TASK]]
+    st.session_state[_ERRORS] = {}
+    st.session_state[_ACCEPTED][TASK] = task.name
+    if not manager.is_active:  # the next run starts from the task's own defaults
+        for key, value in ((CLIP_THRESHOLD, task.clip_threshold), (LEARNING_RATE, task.learning_rate)):
+            st.session_state[key] = float(value)
+            st.session_state[_ACCEPTED][key] = float(value)
+
+
+def _policy_params_from_controls(policy: str) -> dict[str, Any]:
+    state = st.session_state
+    return {
+        name: state.get(param_key(policy, name), state[_ACCEPTED].get(param_key(policy, name)))
+        for name in POLICY_PARAMETERS[policy]
+    }
+
+
+def _on_policy(manager: RunManager) -> None:
+    def send(policy: str) -> None:
+        params = _policy_params_from_controls(policy)
+        if manager.is_active:
+            manager.set_policy(policy, **params)
+        else:
+            validate_policy_params(policy, params)
+
+    _command(POLICY, send)
+
+
+def _on_policy_param(manager: RunManager, policy: str, name: str) -> None:
+    def send(value: Any) -> None:
+        settings = manager.settings
+        if manager.is_active and settings is not None and settings.policy == policy:
+            manager.set_policy(policy, **{name: value})
+        else:
+            validate_policy_params(policy, {**_policy_params_from_controls(policy), name: value})
+
+    _command(param_key(policy, name), send)
+
+
+def _on_clip_threshold(manager: RunManager) -> None:
+    _command(
+        CLIP_THRESHOLD,
+        lambda value: manager.set_clip_threshold(value)
+        if manager.is_active
+        else validate_clip_threshold(value),
+    )
+
+
+def _on_learning_rate(manager: RunManager) -> None:
+    _command(
+        LEARNING_RATE,
+        lambda value: manager.set_learning_rate(value)
+        if manager.is_active
+        else validate_learning_rate(value),
+    )
+
+
+def _on_speed(manager: RunManager) -> None:
+    _command(SPEED, lambda option: manager.set_speed(_speed_value(option)) if manager.is_active else None)
+
+
+def _settings_from_controls() -> RunSettings:
+    state = st.session_state
+    policy = state[POLICY]
+    return RunSettings(
+        task=state[TASK],
+        policy=policy,
+        policy_params=_policy_params_from_controls(policy),
+        clip_threshold=state[CLIP_THRESHOLD],
+        learning_rate=state[LEARNING_RATE],
+        max_steps_per_second=_speed_value(state[SPEED]),
+    )
+
+
+def _on_start(manager: RunManager) -> None:
+    def start(_: Any) -> None:
+        settings = _settings_from_controls()
+        run_number = manager.start(settings)
+        st.session_state[_SYNCED] = {**_run_values(manager.settings), RUN: run_number}
+
+    _command(RUN, start, revert=False)
+
+
+def _on_run_command(manager: RunManager, command: str) -> None:
+    actions = {
+        "pause": manager.pause,
+        "resume": manager.resume,
+        "stop": manager.stop,
+        "inject_spike": lambda: manager.inject_spike(st.session_state[SPIKE_FACTOR]),
+    }
+    _command(RUN, lambda _: actions[command](), revert=False)
+
+
+def _on_apply_suggested(manager: RunManager, value: float) -> None:
+    def apply(_: Any) -> None:
+        if manager.is_active:
+            manager.set_clip_threshold(value)
+        else:
+            validate_clip_threshold(value)
+        st.session_state[CLIP_THRESHOLD] = value
+        st.session_state[_ACCEPTED][CLIP_THRESHOLD] = value
+
+    _command(RUN, apply, revert=False)
+    st.session_state[_NEEDS_FULL_RERUN] = True  # so the sidebar shows the new value
+
+
+# --- sidebar -----------------------------------------------------------------------------------
+
+
+def _run_controls(manager: RunManager) -> None:
+    active, state = manager.is_active, manager.state
+    st.header("Run", anchor=False)
+    task = st.selectbox(
+        "Task",
+        TASK_NAMES,
+        key=TASK,
+        on_change=_on_task,
+        args=(manager,),
+        help="The model and data to train. Takes effect at the next Start.",
+    )
+    next_run = " Applies at the next Start." if active and task != manager.settings.task else ""
+    st.caption(TASKS[task].description + "." + next_run)
+    _show_error(TASK)
+
+    policy = st.selectbox(
+        "Policy",
+        POLICY_NAMES,
+        key=POLICY,
+        on_change=_on_policy,
+        args=(manager,),
+        help="How gradients are clipped. Changing it during a run switches the run's policy.",
+    )
+    st.caption(POLICY_DESCRIPTIONS.get(policy, ""))
+    _show_error(POLICY)
+    for name, parameter in POLICY_PARAMETERS[policy].items():
+        integer = parameter.kind is int
+        default = float(parameter.default)
+        st.number_input(
+            param_label(name),
+            key=param_key(policy, name),
+            step=1 if integer else 10.0 ** (math.floor(math.log10(default)) - 1),
+            format="%d" if integer else "%g",
+            on_change=_on_policy_param,
+            args=(manager, policy, name),
+            help=f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
+            + ("" if parameter.live else " Changing it during a run recompiles the step."),
+        )
+        _show_error(param_key(policy, name))
+
+    st.number_input(
+        "Clip threshold",
+        key=CLIP_THRESHOLD,
+        step=0.01,
+        format="%g",
+        on_change=_on_clip_threshold,
+        args=(manager,),
+        help="c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it "
+        "takes effect at the next chunk of steps.",
+    )
+    _show_error(CLIP_THRESHOLD)
+    st.number_input(
+        "Learning rate",
+        key=LEARNING_RATE,
+        step=0.0001,
+        format="%g",
+        on_change=_on_learning_rate,
+        args=(manager,),
+        help="A finite number > 0; the task's default is filled in when you pick a task.",
+    )
+    _show_error(LEARNING_RATE)
+    st.select_slider(
+        "Speed",
+        options=SPEED_OPTIONS,
+        key=SPEED,
+        format_func=lambda option: option if option == "Full" else f"{option:,}",
+        on_change=_on_speed,
+        args=(manager,),
+        help="A cap on steps per second, so a demo unfolds at a pace people can follow. "
+        "Full: as fast as the machine goes.",
+    )
+    _show_error(SPEED)
+
+    left, right = st.columns(2)
+    left.button(
+        "Start", key="start", type="primary", width="stretch", disabled=active,
+        on_click=_on_start, args=(manager,),
+    )
+    right.button(
+        "Stop", key="stop", width="stretch", disabled=not active,
+        on_click=_on_run_command, args=(manager, "stop"),
+    )
+    left.button(
+        "Pause", key="pause", width="stretch", disabled=state != "running",
+        on_click=_on_run_command, args=(manager, "pause"),
+    )
+    right.button(
+        "Resume", key="resume", width="stretch", disabled=state != "paused",
+        on_click=_on_run_command, args=(manager, "resume"),
+    )
+    st.number_input(
+        "Spike factor",
+        key=SPIKE_FACTOR,
+        step=10.0,
+        format="%g",
+        help="Inject spike multiplies one step's gradients by this factor, before clipping.",
+    )
+    st.button(
+        "Inject spike", key="inject_spike", width="stretch", disabled=not active,
+        on_click=_on_run_command, args=(manager, "inject_spike"),
+    )
+    _show_error(RUN)
+
+
+def _view_controls() -> None:
+    st.header("View", anchor=False)
+    st.toggle("Log-scale y axes", key=LOG_SCALE, help="For the gradient-norm and loss charts.")
+    st.number_input(
+        "What-if threshold",
+        key=WHAT_IF_THRESHOLD,
+        value=None,
+        format="%g",
+        placeholder="the current threshold",
+        help="Read off the histogram how many recent steps a global-norm clip at this "
+        "threshold would have scaled down. Empty: the run's threshold.",
+    )
+    st.select_slider(
+        "Suggest at percentile",
+        options=SUGGEST_PERCENTILES,
+        key=SUGGEST_PERCENTILE,
+        format_func=lambda option: f"p{option}",
+        help="The suggested threshold is this percentile of recent gradient norms: it clips "
+        "the largest (100 - p)% of steps.",
+    )
+
+
+# --- the live view -----------------------------------------------------------------------------
+
+
+def _live_view() -> None:
+    manager = get_run_manager()
+    if st.session_state.pop(_NEEDS_FULL_RERUN, False) or (
+        manager.fingerprint() != st.session_state.get(_FINGERPRINT)
+    ):
+        st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
+    snapshot = manager.snapshot()
+    _run_line(snapshot)
+    _failure(snapshot)
+    _headline(snapshot)
+    if snapshot.run_number == 0:
+        st.info(
+            "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "
+            "The first steps take a few seconds while TensorFlow compiles the training step.",
+            icon=":material/play_circle:",
+        )
+        return
+    if len(snapshot.metrics_view) == 0:
+        if snapshot.is_active:
+            st.info("Building the model and compiling the training step…", icon=":material/hourglass_top:")
+        return
+    _charts(manager, snapshot)
+
+
+def _run_line(snapshot: RunSnapshot) -> None:
+    if snapshot.run_number == 0 or snapshot.settings is None:
+        return
+    settings = snapshot.settings
+    started = datetime.datetime.fromtimestamp(snapshot.started_at).strftime("%H:%M:%S")
+    pace = settings.max_steps_per_second
+    pace_text = "full speed" if pace is None else f"at most {pace:,.0f} steps/s"
+    st.caption(
+        f"**Run {snapshot.run_number}** · task `{settings.task}` · policy `{settings.policy}` · "
+        f"learning rate {settings.learning_rate:g} · {pace_text} · started {started}"
+    )
+
+
+def _failure(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    if status is None or status.state != "failed":
+        return
+    st.error(f"Run {snapshot.run_number} failed: {status.error}", icon=":material/error:")
+    with st.expander("Traceback"):
+        st.code(status.traceback or "(no traceback recorded)", language="text")
+
+
+def _threshold_text(snapshot: RunSnapshot) -> tuple[str, str]:
+    """The threshold in force as the metric shows it, and its help."""
+    status = snapshot.status
+    config = status.config if status is not None else None
+    if config is None:
+        return "–", "No run yet."
+    policy = config.policy
+    if policy == "none":
+        return "off", "Policy none clips nothing."
+    if policy == "agc":
+        return f"×{config.policy_params['agc']['clip_factor']:g}", "AGC's clip factor."
+    if policy == "autoclip":
+        recent = snapshot.recent
+        thresholds = charts.finite(recent["clip_threshold"]) if len(recent) else []
+        thresholds = [value for value in thresholds if math.isfinite(value)]
+        percentile = config.policy_params["autoclip"]["percentile"]
+        value = f"{thresholds[-1]:.3g}" if thresholds else "–"
+        return value, f"Adaptive: the p{percentile:g} of the last norms."
+    return f"{config.clip_threshold:g}", "The threshold the trainer applies now."
+
+
+def _headline(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    numbers = charts.headline(snapshot.recent)
+    threshold, threshold_help = _threshold_text(snapshot)
+
+    def number(value: float | None, pattern: str = "{:.4g}") -> str:
+        return "–" if value is None or not math.isfinite(value) else pattern.format(value)
+
+    cells = (
+        ("State", (status.state if status else "no run").capitalize(), None),
+        ("Step", f"{status.step:,}" if status else "0", "Steps completed."),
+        ("Steps/s", f"{status.steps_per_second:,.0f}" if status else "0", "Over the last second."),
+        ("Loss", number(numbers.loss), "Of the newest finite step."),
+        ("Grad norm", number(numbers.grad_norm), "The newest step's global L2 norm, before clipping."),
+        (
+            "Clip rate",
+            number(numbers.clip_rate, "{:.0%}"),
+            f"Share of the last {charts.CLIP_RATE_WINDOW} steps that were clipped.",
+        ),
+        (
+            "Non-finite",
+            f"{status.nonfinite_steps:,}" if status else "0",
+            "Steps whose loss or gradient was NaN or inf; they change nothing.",
+        ),
+        ("Threshold", threshold, threshold_help),
+    )
+    for column, (label, value, help_text) in zip(st.columns(len(cells)), cells):
+        column.metric(label, value, help=help_text, border=True)
+
+
+def _panel(key: str, title: str, caption: str):
+    panel = st.container(border=True, key=key)
+    panel.markdown(f"**{title}**")
+    panel.caption(caption)
+    return panel
+
+
+def _charts(manager: RunManager, snapshot: RunSnapshot) -> None:
+    log_scale = bool(st.session_state.get(LOG_SCALE))
+    view = snapshot.metrics_view
+    steps = int(view["steps"].sum())
+    per_point = math.ceil(steps / charts.LINE_POINTS)
+    resolution = (
+        "one point per step"
+        if per_point <= 1
+        else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
+        "largest norm, so spikes stay visible"
+    )
+    with _panel(
+        "gradient_norm_panel",
+        "Gradient norm",
+        f"Before and after clipping, with the threshold and clip events ({resolution}).",
+    ):
+        st.altair_chart(charts.gradient_norm_chart(view, log_scale=log_scale), width="stretch")
+
+    left, right = st.columns(2)
+    with left, _panel("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule."):
+        st.altair_chart(charts.loss_chart(view, snapshot.events, log_scale=log_scale), width="stretch")
+    with right, _panel(
+        "clip_rate_panel",
+        "Clip rate",
+        f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
+    ):
+        st.altair_chart(charts.clip_rate_chart(view), width="stretch")
+
+    left, right = st.columns(2)
+    with left, _panel(
+        "layer_panel", "Gradient norm per layer", "Each trainable variable's norm before clipping (largest per cell, log colour)."
+    ):
+        st.altair_chart(charts.layer_norm_chart(snapshot.layer_view), width="stretch")
+    with right, _panel(
+        "histogram_panel",
+        "Recent gradient norms",
+        f"The last {len(snapshot.recent):,} steps before clipping, with a what-if readout.",
+    ):
+        _what_if(manager, snapshot, log_scale)
+
+    table = charts.events_table(snapshot.events)
+    shown = table.head(EVENT_ROWS)
+    more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
+    with _panel(
+        "events_panel", "Events", f"Every command, newest first, at the step it took effect{more}."
+    ):
+        with st.container(height=260 if len(shown) > 6 else "content", border=False):
+            st.table(shown.set_index("Step"))
+
+
+def _what_if(manager: RunManager, snapshot: RunSnapshot, log_scale: bool) -> None:
+    state = st.session_state
+    norms = charts.recent_norms(snapshot.recent)
+    settings = snapshot.settings
+    policy = settings.policy if settings is not None else state[POLICY]
+    current = settings.clip_threshold if settings is not None else state[CLIP_THRESHOLD]
+    chosen = state.get(WHAT_IF_THRESHOLD)
+    percentile = state.get(SUGGEST_PERCENTILE, 90)
+    suggested = charts.suggest_threshold(norms, percentile)
+    threshold = current if chosen is None else chosen
+    try:
+        threshold = validate_clip_threshold(threshold)
+    except ValueError as error:
+        st.warning(f"What-if threshold: {error}", icon=":material/warning:")
+        threshold = None
+    label = "threshold" if chosen is None else "what-if"
+    st.altair_chart(
+        charts.gradient_norm_histogram(
+            norms, threshold, suggested, log_scale=log_scale, threshold_label=label
+        ),
+        width="stretch",
+    )
+    if threshold is not None:
+        readout = charts.what_if(norms, threshold)
+        st.markdown(
+            f"At threshold **{readout.clip_threshold:g}**, **{readout.clipped_share:.1%}** of the "
+            f"last **{readout.steps:,}** steps would have been clipped."
+        )
+    if suggested is None:
+        st.caption("No finite gradient norms yet to suggest a threshold from.")
+        return
+    at_suggested = charts.what_if(norms, suggested)
+    st.markdown(
+        f"Suggested threshold (p{percentile} of recent norms): **{suggested:g}**, which would "
+        f"have clipped {at_suggested.clipped_share:.1%}."
+    )
+    usable = policy in THRESHOLD_POLICIES
+    st.button(
+        "Apply suggested threshold",
+        key="apply_suggested",
+        type="primary",
+        disabled=not usable,
+        on_click=_on_apply_suggested,
+        args=(manager, suggested),
+        help=f"Set the clip threshold to {suggested:g} in one click."
+        if usable
+        else f"The {policy} policy does not clip at a norm threshold.",
+    )
