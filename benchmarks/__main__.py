@@ -1,0 +1,54 @@
+"""`python -m benchmarks [--quick] [--json PATH] [--sections a,b]`: run, print, optionally save."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import training  # noqa: F401  (quiets TensorFlow's C++ start-up logs before it loads)
+from benchmarks import report
+from benchmarks.run import FULL, QUICK, SECTIONS, run_benchmark
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Clipwatch's performance benchmark: Keras fit vs Clipwatch throughput, control "
+        "latency, retraces, dashboard cost. Progress goes to stderr, the report to stdout.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a CI smoke run, under two minutes")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    args = parser.parse_args(argv)
+    args.sections = tuple(part.strip() for part in args.sections.split(",") if part.strip())
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    results = run_benchmark(QUICK if args.quick else FULL, args.sections, log)
+    report.print_report(results)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=2)
+            file.write("\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

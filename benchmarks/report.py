@@ -1,0 +1,338 @@
+"""The benchmark's output: the machine line, the tables, and the targets with PASS/MISS.
+
+Everything here is a pure function of the results dict that `benchmarks.run` builds (and that
+`--json` writes), so the report can be re-made from a saved JSON file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+
+from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
+
+# (key, ratio the target is on, the limit) — the issue's targets.
+SEED_VS_FIT_DEFAULT = 10.0
+SEED_VS_FIT_TUNED = 3.0
+SEED_SHARE_OF_CEILING = 0.85
+HEAVY_MAX_OVERHEAD = 0.03
+MAX_LATENCY_MS = 50.0
+MAX_LATENCY_CHUNKS = 1.0
+MAX_CHARTS_GROWTH = 1.5
+MAX_CHARTS_MS = 150.0
+MAX_STORE_MB = 100.0
+SMALL_STORE, LARGE_STORE = "10000", "1000000"
+
+
+def machine() -> dict:
+    """CPU model, cores and library versions, for the top line."""
+    import keras
+    import tensorflow as tf
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def machine_line(info: dict) -> str:
+    load = info.get("load_average_1min")
+    load_text = f", load average {load:.2f} at start" if load is not None else ""
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"{info['platform']}, Python {info['python']}, TensorFlow {info['tensorflow']}, "
+        f"Keras {info['keras']}{load_text}"
+    )
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def _target(name: str, measured: str, passed: bool, by: str, value: float | None) -> dict:
+    return {"target": name, "measured": measured, "passed": passed, "by": by, "value": value}
+
+
+def _at_least(name: str, value: float, limit: float) -> dict:
+    margin = value / limit - 1
+    by = f"{margin:+.0%} vs the target" if margin >= 0 else f"short by {-margin:.0%}"
+    return _target(name, f"{value:.2f}x", value >= limit, by, value)
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """One entry per target of issue #4 whose section ran."""
+    targets = []
+    throughput = results.get("throughput", {})
+    seed = throughput.get("seed", {}).get("rows", {})
+    if MONITORED in seed:
+        monitored = seed[MONITORED]
+        if KERAS_DEFAULT in seed:
+            targets.append(
+                _at_least("seed, full monitoring >= 10x Keras fit default", monitored["vs_fit_default"], SEED_VS_FIT_DEFAULT)
+            )
+        if KERAS_TUNED in seed:
+            targets.append(
+                _at_least("seed, full monitoring >= 3x tuned fit", monitored["vs_fit_tuned"], SEED_VS_FIT_TUNED)
+            )
+        if CEILING in seed:
+            share = monitored["vs_ceiling"]
+            points = (share - SEED_SHARE_OF_CEILING) * 100
+            targets.append(
+                _target(
+                    "seed, full monitoring >= 85% of the ceiling",
+                    f"{share:.1%}",
+                    share >= SEED_SHARE_OF_CEILING,
+                    f"{points:+.1f} percentage points",
+                    share,
+                )
+            )
+    heavy_name = results.get("heavy_task")
+    heavy = throughput.get(heavy_name, {}).get("rows", {}) if heavy_name else {}
+    if MONITORED in heavy and CEILING in heavy:
+        overhead = 1 - heavy[MONITORED]["vs_ceiling"]
+        points = (HEAVY_MAX_OVERHEAD - overhead) * 100
+        by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
+        targets.append(
+            _target(f"{heavy_name}, monitoring overhead <= 3% vs the ceiling", f"{overhead:.1%}", overhead <= HEAVY_MAX_OVERHEAD, by, overhead)
+        )
+    control = results.get("control")
+    if control:
+        latency = control["latency"]
+        chunks = latency["chunks_on_old_value"]["max"]
+        targets.append(
+            _target(
+                "control latency <= one chunk (steps on the old value, worst trial)",
+                f"{latency['steps_on_old_value']['max']} steps = {chunks:.2f} chunk",
+                chunks <= MAX_LATENCY_CHUNKS,
+                f"{(MAX_LATENCY_CHUNKS - chunks):+.2f} chunk to spare" if chunks <= MAX_LATENCY_CHUNKS else f"over by {chunks - MAX_LATENCY_CHUNKS:.2f} chunk",
+                chunks,
+            )
+        )
+        worst = latency["visible_ms"]["max"]
+        by = f"{MAX_LATENCY_MS - worst:.1f} ms to spare" if worst <= MAX_LATENCY_MS else f"over by {worst - MAX_LATENCY_MS:.1f} ms ({worst / MAX_LATENCY_MS - 1:.0%})"
+        targets.append(
+            _target(
+                "control latency <= 50 ms (until the new value is recorded, worst trial)",
+                f"{worst:.1f} ms (median {latency['visible_ms']['median']:.1f} ms)",
+                worst <= MAX_LATENCY_MS,
+                by,
+                worst,
+            )
+        )
+        retraces = control["traces"]["retraces_after_warm_up"]
+        retraces += results.get("policies", {}).get("retraces_while_switching", 0)
+        targets.append(
+            _target(
+                "zero retraces after warm-up (live changes and policy switches)",
+                f"{retraces} retraces",
+                retraces == 0,
+                "none" if retraces == 0 else f"{retraces} too many",
+                retraces,
+            )
+        )
+    sizes = results.get("dashboard", {}).get("sizes", {})
+    if SMALL_STORE in sizes and LARGE_STORE in sizes:
+        small = sizes[SMALL_STORE]["charts_ms"]["median"]
+        large = sizes[LARGE_STORE]["charts_ms"]["median"]
+        growth = large / small
+        targets.append(
+            _target(
+                "charts at 1M steps <= 1.5x the time at 10k",
+                f"{growth:.2f}x ({large:.1f} vs {small:.1f} ms)",
+                growth <= MAX_CHARTS_GROWTH,
+                f"{MAX_CHARTS_GROWTH - growth:.2f}x to spare" if growth <= MAX_CHARTS_GROWTH else f"over by {growth - MAX_CHARTS_GROWTH:.2f}x",
+                growth,
+            )
+        )
+        targets.append(
+            _target(
+                "charts at 1M steps < 150 ms",
+                f"{large:.1f} ms",
+                large < MAX_CHARTS_MS,
+                f"{MAX_CHARTS_MS - large:.1f} ms to spare" if large < MAX_CHARTS_MS else f"over by {large - MAX_CHARTS_MS:.1f} ms",
+                large,
+            )
+        )
+        megabytes = sizes[LARGE_STORE]["store_mb"]
+        targets.append(
+            _target(
+                "store memory at 1M steps < 100 MB",
+                f"{megabytes:.1f} MB",
+                megabytes < MAX_STORE_MB,
+                f"{MAX_STORE_MB - megabytes:.1f} MB to spare" if megabytes < MAX_STORE_MB else f"over by {megabytes - MAX_STORE_MB:.1f} MB",
+                megabytes,
+            )
+        )
+    return targets
+
+
+# --- the printed report ---------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(
+            str(cell).rjust(width) if index in right else str(cell).ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return [line(header), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+
+
+def _ratio(value) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _throughput_lines(results: dict) -> list[str]:
+    header = ["task", "batch", "contender", "median steps/s", "min", "max", "x fit default", "x tuned fit", "x ceiling"]
+    rows = []
+    notes = []
+    for task_name, section in results.get("throughput", {}).items():
+        for label, row in section["rows"].items():
+            rows.append(
+                [
+                    task_name,
+                    str(section["batch_size"]),
+                    label,
+                    f"{row['median']:,.1f}" if row["median"] < 100 else f"{row['median']:,.0f}",
+                    f"{row['min']:,.1f}" if row["min"] < 100 else f"{row['min']:,.0f}",
+                    f"{row['max']:,.1f}" if row["max"] < 100 else f"{row['max']:,.0f}",
+                    _ratio(row["vs_fit_default"]),
+                    _ratio(row["vs_fit_tuned"]),
+                    _ratio(row["vs_ceiling"]),
+                ]
+            )
+        details = ", ".join(
+            f"{label}: first chunk {row['first_chunk_seconds']:.1f} s, chunk {row['chunk_steps']} steps"
+            for label, row in section["rows"].items()
+            if "chunk_steps" in row
+        )
+        notes.append(
+            f"  {task_name}: batch size {section['batch_size']} ({section['batch_size_reason']}); "
+            f"XLA by default: {section['jit_compile']}; {section['repeats']} repeats x "
+            f"{section['window_seconds']:g} s. {details}."
+        )
+    if not rows:
+        return []
+    lines = ["Throughput (steps/s; median, min, max over interleaved repeats; ratios are of medians)"]
+    lines += _table(header, rows, right={1, 3, 4, 5, 6, 7, 8})
+    lines += [
+        "Notes:",
+        *notes,
+        "  Keras fit default: numpy arrays, batch_size, epochs, compile() defaults, "
+        "optimizer global_clipnorm=1.0. Tuned: steps_per_execution=50, jit_compile=True, the same "
+        "arrays as a shuffled, repeated, prefetched tf.data pipeline (with arrays, each epoch would "
+        "end an execution early).",
+        "  Clipwatch: Trainer(policy='global_norm', clip_threshold=1.0); the ceiling is "
+        "Trainer(monitoring=False), the same compiled chunk loop recording nothing. Batches are "
+        "sampled in-graph with replacement; Keras walks shuffled epochs.",
+    ]
+    return lines
+
+
+def _policy_lines(policies: dict) -> list[str]:
+    header = ["policy", "median steps/s", "min", "max", "x global_norm"]
+    rows = [
+        [name, f"{row['median']:,.0f}", f"{row['min']:,.0f}", f"{row['max']:,.0f}", f"{row['vs_global_norm']:.3f}"]
+        for name, row in policies["rows"].items()
+    ]
+    return [
+        f"Policies on {policies['task']} (full monitoring; one trainer switched live; "
+        f"{policies['repeats']} repeats x {policies['window_seconds']:g} s; "
+        f"retraces while switching: {policies['retraces_while_switching']})",
+        *_table(header, rows, right={1, 2, 3, 4}),
+    ]
+
+
+def _control_lines(control: dict) -> list[str]:
+    latency, traces = control["latency"], control["traces"]
+    lines = [
+        f"Control latency ({control['task']}, full monitoring, {len(latency['trials'])} calls of "
+        "set_clip_threshold on a running trainer)",
+        f"  until the first step with the new value is recorded: median "
+        f"{latency['visible_ms']['median']:.1f} ms, max {latency['visible_ms']['max']:.1f} ms",
+        f"  until the training thread applies it:               median "
+        f"{latency['applied_ms']['median']:.1f} ms, max {latency['applied_ms']['max']:.1f} ms",
+        f"  steps still on the old value: median {latency['steps_on_old_value']['median']:g}, max "
+        f"{latency['steps_on_old_value']['max']} (chunk ~{latency['chunk_steps_median']:g} steps; "
+        f"max {latency['chunks_on_old_value']['max']:.2f} chunk)",
+        "",
+        f"Traces (trace_count of the compiled chunk; {traces['trace_count_after_warm_up']} after warm-up)",
+    ]
+    rows = [[change["change"], str(change["before"]), str(change["after"])] for change in traces["live_changes"]]
+    structural = traces["structural_change"]
+    rows.append([structural["change"] + "  (structural: retraces by design)", str(structural["before"]), str(structural["after"])])
+    lines += _table(["change", "before", "after"], rows, right={1, 2})
+    return lines
+
+
+def _dashboard_lines(dashboard: dict) -> list[str]:
+    header = ["steps", "charts median ms", "min", "max", "view() ms", "view rows", "store MB"]
+    rows = [
+        [
+            f"{size['steps']:,}",
+            f"{size['charts_ms']['median']:.1f}",
+            f"{size['charts_ms']['min']:.1f}",
+            f"{size['charts_ms']['max']:.1f}",
+            f"{size['view_ms_median']:.2f}",
+            str(size["view_rows"]),
+            f"{size['store_mb']:.2f}",
+        ]
+        for size in dashboard["sizes"].values()
+    ]
+    return [
+        f"Dashboard cost (synthetic stores, window {dashboard['window']:,} steps, "
+        f"{dashboard['variables']} variables, max_points {dashboard['max_points']})",
+        f"  timed: {dashboard['timed']}",
+        *_table(header, rows, right=set(range(7))),
+    ]
+
+
+def _target_lines(targets: list[dict]) -> list[str]:
+    rows = [
+        [target["target"], target["measured"], "PASS" if target["passed"] else "MISS", target["by"]]
+        for target in targets
+    ]
+    return ["Targets", *_table(["target", "measured", "result", "by how much"], rows, right=set())]
+
+
+def format_report(results: dict) -> str:
+    lines = [machine_line(results["machine"]), f"Mode: {results['mode']}", ""]
+    sections = (
+        ("throughput", _throughput_lines, True),
+        ("policies", _policy_lines, False),
+        ("control", _control_lines, False),
+        ("dashboard", _dashboard_lines, False),
+    )
+    for key, render, whole in sections:
+        if results.get(key):
+            lines += render(results if whole else results[key]) + [""]
+    lines += _target_lines(results.get("targets", []))
+    return "\n".join(lines) + "\n"
+
+
+def print_report(results: dict, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up now, so a redirected stdout is honoured
+    stream.write(format_report(results))
+    stream.flush()

@@ -1,0 +1,105 @@
+"""Runs the benchmark's sections within a time budget and collects one results dict."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from benchmarks import report
+
+SECTIONS = ("throughput", "heavy", "policies", "control", "dashboard")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to measure. `full` is for the record; `quick` is a CI smoke run (< 2 minutes)."""
+
+    name: str
+    repeats: int  # interleaved repeats of every throughput contender
+    window_seconds: float  # each throughput measurement, after warm-up
+    heavy_window_seconds: float  # the heavier task's steps are ~100x longer
+    warm_up_seconds: float  # after the compile, before the first measurement
+    heavy_xla_off_diagnostic: bool  # also time the heavier task with XLA off, if it defaults on
+    policy_repeats: int
+    policy_window_seconds: float
+    latency_trials: int
+    store_sizes: tuple[int, ...]
+    chart_repeats: int
+    heavy_task: str = "digits"  # the CNN: steps of milliseconds, where overhead should vanish
+
+
+FULL = Budget(
+    name="full",
+    repeats=5,
+    window_seconds=2.0,
+    heavy_window_seconds=3.0,
+    warm_up_seconds=1.0,
+    heavy_xla_off_diagnostic=True,
+    policy_repeats=3,
+    policy_window_seconds=1.5,
+    latency_trials=20,
+    store_sizes=(10_000, 1_000_000),
+    chart_repeats=15,
+)
+QUICK = Budget(
+    name="quick",
+    repeats=2,
+    window_seconds=0.5,
+    heavy_window_seconds=1.0,
+    warm_up_seconds=0.3,
+    heavy_xla_off_diagnostic=False,
+    policy_repeats=1,
+    policy_window_seconds=0.4,
+    latency_trials=6,
+    store_sizes=(10_000, 1_000_000),
+    chart_repeats=5,
+)
+
+
+def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] = print) -> dict:
+    """Run `sections` (a subset of SECTIONS) and return the results, targets included."""
+    from benchmarks import control, dashboard_cost, throughput
+
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"Unknown sections {sorted(unknown)}. Valid sections: {', '.join(SECTIONS)}")
+    started = time.perf_counter()
+    results: dict = {
+        "machine": report.machine(),
+        "mode": f"{budget.name} ({budget.repeats} interleaved repeats x {budget.window_seconds:g} s "
+        f"windows; heavier task {budget.heavy_window_seconds:g} s)",
+        "budget": asdict(budget),
+        "heavy_task": budget.heavy_task,
+        "throughput": {},
+    }
+    if "throughput" in sections:
+        log("throughput: seed")
+        results["throughput"]["seed"] = throughput.run_task(
+            "seed", budget.repeats, budget.window_seconds, budget.warm_up_seconds, log
+        )
+    if "heavy" in sections:
+        log(f"throughput: {budget.heavy_task} (heavier task)")
+        results["throughput"][budget.heavy_task] = throughput.run_task(
+            budget.heavy_task,
+            budget.repeats,
+            budget.heavy_window_seconds,
+            budget.warm_up_seconds,
+            log,
+            heavy=True,
+            xla_off_diagnostic=budget.heavy_xla_off_diagnostic,
+        )
+    if "policies" in sections:
+        log("policies")
+        results["policies"] = throughput.run_policies(
+            budget.policy_repeats, budget.policy_window_seconds, budget.warm_up_seconds, log
+        )
+    if "control" in sections:
+        log("control latency and traces")
+        results["control"] = control.run_control(budget.latency_trials, budget.warm_up_seconds, log)
+    if "dashboard" in sections:
+        log("dashboard cost")
+        results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
+    results["targets"] = report.evaluate_targets(results)
+    results["seconds"] = time.perf_counter() - started
+    return results
