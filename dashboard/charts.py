@@ -184,26 +184,35 @@ NORM_COLUMNS = (
 def rolling_clip_rate(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW) -> pd.DataFrame:
     """Share of clipped steps over the last `window` steps, at every row of a metrics view.
 
-    Rows may stand for many steps (older, bucketed parts of the view); a row wider than the
-    window gives its own rate. Returns step, clip_rate (0..1) and steps_in_window.
+    Rows may stand for many steps (older, bucketed parts of the view): a row wider than the
+    window gives its own rate, and the oldest row reaching into a window counts in proportion
+    to the steps it has inside. Returns step, clip_rate (0..1) and steps_in_window.
     """
     if window < 1:
         raise ValueError(f"`window` must be at least 1. Received: window={window!r}")
     if len(view) == 0:
         return pd.DataFrame({"step": [], "clip_rate": [], "steps_in_window": []})
     steps = view["steps"].to_numpy(np.int64)
-    clipped = view["clipped"].to_numpy(np.int64)
+    clipped = view["clipped"].to_numpy(np.float64)
     row_end = view["step"].to_numpy(np.int64) + steps - 1
+    rows = np.arange(len(view))
     cumulative_steps = np.concatenate([[0], np.cumsum(steps)])
-    cumulative_clipped = np.concatenate([[0], np.cumsum(clipped)])
-    # The first row of each window: the oldest row that ends inside the window.
-    first = np.searchsorted(row_end, row_end - window, side="right")
-    first = np.minimum(first, np.arange(len(view)))
-    last = np.arange(len(view)) + 1
-    in_window = cumulative_steps[last] - cumulative_steps[first]
-    rate = (cumulative_clipped[last] - cumulative_clipped[first]) / np.maximum(in_window, 1)
+    cumulative_clipped = np.concatenate([[0.0], np.cumsum(clipped)])
+    window_start = row_end - window + 1  # the first step inside each row's window
+    # The oldest row reaching into the window; it counts in proportion to its overlap.
+    first = np.minimum(np.searchsorted(row_end, window_start, side="left"), rows)
+    overlap = np.where(first < rows, np.minimum(row_end[first] - window_start + 1, steps[first]), steps[first])
+    share = overlap / steps[first]
+    in_window = cumulative_steps[rows + 1] - cumulative_steps[first + 1] + overlap
+    clipped_in_window = (
+        cumulative_clipped[rows + 1] - cumulative_clipped[first + 1] + clipped[first] * share
+    )
     return pd.DataFrame(
-        {"step": view["step"].to_numpy(np.int64), "clip_rate": rate, "steps_in_window": in_window}
+        {
+            "step": view["step"].to_numpy(np.int64),
+            "clip_rate": clipped_in_window / np.maximum(in_window, 1),
+            "steps_in_window": in_window,
+        }
     )
 
 
@@ -218,12 +227,12 @@ def layer_norm_frame(layer_view: pd.DataFrame, max_points: int = MAX_POINTS) -> 
         return pd.DataFrame({"step": [], "step_end": [], "layer": [], "norm": []})
     spans = max(1, min(max_points // len(layers), HEATMAP_COLUMNS))
     data = even_spans(layer_view, spans, {name: "max" for name in layers})
-    starts = data["step"].to_numpy(np.int64)
-    last_end = int(layer_view["step"].iloc[-1]) + 1
-    width = max(1, math.ceil((last_end - int(starts[0])) / spans))
-    # A cell ends where the next begins (so cells tile the axis); the last one a span later.
-    step_end = np.append(starts[1:], max(last_end, starts[-1] + 1))
-    step_end = np.minimum(step_end, starts + width)
+    first, last_end = int(layer_view["step"].iloc[0]), int(layer_view["step"].iloc[-1]) + 1
+    width = max(1, math.ceil((last_end - first) / spans))  # as even_spans cut it
+    # Each cell covers its whole span, so neighbouring cells tile the axis.
+    span_start = first + (data["step"].to_numpy(np.int64) - first) // width * width
+    data["step"] = span_start
+    step_end = np.minimum(span_start + width, max(last_end, int(span_start[-1]) + 1))
     long = data.assign(step_end=step_end).melt(
         id_vars=["step", "step_end"], value_vars=layers, var_name="layer", value_name="norm"
     )
