@@ -19,6 +19,7 @@ class Budget:
     repeats: int  # interleaved repeats of every throughput contender
     window_seconds: float  # each throughput measurement, after warm-up
     heavy_window_seconds: float  # the heavier task's steps are ~100x longer
+    min_chunks: int  # a trainer's window also spans at least this many chunks
     warm_up_seconds: float  # after the compile, before the first measurement
     heavy_xla_off_diagnostic: bool  # also time the heavier task with XLA off, if it defaults on
     policy_repeats: int
@@ -34,6 +35,7 @@ FULL = Budget(
     repeats=5,
     window_seconds=2.0,
     heavy_window_seconds=3.0,
+    min_chunks=5,
     warm_up_seconds=1.0,
     heavy_xla_off_diagnostic=True,
     policy_repeats=3,
@@ -47,6 +49,7 @@ QUICK = Budget(
     repeats=2,
     window_seconds=0.5,
     heavy_window_seconds=1.0,
+    min_chunks=1,
     warm_up_seconds=0.3,
     heavy_xla_off_diagnostic=False,
     policy_repeats=1,
@@ -76,7 +79,8 @@ def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] 
     if "throughput" in sections:
         log("throughput: seed")
         results["throughput"]["seed"] = throughput.run_task(
-            "seed", budget.repeats, budget.window_seconds, budget.warm_up_seconds, log
+            "seed", budget.repeats, budget.window_seconds, budget.warm_up_seconds, log,
+            min_chunks=budget.min_chunks,
         )
     if "heavy" in sections:
         log(f"throughput: {budget.heavy_task} (heavier task)")
@@ -88,6 +92,7 @@ def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] 
             log,
             heavy=True,
             xla_off_diagnostic=budget.heavy_xla_off_diagnostic,
+            min_chunks=budget.min_chunks,
         )
     if "policies" in sections:
         log("policies")
