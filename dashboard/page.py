@@ -492,8 +492,9 @@ def _failure(snapshot: RunSnapshot) -> None:
     if status is None or status.state != "failed":
         return
     st.error(f"Run {snapshot.run_number} failed: {status.error}", icon=":material/error:")
-    with st.expander("Traceback"):
-        st.code(status.traceback or "(no traceback recorded)", language="text")
+    if status.traceback:  # a run that stops itself (e.g. too many NaN steps) raised nothing
+        with st.expander("Traceback"):
+            st.code(status.traceback, language="text")
 
 
 def _threshold_text(snapshot: RunSnapshot) -> tuple[str, str]:

@@ -100,7 +100,7 @@ def _empty_snapshot_frames() -> dict[str, pd.DataFrame]:
                 "step", "steps", "loss", "grad_norm", "grad_norm_min", "grad_norm_mean",
                 "clipped_grad_norm", "clipped_grad_norm_mean", "clip_threshold", "clipped",
                 "nonfinite", "learning_rate", "policy",
-            ]  # fmt: skip
+            ]
         ),
         "layer_view": pd.DataFrame(columns=["step"]),
         "recent": pd.DataFrame(columns=list(STEP_COLUMNS)),
@@ -114,7 +114,8 @@ class RunManager:
     Args:
         max_points: rows of the whole-run view that charts draw.
         recent_steps: newest raw rows kept for the histogram and the what-if readout.
-        trainer_options: extra keyword arguments for every `Trainer` (e.g. `window`).
+        trainer_options: extra keyword arguments for every new `Trainer` (e.g. `window`,
+            `sinks`); kept as the public dict `trainer_options`, read at each Start.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class RunManager:
     ):
         self.max_points = max_points
         self.recent_steps = recent_steps
-        self._trainer_options = dict(trainer_options or {})
+        self.trainer_options = dict(trainer_options or {})
         self._lock = threading.RLock()
         self._trainer: Trainer | None = None
         self._settings: RunSettings | None = None
@@ -209,7 +210,7 @@ class RunManager:
                 clip_threshold=settings.clip_threshold,
                 learning_rate=settings.learning_rate,
                 seed=settings.seed,
-                **self._trainer_options,
+                **self.trainer_options,
                 **params,
             )
             if settings.max_steps_per_second is not None:

@@ -1,0 +1,275 @@
+"""Headless tests of the page with Streamlit's AppTest, driving a real Trainer on the seed task.
+
+Each test gets a fresh shared RunManager (st.cache_resource is cleared) and stops its run at
+the end. AppTest runs the script in this process, so the test reads the very manager and
+trainer the page steers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Callable
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from dashboard.run_manager import RunManager, get_run_manager
+
+APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
+CONTROL_LABELS = ("Task", "Policy", "Clip threshold", "Learning rate", "Speed")
+BUTTON_LABELS = ("Start", "Pause", "Resume", "Stop", "Inject spike")
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
+
+
+@pytest.fixture
+def manager() -> RunManager:
+    st.cache_resource.clear()  # a fresh shared run for this test
+    manager = get_run_manager()
+    yield manager
+    manager.stop()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app(manager) -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [element.value for element in at.error]
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(element.value for element in at.metric if element.label == label)
+
+
+def start_run(at: AppTest, manager: RunManager, steps: int = 20) -> None:
+    at.button(key="start").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    wait_until(lambda: manager.trainer.status.step >= steps, what=f"{steps} steps")
+
+
+def clip_threshold_events(manager: RunManager):
+    events = manager.trainer.events()
+    return events[events["kind"] == "clip_threshold"]
+
+
+def test_page_renders_every_control_with_no_exception(app):
+    assert not app.exception
+    assert app.title[0].value == "Clipwatch"
+    labels = [widget.label for widget in app.sidebar.selectbox] + [
+        widget.label for widget in (*app.sidebar.number_input, *app.sidebar.select_slider)
+    ]
+    for label in CONTROL_LABELS:
+        assert label in labels
+    assert sorted(button.label for button in app.sidebar.button) == sorted(BUTTON_LABELS)
+    assert app.sidebar.select_slider(key="speed").value == 300
+    assert app.sidebar.select_slider(key="speed").options[-1] == "Full"
+    assert metric(app, "State") == "No run"
+    assert "No run yet" in app.info[0].value
+    assert app.sidebar.button(key="pause").disabled and not app.sidebar.button(key="start").disabled
+
+
+def test_policy_parameters_appear_under_their_policy(app):
+    app.sidebar.selectbox(key="policy").select("autoclip").run()
+    labels = [widget.label for widget in app.sidebar.number_input]
+    assert "Percentile" in labels and "Window" in labels
+    app.sidebar.selectbox(key="policy").select("agc").run()
+    assert "Clip factor" in [widget.label for widget in app.sidebar.number_input]
+    app.sidebar.selectbox(key="policy").select("zclip").run()
+    assert "Z threshold" in [widget.label for widget in app.sidebar.number_input]
+    assert not app.exception
+
+
+def test_start_runs_the_seed_task_and_the_page_shows_it(app, manager):
+    start_run(app, manager, steps=30)
+    trainer = manager.trainer
+    assert trainer.config.task == "seed"
+    assert trainer.status.state == "running"
+    assert trainer.config.max_steps_per_second == 300  # the Speed control's default
+    app.run()
+    assert not app.exception
+    assert metric(app, "State") == "Running"
+    assert int(metric(app, "Step").replace(",", "")) >= 30
+    assert metric(app, "Threshold") == "1"
+    drawn = app.get("vega_lite_chart")
+    assert len(drawn) == 5
+    assert "Gradient norm (global L2)" in drawn[0].proto.spec
+    assert app.sidebar.button(key="start").disabled
+    assert not app.sidebar.button(key="stop").disabled
+
+
+def test_changing_the_clip_threshold_reaches_the_running_trainer(app, manager):
+    start_run(app, manager)
+    app.sidebar.number_input(key="clip_threshold").set_value(0.25).run()
+    assert not app.exception and not errors(app)
+    wait_until(lambda: manager.trainer.config.clip_threshold == 0.25, what="the new threshold")
+    changes = clip_threshold_events(manager)
+    assert changes[["old", "new"]].values.tolist() == [["1", "0.25"]]
+    # The trainer clips with it: steps after the change record 0.25 as their threshold.
+    wait_until(
+        lambda: (manager.trainer.metrics()["clip_threshold"] == 0.25).any(), what="0.25 in metrics"
+    )
+    app.run()
+    assert metric(app, "Threshold") == "0.25"
+    assert "clip_threshold" in app.get("table")[0].value["Command"].tolist()
+
+
+@pytest.mark.parametrize("bad_value", [-1.0, 0.0])
+def test_a_refused_threshold_shows_the_trainers_message_and_changes_nothing(app, manager, bad_value):
+    start_run(app, manager)
+    app.sidebar.number_input(key="clip_threshold").set_value(0.5).run()
+    wait_until(lambda: manager.trainer.config.clip_threshold == 0.5, what="the first change")
+
+    app.sidebar.number_input(key="clip_threshold").set_value(bad_value).run()
+    assert not app.exception
+    assert errors(app) == [
+        "`clip_threshold` must be a finite number greater than 0. "
+        f"Received: clip_threshold={bad_value!r}"
+    ]
+    time.sleep(0.5)  # long enough for a wrongly sent command to be applied
+    assert manager.trainer.config.clip_threshold == 0.5
+    assert manager.settings.clip_threshold == 0.5
+    assert clip_threshold_events(manager)["new"].tolist() == ["0.5"]
+    assert app.sidebar.number_input(key="clip_threshold").value == 0.5  # the control went back
+
+    app.sidebar.number_input(key="learning_rate").set_value(0.02).run()  # the next command
+    assert errors(app) == []  # clears the message
+
+
+def test_a_refused_value_before_a_run_is_reported_too(app, manager):
+    app.sidebar.number_input(key="learning_rate").set_value(-0.5).run()
+    assert errors(app) == [
+        "`learning_rate` must be a finite number greater than 0. Received: learning_rate=-0.5"
+    ]
+    assert app.sidebar.number_input(key="learning_rate").value == 0.01
+    assert manager.trainer is None
+
+
+def test_learning_rate_policy_and_its_parameters_change_live(app, manager):
+    start_run(app, manager)
+    app.sidebar.number_input(key="learning_rate").set_value(0.005).run()
+    app.sidebar.selectbox(key="policy").select("autoclip").run()
+    app.sidebar.number_input(key="param.autoclip.percentile").set_value(50.0).run()
+    app.sidebar.number_input(key="param.autoclip.percentile").set_value(150.0).run()
+    assert errors(app) == ["`percentile` must be a number in (0, 100]. Received: percentile=150.0"]
+    trainer = manager.trainer
+    wait_until(
+        lambda: trainer.config.policy == "autoclip"
+        and trainer.config.policy_params["autoclip"]["percentile"] == 50.0
+        and trainer.config.learning_rate == 0.005,
+        what="the live changes",
+    )
+    kinds = trainer.events()["kind"].tolist()
+    assert "learning_rate" in kinds and "policy" in kinds and "autoclip.percentile" in kinds
+
+
+def test_pause_resume_stop_and_a_new_start_replaces_the_trainer(app, manager):
+    start_run(app, manager)
+    first = manager.trainer
+    app.sidebar.button(key="pause").click().run()
+    wait_until(lambda: first.status.state == "paused", what="paused")
+    app.run()  # the page follows the run's new state
+    assert metric(app, "State") == "Paused"
+    assert not app.sidebar.button(key="resume").disabled
+    app.sidebar.button(key="resume").click().run()
+    wait_until(lambda: first.status.state == "running", what="running again")
+    app.sidebar.button(key="stop").click().run()
+    assert first.status.state == "stopped"
+    assert metric(app, "State") == "Stopped"
+    assert app.sidebar.button(key="pause").disabled
+
+    app.sidebar.number_input(key="clip_threshold").set_value(0.2).run()  # configures the next run
+    app.sidebar.button(key="start").click().run()
+    assert manager.trainer is not first and manager.run_number == 2
+    assert manager.trainer.config.clip_threshold == 0.2
+    with pytest.raises(RuntimeError, match="stopped"):
+        first.set_clip_threshold(0.3)  # the old run is over
+
+
+def test_a_second_session_watches_and_follows_the_same_run(app, manager):
+    start_run(app, manager)
+    second = AppTest.from_file(APP, default_timeout=60).run()
+    assert metric(second, "State") == "Running"
+    app.sidebar.number_input(key="clip_threshold").set_value(0.3).run()
+    second.run()  # the second tab's next refresh
+    assert second.sidebar.number_input(key="clip_threshold").value == 0.3
+    assert second.sidebar.button(key="start").disabled
+    # Either tab steers the one run: the second stops it and the first sees that.
+    second.sidebar.button(key="stop").click().run()
+    assert manager.state == "stopped" and manager.run_number == 1
+    app.run()
+    assert metric(app, "State") == "Stopped"
+
+
+def test_apply_suggested_threshold_sets_the_percentile_of_recent_norms(app, manager):
+    start_run(app, manager, steps=200)
+    app.run()
+    button = app.button(key="apply_suggested")
+    assert button.label == "Apply suggested threshold"
+    suggestion = [
+        element.value for element in app.markdown if element.value.startswith("Suggested threshold")
+    ]
+    assert len(suggestion) == 1
+    shown = re.match(r"Suggested threshold \(p90 of recent norms\): \*\*([0-9.e+-]+)\*\*", suggestion[0])
+    assert shown, suggestion[0]
+    button.click().run()
+    assert not app.exception and not errors(app)
+    value = manager.settings.clip_threshold
+    assert value == float(shown.group(1))
+    assert 0 < value < 1  # a p90 of the seed task's norms, not the default threshold 1
+    wait_until(lambda: manager.trainer.config.clip_threshold == value, what="the suggestion applied")
+    assert app.sidebar.number_input(key="clip_threshold").value == value
+    assert clip_threshold_events(manager)["new"].tolist() == [f"{value:.6g}"]
+
+
+def test_inject_spike_is_recorded_and_shows_in_the_gradient_norm(app, manager):
+    start_run(app, manager, steps=50)
+    app.sidebar.number_input(key="spike_factor").set_value(1000.0).run()
+    app.sidebar.button(key="inject_spike").click().run()
+    trainer = manager.trainer
+    wait_until(lambda: "spike" in trainer.events()["kind"].tolist(), what="the spike event")
+    spike_step = int(trainer.events().query("kind == 'spike'")["step"].iloc[0])
+    wait_until(lambda: trainer.status.step > spike_step + 5, what="steps after the spike")
+    norms = trainer.metrics()
+    typical = norms["grad_norm"].median()
+    assert norms["grad_norm"].max() > 100 * typical
+    assert norms.loc[norms["grad_norm"].idxmax(), "clipped"]
+
+
+def test_a_run_that_stops_itself_shows_why(app, manager):
+    app.sidebar.selectbox(key="policy").select("none").run()
+    app.sidebar.number_input(key="learning_rate").set_value(1e30).run()
+    app.sidebar.select_slider(key="speed").set_value("Full").run()
+    app.button(key="start").click().run()
+    wait_until(lambda: manager.state == "failed", what="the run to fail")
+    app.run()
+    assert not app.exception
+    assert metric(app, "State") == "Failed"
+    assert any("consecutive non-finite steps" in message for message in errors(app))
+
+
+def test_a_run_that_raises_shows_the_message_and_the_traceback(app, manager):
+    def broken_sink(rows):
+        raise OSError(f"disk full while writing {len(rows['step'])} rows")
+
+    manager.trainer_options["sinks"] = (broken_sink,)
+    app.button(key="start").click().run()
+    wait_until(lambda: manager.state == "failed", what="the run to fail")
+    app.run()
+    assert any("OSError: disk full while writing" in message for message in errors(app))
+    expander = app.expander[0]
+    assert expander.label == "Traceback"
+    assert "broken_sink" in expander.code[0].value
