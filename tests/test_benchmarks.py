@@ -1,7 +1,7 @@
 """The benchmark's output structure, on tiny budgets. Timings are never asserted here.
 
 One module-scoped run covers every section: the `seed` task stands in for the heavier task (its
-step is too light, so the batch-size rule raises it to 512), which also yields every target.
+step is too light, so the batch-size rule normally raises it to 512), which yields every target.
 """
 
 import dataclasses
@@ -44,8 +44,9 @@ def results():
 
 def test_throughput_rows_have_finite_ratios(results):
     section = results["throughput"]["seed"]
-    assert section["batch_size"] == HEAVY_BATCH_SIZE
-    assert "raised from 32" in section["batch_size_reason"]
+    # The seed step is far under 5 ms, so the batch is raised, unless a loaded machine slowed it.
+    raised = "raised from 32" in section["batch_size_reason"]
+    assert section["batch_size"] == (HEAVY_BATCH_SIZE if raised else 32)
     assert set(section["rows"]) == set(CONTENDERS)
     for row in section["rows"].values():
         assert row["min"] <= row["median"] <= row["max"]
