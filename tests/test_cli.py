@@ -13,6 +13,8 @@ COLUMNS = ["step", "time_s", "loss", "grad_norm", "clipped_grad_norm", "clip_thr
 
 
 def run_cli(*args, timeout=180):
+    if "--db" not in args:
+        args = (*args, "--no-db")  # keep the repository's runs/ folder clean
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,

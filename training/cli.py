@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the task's")
     parser.add_argument("--csv", default=None, help="write every step to this CSV file")
     parser.add_argument(
+        "--db", default=None,
+        help="record the run in this SQLite file (default: $CLIPWATCH_DB or runs/clipwatch.db)",
+    )  # fmt: skip
+    parser.add_argument("--no-db", action="store_true", help="do not record the run")
+    parser.add_argument("--name", default=None, help="the run's name in the database")
+    parser.add_argument(
         "--max-nonfinite-steps", type=int, default=50,
         help="fail after this many consecutive non-finite steps",
     )  # fmt: skip
@@ -107,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
 
+    from training.persistence import DatabaseError, RunDatabase, default_path
     from training.trainer import Trainer  # imports TensorFlow: after the arguments are good
+
+    database = None
+    if not args.no_db:
+        try:
+            database = RunDatabase(args.db or default_path())
+        except DatabaseError as error:
+            parser.error(str(error))
 
     csv_file = None
     try:
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 max_steps=args.steps,
                 max_nonfinite_steps=args.max_nonfinite_steps,
                 sinks=sinks,
+                database=database,
+                run_name=args.name,
                 **policy_params,
             )
         except ValueError as error:
@@ -160,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_second": status.step / elapsed if elapsed > 0 else None,
         "state": status.state,
     }
+    if status.run_id is not None:
+        summary["run_id"] = status.run_id
+        summary["db"] = str(database.path)
     if status.error:
         summary["error"] = status.error
     print(json.dumps(summary))

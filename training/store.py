@@ -226,9 +226,12 @@ class MetricsStore:
             for name, values in merged.items():
                 self._buckets[name][: self._bucket_count] = values
 
-    def record_event(self, step: int, kind: str, old, new) -> None:
+    def record_event(self, step: int, kind: str, old, new) -> tuple:
+        """Record a command; returns the event row (step, time_s, kind, old, new)."""
+        event = (int(step), time.time(), kind, _text(old), _text(new))
         with self._lock:
-            self._events.append((int(step), time.time(), kind, _text(old), _text(new)))
+            self._events.append(event)
+        return event
 
     # --- reading (any thread) ------------------------------------------------------------------
 

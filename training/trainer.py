@@ -22,13 +22,16 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import tensorflow as tf
 
 from training import policies
 from training.store import MetricsStore
+
+if TYPE_CHECKING:
+    from training.persistence import RunDatabase
 from training.tasks import get_task
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
@@ -77,6 +80,8 @@ class TrainerStatus:
     trace_count: int = 0  # how many times the compiled chunk was traced
     config: RunConfig | None = None
     chunk_steps: int = 0  # size of the last chunk
+    run_id: int | None = None  # the run's id in the database, when it is persisted
+    warning: str | None = None  # e.g. the database could not be written (the run goes on)
 
 
 @dataclass
@@ -118,6 +123,8 @@ class Trainer:
         sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
             benchmark's ceiling); the store then stays empty.
+        database: a `persistence.RunDatabase` to write the run to (None: memory only).
+        run_name: the run's name in the database (default: "run N: task / policy").
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
     """
 
@@ -137,6 +144,8 @@ class Trainer:
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
         monitoring: bool = True,
+        database: "RunDatabase | None" = None,
+        run_name: str | None = None,
         **policy_params: Any,
     ):
         task_spec = get_task(task)
@@ -153,6 +162,8 @@ class Trainer:
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
+        self._database, self._run_name = database, run_name
+        self._writer = None
         self._config = RunConfig(
             task=task,
             policy=policy,
@@ -298,17 +309,17 @@ class Trainer:
         self._status = replace(self._status, **changes)
 
     def _run(self) -> None:
+        trace = None
         try:
             self._build()
-            self._loop()
-        except Exception as error:  # kept for the UI, never lost
-            self._set_status(
-                state="failed",
-                error=f"{type(error).__name__}: {error}",
-                traceback=traceback.format_exc(),
-            )
-        finally:
-            self._store_ready.set()
+            state, error = self._loop()
+        except Exception as exception:  # kept for the UI, never lost
+            state, error = "failed", f"{type(exception).__name__}: {exception}"
+            trace = traceback.format_exc()
+        self._store_ready.set()
+        if self._writer is not None:
+            self._writer.finish(state, error)  # the record is complete before the state shows
+        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0)
 
     def _build(self) -> None:
         import keras
@@ -325,6 +336,9 @@ class Trainer:
         self._model, self._optimizer, self._variables = model, optimizer, variables
         self._variable_names = [_short_name(v) for v in variables]
         self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
+        if self._database is not None and self._monitoring:
+            self._writer = self._database.start_run(config, self._variable_names, self._run_name)
+            self._set_status(run_id=self._writer.run_id)
         self._clip_threshold = tf.Variable(config.clip_threshold, dtype=tf.float32, trainable=False)
         live = config.policy_params
         self._percentile = tf.Variable(live["autoclip"]["percentile"], dtype=tf.float32, trainable=False)
@@ -447,7 +461,8 @@ class Trainer:
                 variable.assign(value)
         return {name: buffer.stack() for name, buffer in buffers.items()}
 
-    def _loop(self) -> None:
+    def _loop(self) -> tuple[str, str | None]:
+        """Train until stopped, finished or failed; return (final state, error)."""
         chunk_steps = 16
         pace_start_time, pace_start_step = time.perf_counter(), 0
         recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
@@ -460,8 +475,7 @@ class Trainer:
                 pace_start_time, pace_start_step = time.perf_counter(), self._status.step
             if self._stop_requested.is_set():
                 self._record("stop", None, None)
-                self._set_status(state="stopped", steps_per_second=0.0)
-                return
+                return "stopped", None
             if self._status.state == "paused":
                 self._wake.wait(0.5)
                 self._wake.clear()
@@ -472,8 +486,7 @@ class Trainer:
             max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
             if max_steps is not None and step >= max_steps:
                 self._record("finished", None, step)
-                self._set_status(state="stopped", steps_per_second=0.0)
-                return
+                return "stopped", None
             steps = chunk_steps
             if pace is not None:
                 steps = min(steps, max(1, int(pace * 0.1)))  # ~10 updates per second when paced
@@ -492,6 +505,10 @@ class Trainer:
                 self._spike_pending = False
             if self._monitoring:
                 self._store.append(rows)
+                if self._writer is not None:
+                    self._writer.append(rows, policies.POLICY_NAMES)
+                    if self._writer.error and self._status.warning is None:
+                        self._set_status(warning=self._writer.error)
                 for sink in self._sinks:
                     sink(rows)
 
@@ -521,8 +538,7 @@ class Trainer:
                     "Lower the learning rate or the clip threshold."
                 )
                 self._record("failed", None, reason)
-                self._set_status(state="failed", error=reason, steps_per_second=0.0)
-                return
+                return "failed", reason
             if pace is not None:
                 due = pace_start_time + (step + steps - pace_start_step) / pace
                 if due < time.perf_counter() - 0.1:  # behind (a compile, a slow chunk): no catch-up burst
@@ -545,7 +561,9 @@ class Trainer:
 
     def _record(self, kind: str, old: Any, new: Any) -> None:
         if self._store is not None:
-            self._store.record_event(self._status.step, kind, old, new)
+            event = self._store.record_event(self._status.step, kind, old, new)
+            if self._writer is not None:
+                self._writer.event(*event)
 
     def _apply_commands(self) -> None:
         self._wake.clear()
