@@ -2,18 +2,19 @@
 
 Both run on one trainer with full monitoring, warmed up first. A command is queued at once and
 applied by the training thread between chunks, so the steps still on the old value after a call
-are at most the chunk in flight; the first new step is then visible one chunk later.
+should be at most the chunk in flight; the first new step is visible when the next chunk is.
 """
 
 from __future__ import annotations
 
+import collections
 import statistics
 import time
 from typing import Callable
 
 import numpy as np
 
-from benchmarks.throughput import TrainerRun
+from benchmarks.throughput import POLL_SECONDS, TrainerRun
 
 # Thresholds visited in turn (each differs from the one before); exact in float32.
 LATENCY_THRESHOLDS = (0.5, 2.0, 0.75, 1.5, 1.25, 0.625)
@@ -39,30 +40,51 @@ STRUCTURAL_CHANGE = (
 )
 
 
-def measure_latency(run: TrainerRun, trials: int, seed: int = 0, timeout: float = 60.0) -> dict:
-    """Time and steps from `set_clip_threshold` to the first recorded step that uses the value."""
-    trainer, store = run.trainer, run.trainer.store
+class ChunkLog:
+    """A trainer sink: when each chunk reached the store, its steps and its clip threshold.
+
+    It runs in the training thread right after the chunk is appended to the store, so its
+    timestamps are when a chunk became visible, and its boundaries are exact (no polling).
+    """
+
+    def __init__(self):
+        self.chunks: collections.deque = collections.deque(maxlen=100_000)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> None:
+        self.chunks.append(
+            (time.perf_counter(), int(rows["step"][0]), int(rows["step"][-1]), float(rows["clip_threshold"][-1]))
+        )
+
+    def since(self, moment: float) -> list[tuple]:
+        return [chunk for chunk in list(self.chunks) if chunk[0] > moment]
+
+
+def measure_latency(run: TrainerRun, chunk_log: ChunkLog, trials: int, seed: int = 0, timeout: float = 60.0) -> dict:
+    """Time, steps and chunks from `set_clip_threshold` to the first recorded step that uses it.
+
+    A chunk in flight when the call is made finishes on the old value; the command is applied
+    before the next chunk. So "chunks on the old value" (finished after the call, still old) is
+    1 when the command lands mid-chunk, 0 when it lands between chunks, and never more.
+    """
+    trainer = run.trainer
     rng = np.random.default_rng(seed)
     results = []
     for trial in range(trials):
         value = LATENCY_THRESHOLDS[trial % len(LATENCY_THRESHOLDS)]
         time.sleep(rng.uniform(0.02, 0.06))  # land anywhere inside a chunk
-        status = trainer.status
-        step_at_call, chunk_at_call = status.step, status.chunk_steps
         wall_at_call = time.time()
         called = time.perf_counter()
         trainer.set_clip_threshold(value)
-        first_new_step = None
-        while first_new_step is None:
+        while True:
+            after_call = chunk_log.since(called)
+            new = [chunk for chunk in after_call if chunk[3] == np.float32(value)]
+            if new:
+                break
             if time.perf_counter() - called > timeout:
                 raise TimeoutError(f"clip_threshold={value} not recorded within {timeout:g} s")
-            # Status moves after the chunk is in the store: query the store only then.
-            _, step = run.next_chunk_boundary(timeout)
-            recent = store.metrics(since=step_at_call)
-            hits = recent["step"][recent["clip_threshold"] == np.float32(value)]
-            if len(hits):
-                first_new_step = int(hits.iloc[0])
-        visible = time.perf_counter()
+            time.sleep(POLL_SECONDS)
+        visible, first_new_step = new[0][0], new[0][1]
+        old = [chunk for chunk in after_call if chunk[2] < first_new_step]
         events = trainer.events()
         event = events[events["kind"] == "clip_threshold"].iloc[-1]
         results.append(
@@ -70,22 +92,24 @@ def measure_latency(run: TrainerRun, trials: int, seed: int = 0, timeout: float 
                 "clip_threshold": value,
                 "visible_ms": (visible - called) * 1000,
                 "applied_ms": (float(event["time_s"]) - wall_at_call) * 1000,
-                "steps_on_old_value": first_new_step - step_at_call - 1,
-                "chunk_steps": max(chunk_at_call, trainer.status.chunk_steps),
+                "chunks_on_old_value": len(old),
+                "steps_on_old_value": sum(last - first + 1 for _, first, last, _ in old),
+                "first_new_chunk_steps": new[0][2] - new[0][1] + 1,
                 "event_step_plus_one_is_first_new_step": int(event["step"]) + 1 == first_new_step,
             }
         )
-    visible_ms = [trial["visible_ms"] for trial in results]
-    applied_ms = [trial["applied_ms"] for trial in results]
-    old_steps = [trial["steps_on_old_value"] for trial in results]
-    chunks = [trial["steps_on_old_value"] / max(trial["chunk_steps"], 1) for trial in results]
+
+    def spread(key):
+        values = [trial[key] for trial in results]
+        return {"median": statistics.median(values), "max": max(values)}
+
     return {
         "trials": results,
-        "visible_ms": {"median": statistics.median(visible_ms), "max": max(visible_ms)},
-        "applied_ms": {"median": statistics.median(applied_ms), "max": max(applied_ms)},
-        "steps_on_old_value": {"median": statistics.median(old_steps), "max": max(old_steps)},
-        "chunks_on_old_value": {"median": statistics.median(chunks), "max": max(chunks)},
-        "chunk_steps_median": statistics.median(trial["chunk_steps"] for trial in results),
+        "visible_ms": spread("visible_ms"),
+        "applied_ms": spread("applied_ms"),
+        "steps_on_old_value": spread("steps_on_old_value"),
+        "chunks_on_old_value": spread("chunks_on_old_value"),
+        "first_new_chunk_steps": spread("first_new_chunk_steps"),
     }
 
 
@@ -120,13 +144,14 @@ def measure_retraces(run: TrainerRun, timeout: float = 600.0) -> dict:
 
 
 def run_control(trials: int, warm_up_seconds: float, log: Log, task_name: str = "seed", seed: int = 0) -> dict:
-    run = TrainerRun("control", task_name, None, seed)
+    chunk_log = ChunkLog()
+    run = TrainerRun("control", task_name, None, seed, sinks=(chunk_log,))
     try:
         run.start()
         run.warm_up(warm_up_seconds, timeout=600.0)
         run.trainer.resume()
         _after_two_chunks(run, 600.0)
-        latency = measure_latency(run, trials, seed)
+        latency = measure_latency(run, chunk_log, trials, seed)
         log(
             f"  latency: visible median {latency['visible_ms']['median']:.1f} ms, "
             f"max {latency['visible_ms']['max']:.1f} ms"

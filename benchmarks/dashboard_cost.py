@@ -130,52 +130,54 @@ def _chart_builder() -> tuple[str, Callable[[MetricsStore], object]]:
     )
 
 
-def time_charts(store: MetricsStore, build: Callable, repeats: int) -> dict:
-    build(store)  # the first call pays imports and caches
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        build(store)
-        seconds.append(time.perf_counter() - started)
-    view_seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        store.view(MAX_POINTS)
-        view_seconds.append(time.perf_counter() - started)
-    return {
-        "charts_ms": {
-            "median": statistics.median(seconds) * 1000,
-            "min": min(seconds) * 1000,
-            "max": max(seconds) * 1000,
-        },
-        "view_ms_median": statistics.median(view_seconds) * 1000,
-    }
+def _timed(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return (time.perf_counter() - started) * 1000
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run_dashboard(sizes: tuple[int, ...], repeats: int, log: Log) -> dict:
+    """Chart and view timings per store size, the sizes interleaved so noise hits them alike."""
     what, build = _chart_builder()
-    results = {}
+    stores, results = {}, {}
     for steps in sizes:
         started = time.perf_counter()
-        store = filled_store(steps)
-        fill_seconds = time.perf_counter() - started
-        timing = time_charts(store, build, repeats)
+        stores[steps] = filled_store(steps)
+        results[steps] = {"steps": steps, "fill_seconds": time.perf_counter() - started}
+    timings = {steps: {"charts": [], "page": [], "view": []} for steps in sizes}
+    page_errors = {}
+    for steps, store in stores.items():
+        build(store)  # the first call pays imports and caches
         try:  # the dashboard's own builders, for information: their code is still moving
-            page = time_charts(store, dashboard_page_charts, repeats)["charts_ms"]
+            dashboard_page_charts(store)
         except Exception as error:
-            page = {"error": f"{type(error).__name__}: {error}"}
-        results[str(steps)] = {
-            "steps": steps,
-            "fill_seconds": fill_seconds,
-            "store_nbytes": store.nbytes,
-            "store_mb": store.nbytes / 1e6,
-            "view_rows": len(store.view(MAX_POINTS)[0]),
-            **timing,
-            "dashboard_page_charts_ms": page,
-        }
+            page_errors[steps] = f"{type(error).__name__}: {error}"
+    order = list(sizes)
+    for repeat in range(repeats):
+        for steps in order[repeat % len(order):] + order[: repeat % len(order)]:
+            store = stores[steps]
+            timings[steps]["charts"].append(_timed(build, store))
+            if steps not in page_errors:
+                timings[steps]["page"].append(_timed(dashboard_page_charts, store))
+            timings[steps]["view"].append(_timed(store.view, MAX_POINTS))
+    for steps, store in stores.items():
+        results[steps].update(
+            store_nbytes=store.nbytes,
+            store_mb=store.nbytes / 1e6,
+            view_rows=len(store.view(MAX_POINTS)[0]),
+            charts_ms=_spread(timings[steps]["charts"]),
+            view_ms_median=statistics.median(timings[steps]["view"]),
+            dashboard_page_charts_ms={"error": page_errors[steps]}
+            if steps in page_errors
+            else _spread(timings[steps]["page"]),
+        )
         log(
-            f"  {steps:,} steps: charts {timing['charts_ms']['median']:.1f} ms, "
-            f"store {store.nbytes / 1e6:.2f} MB (filled in {fill_seconds:.1f} s)"
+            f"  {steps:,} steps: charts {results[steps]['charts_ms']['median']:.1f} ms, store "
+            f"{store.nbytes / 1e6:.2f} MB (filled in {results[steps]['fill_seconds']:.1f} s)"
         )
     return {
         "timed": what,
@@ -185,6 +187,5 @@ def run_dashboard(sizes: tuple[int, ...], repeats: int, log: Log) -> dict:
         "max_points": MAX_POINTS,
         "variables": len(VARIABLE_NAMES),
         "window": MetricsStore(VARIABLE_NAMES, POLICY_NAMES).window,
-        "sizes": results,
+        "sizes": {str(steps): result for steps, result in results.items()},
     }
-

@@ -105,6 +105,7 @@ def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] 
     if "dashboard" in sections:
         log("dashboard cost")
         results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
+    results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started
     return results

@@ -125,6 +125,7 @@ class TrainerRun:
         monitoring: bool = True,
         policy: str = "global_norm",
         jit_compile: bool | None = None,
+        sinks: tuple = (),
     ):
         self.label = label
         self.trainer = Trainer(
@@ -135,6 +136,7 @@ class TrainerRun:
             seed=seed,
             jit_compile=jit_compile,
             monitoring=monitoring,
+            sinks=sinks,
         )
         self.compile_seconds: float | None = None
         self.min_chunks = 1
@@ -247,16 +249,25 @@ def _keras_default_at_a_sane_batch(
     return keras_default, batch
 
 
-def _ratios(rows: dict[str, dict]) -> None:
-    """Add each row's median ratio against the three references (None if a reference is absent)."""
-    references = {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_ceiling": CEILING}
+def paired_ratio(values: list[float], references: list[float]) -> dict:
+    """Median (and range) over repeats of value / reference, each pair measured back to back.
+
+    On a shared machine the load drifts between repeats; a ratio within one repeat cancels most
+    of that drift, where a ratio of medians would mix different moments.
+    """
+    ratios = [value / reference for value, reference in zip(values, references)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def _ratios(rows: dict[str, dict], references: dict[str, str]) -> None:
+    """Add each row's paired ratio against every reference present (None if absent)."""
     for row in rows.values():
         for key, reference in references.items():
-            row[key] = row["median"] / rows[reference]["median"] if reference in rows else None
-    if CEILING_XLA_OFF in rows:
-        for label in (MONITORED_XLA_OFF, CEILING_XLA_OFF):
-            if label in rows:
-                rows[label]["vs_ceiling"] = rows[label]["median"] / rows[CEILING_XLA_OFF]["median"]
+            if reference in rows:
+                ratio = paired_ratio(row["samples"], rows[reference]["samples"])
+                row[key], row[f"{key}_range"] = ratio["median"], [ratio["min"], ratio["max"]]
+            else:
+                row[key], row[f"{key}_range"] = None, None
 
 
 def run_task(
@@ -299,7 +310,10 @@ def run_task(
         for contender in contenders:
             contender.close()
     rows = {label: summarize(values) for label, values in samples.items()}
-    _ratios(rows)
+    _ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_ceiling": CEILING})
+    if CEILING_XLA_OFF in rows:  # the diagnostic pair is compared with its own ceiling
+        pair = {label: rows[label] for label in (CEILING_XLA_OFF, MONITORED_XLA_OFF)}
+        _ratios(pair, {"vs_ceiling": CEILING_XLA_OFF})
     for label in rows:
         if label in chunk_steps:
             rows[label].update(
@@ -354,9 +368,7 @@ def run_policies(
     finally:
         run.close()
     rows = {name: summarize(values) for name, values in samples.items()}
-    reference = rows["global_norm"]["median"]
-    for row in rows.values():
-        row["vs_global_norm"] = row["median"] / reference
+    _ratios(rows, {"vs_global_norm": "global_norm"})
     return {
         "task": task_name,
         "repeats": repeats,
