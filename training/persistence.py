@@ -11,9 +11,9 @@ The schema (see also README.md):
          batch_size, seed, config_json, variable_names_json, state, error, created_at,
          updated_at, steps, final_loss, clip_rate, pid)
     steps(run_id, step, time_s, loss, grad_norm, clipped_grad_norm, clip_threshold, clipped,
-          finite, learning_rate, policy)                      PRIMARY KEY (run_id, step)
-    layer_norms(run_id, step, norms BLOB)   float32 array, one entry per variable, in the order
-                                            of runs.variable_names_json
+          finite, learning_rate, policy, layer_norms BLOB)    PRIMARY KEY (run_id, step)
+        layer_norms: float32 array, one pre-clip norm per trainable variable, in the order of
+        runs.variable_names_json (numpy.frombuffer(blob, numpy.float32))
     events(run_id, step, time_s, kind, old, new)
 """
 
@@ -62,13 +62,7 @@ CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL,
     step INTEGER NOT NULL,
     time_s REAL, loss REAL, grad_norm REAL, clipped_grad_norm REAL, clip_threshold REAL,
-    clipped INTEGER, finite INTEGER, learning_rate REAL, policy TEXT,
-    PRIMARY KEY (run_id, step)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS layer_norms (
-    run_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    norms BLOB NOT NULL,
+    clipped INTEGER, finite INTEGER, learning_rate REAL, policy TEXT, layer_norms BLOB,
     PRIMARY KEY (run_id, step)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
@@ -185,7 +179,7 @@ class RunDatabase:
     def delete_run(self, run_id: int) -> None:
         with self._connect() as connection:
             connection.execute("BEGIN")
-            for table in ("steps", "layer_norms", "events", "runs"):
+            for table in ("steps", "events", "runs"):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute("COMMIT")
 
@@ -235,7 +229,7 @@ class RunDatabase:
         names = self.run_info(run_id)["variable_names"]
         with self._connect() as connection:
             rows = connection.execute(
-                "SELECT step, norms FROM layer_norms WHERE run_id = ? ORDER BY step", (run_id,)
+                "SELECT step, layer_norms FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
             ).fetchall()
         values = (
             np.frombuffer(b"".join(blob for _, blob in rows), np.float32).reshape(len(rows), len(names))
@@ -309,7 +303,7 @@ class RunWriter:
         connection.close()
 
     def _commit(self, connection, pending, finished) -> None:
-        step_rows, layer_rows, event_rows = [], [], []
+        step_rows, event_rows = [], []
         last = None
         for kind, payload, policy_names in pending:
             if kind == "event":
@@ -317,29 +311,24 @@ class RunWriter:
                 continue
             rows = payload
             names = np.asarray(policy_names)[rows["policy"]]
-            columns = [rows[name].tolist() for name in STEP_FIELDS[:-1]] + [names.tolist()]
-            step_rows.extend(zip([self.run_id] * len(names), *columns))
-            layer_rows.extend(
-                zip([self.run_id] * len(names), rows["step"].tolist(), map(bytes, rows["layer_norms"]))
-            )
+            columns = [rows[name].tolist() for name in STEP_FIELDS[:-1]]
+            layer_norms = map(bytes, np.ascontiguousarray(rows["layer_norms"], np.float32))
+            step_rows.extend(zip([self.run_id] * len(names), *columns, names.tolist(), layer_norms))
             last = rows
         connection.execute("BEGIN")
         try:
-            self._write(connection, step_rows, layer_rows, event_rows, last, finished)
+            self._write(connection, step_rows, event_rows, last, finished)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 
-    def _write(self, connection, step_rows, layer_rows, event_rows, last, finished) -> None:
+    def _write(self, connection, step_rows, event_rows, last, finished) -> None:
         if step_rows:
             connection.executemany(
-                f"INSERT OR REPLACE INTO steps (run_id, {', '.join(STEP_FIELDS)}) "
-                f"VALUES ({', '.join('?' * (len(STEP_FIELDS) + 1))})",
+                f"INSERT INTO steps (run_id, {', '.join(STEP_FIELDS)}, layer_norms) "
+                f"VALUES ({', '.join('?' * (len(STEP_FIELDS) + 2))})",
                 step_rows,
-            )
-            connection.executemany(
-                "INSERT OR REPLACE INTO layer_norms (run_id, step, norms) VALUES (?, ?, ?)", layer_rows
             )
         if event_rows:
             connection.executemany(
