@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 MAX_POINTS = 2000  # the most rows any chart carries; the browser stays fast
-LINE_POINTS = 1000  # spans of steps in the line charts: about one per pixel of a wide chart
+LINE_POINTS = 600  # spans of steps in the line charts: about one per two pixels of a wide chart
 HEATMAP_COLUMNS = 240  # time spans in the per-layer heatmap: about one per 3-4 pixels
 MAX_EVENT_RULES = 60  # the newest events drawn as rules on the loss chart
 CLIP_RATE_WINDOW = 100  # steps in the rolling clip rate
@@ -434,7 +434,7 @@ def _step_axis(steps: Sequence | None = None, end: float | None = None) -> alt.X
 
 
 def gradient_norm_chart(
-    view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS, height: int = 300
+    view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS, height: int = 340
 ) -> alt.LayerChart:
     """Gradient norm before and after clipping, the threshold as a step line, clip markers.
 
@@ -455,18 +455,18 @@ def gradient_norm_chart(
         return base.transform_filter(valid).transform_calculate(series=f"'{SERIES_LABELS[key]}'")
 
     before = series("before_clip", "grad_norm_mean").mark_line(strokeWidth=1.3).encode(
-        y="grad_norm_mean:Q", color=color
+        y=alt.Y("grad_norm_mean:Q"), color=color
     )
     # The envelope has a fixed colour so the legend takes its symbol from the line above.
     band = (
         base.transform_filter("isValid(datum.grad_norm_min) && isValid(datum.grad_norm)")
         .mark_area(color=COLORS["before_clip"], opacity=0.18)
-        .encode(y="grad_norm_min:Q", y2="grad_norm:Q")
+        .encode(y=alt.Y("grad_norm_min:Q"), y2=alt.Y2("grad_norm"))
     )
     band_top = (
         base.transform_filter("isValid(datum.grad_norm)")
         .mark_line(color=COLORS["before_clip"], strokeWidth=0.8, opacity=0.55)
-        .encode(y="grad_norm:Q")
+        .encode(y=alt.Y("grad_norm:Q"))
     )
     after = series("after_clip", "clipped_grad_norm_mean").mark_line(strokeWidth=1.6).encode(
         y=alt.Y("clipped_grad_norm_mean:Q", title=y_title, scale=_y_scale(log_scale)), color=color
@@ -474,14 +474,14 @@ def gradient_norm_chart(
     threshold = (
         series("threshold", "clip_threshold")
         .mark_line(interpolate="step-after", strokeDash=[6, 3], strokeWidth=2)
-        .encode(y="clip_threshold:Q", color=color)
+        .encode(y=alt.Y("clip_threshold:Q"), color=color)
     )
     markers = (
         series("clip_marker", "grad_norm")
         .transform_filter("datum.clipped > 0")
         .mark_point(filled=True, size=22)
         .encode(
-            y="grad_norm:Q",
+            y=alt.Y("grad_norm:Q"),
             color=color,
             opacity=alt.Opacity("clip_share:Q", scale=alt.Scale(domain=[0, 1], range=[0.35, 0.95]), legend=None),
         )
@@ -554,7 +554,7 @@ def loss_chart(
     rule = (
         alt.Chart(rules)
         .mark_rule(strokeDash=[4, 3], strokeWidth=1.5)
-        .encode(x="step:Q", color=color, tooltip=event_tooltip)
+        .encode(x=alt.X("step:Q"), color=color, tooltip=event_tooltip)
     )
     # One label per step: commands taken at the same step (pause, resume) share it.
     labels = rules.groupby("step", sort=True).agg(
@@ -564,9 +564,9 @@ def loss_chart(
         alt.Chart(labels)
         .mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-3, fontSize=10)
         .encode(
-            x="step:Q",
+            x=alt.X("step:Q"),
             y=alt.value(0),
-            text="label:N",
+            text=alt.Text("label:N"),
             color=alt.Color("group:N", scale=group_scale, legend=None),
         )
     )
@@ -617,7 +617,7 @@ def layer_norm_chart(
         .mark_rect()
         .encode(
             x=_step_axis(data["step"], end=data["step_end"].max() if len(data) else None),
-            x2="step_end:Q",
+            x2=alt.X2("step_end"),
             y=alt.Y("layer:N", title=None, sort=layers, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
             color=alt.Color(
                 "norm:Q",
@@ -646,13 +646,13 @@ def gradient_norm_histogram(
 ) -> alt.LayerChart:
     """Distribution of recent pre-clip gradient norms, with the threshold (and suggestion)."""
     counts = histogram_frame(norms, bins=bins, log_scale=log_scale)
-    x_scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
+    x_scale = alt.Scale(type="log", nice=False) if log_scale else alt.Scale(zero=False)
     bars = (
         alt.Chart(counts)
         .mark_bar(color=COLORS["before_clip"], opacity=0.8, binSpacing=0)
         .encode(
             x=alt.X("bin_start:Q", title="Gradient norm before clip", scale=x_scale),
-            x2="bin_end:Q",
+            x2=alt.X2("bin_end"),
             y=alt.Y("count:Q", title="Steps"),
             y2=alt.datum(0),
             tooltip=[
@@ -663,44 +663,36 @@ def gradient_norm_histogram(
             ],
         )
     )
-    marks = [
-        (value, name, color, dash)
+    drawn = [
+        (f"{name} {value:.3g}", float(value), color, dash)
         for value, name, color, dash in (
-            (clip_threshold, threshold_label, COLORS["threshold"], []),
+            (clip_threshold, threshold_label, COLORS["threshold"], [1, 0]),
             (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
         )
         if value is not None and math.isfinite(value) and value > 0
     ]
-    values = [*counts["bin_start"], *counts["bin_end"], *(mark[0] for mark in marks)]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    lines = []
-    for row, (value, name, color, dash) in enumerate(marks):
-        # Labels sit on the side of their line with more room, so they never run off the plot.
-        if log_scale and low > 0:
-            position = math.log(value / low) / max(math.log(high / low), 1e-12)
-        else:
-            position = (value - low) / max(high - low, 1e-12)
-        right_half = position > 0.6
-        marker = pd.DataFrame({"value": [float(value)], "label": [f"{name} {value:.3g}"]})
-        lines.append(
-            alt.Chart(marker)
-            .mark_rule(color=color, strokeWidth=2, strokeDash=dash)
-            .encode(x="value:Q", tooltip=[alt.Tooltip("label:N", title="Line")])
+    if not drawn:
+        return alt.layer(bars).properties(height=height)
+    lines = pd.DataFrame({"line": [line[0] for line in drawn], "value": [line[1] for line in drawn]})
+    # A legend names the lines (labels on the plot would collide with each other and the bars).
+    names = [line[0] for line in drawn]
+    rules = (
+        alt.Chart(lines)
+        .mark_rule(strokeWidth=2.5)
+        .encode(
+            x=alt.X("value:Q"),
+            color=alt.Color(
+                "line:N",
+                scale=alt.Scale(domain=names, range=[line[2] for line in drawn]),
+                legend=alt.Legend(title=None, orient="top", symbolType="stroke", symbolStrokeWidth=3),
+            ),
+            strokeDash=alt.StrokeDash(
+                "line:N", scale=alt.Scale(domain=names, range=[line[3] for line in drawn]), legend=None
+            ),
+            tooltip=[alt.Tooltip("line:N", title="Line"), alt.Tooltip("value:Q", title="At", format=".4g")],
         )
-        lines.append(
-            alt.Chart(marker)
-            .mark_text(
-                align="right" if right_half else "left",
-                baseline="top",
-                dx=-5 if right_half else 5,
-                dy=4 + 16 * row,
-                color=color,
-                fontSize=11,
-                fontWeight="bold",
-            )
-            .encode(x="value:Q", y=alt.value(0), text="label:N")
-        )
-    return alt.layer(bars, *lines).properties(height=height)
+    )
+    return alt.layer(bars, rules).properties(height=height)
 
 
 def chart_rows(chart: alt.TopLevelMixin) -> int:

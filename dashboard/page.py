@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import streamlit as st
@@ -457,6 +458,9 @@ def _live_view() -> None:
     ):
         st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
     snapshot = manager.snapshot()
+    # Everything is computed first and then drawn in one go: elements still waiting after half
+    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
+    figures = _figures(snapshot) if len(snapshot.metrics_view) else None
     _run_line(snapshot)
     _failure(snapshot)
     _headline(snapshot)
@@ -467,11 +471,14 @@ def _live_view() -> None:
             icon=":material/play_circle:",
         )
         return
-    if len(snapshot.metrics_view) == 0:
+    if figures is None:
         if snapshot.is_active:
-            st.info("Building the model and compiling the training step…", icon=":material/hourglass_top:")
+            st.info(
+                "Building the model and compiling the training step…",
+                icon=":material/hourglass_top:",
+            )
         return
-    _charts(manager, snapshot)
+    _charts(manager, figures)
 
 
 def _run_line(snapshot: RunSnapshot) -> None:
@@ -555,47 +562,127 @@ def _panel(key: str, title: str, caption: str):
     return panel
 
 
-def _charts(manager: RunManager, snapshot: RunSnapshot) -> None:
+@dataclass(frozen=True)
+class _WhatIf:
+    """What the histogram panel says, worked out before anything is drawn."""
+
+    norms_count: int
+    threshold: float | None  # the what-if threshold (the run's unless one is typed)
+    threshold_error: str | None
+    readout: charts.WhatIf | None
+    percentile: int
+    suggested: float | None
+    at_suggested: charts.WhatIf | None
+    policy: str
+
+
+def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, object]:
+    state = st.session_state
+    norms = charts.recent_norms(snapshot.recent)
+    settings = snapshot.settings
+    policy = settings.policy if settings is not None else state[POLICY]
+    current = settings.clip_threshold if settings is not None else state[CLIP_THRESHOLD]
+    chosen = state.get(WHAT_IF_THRESHOLD)
+    percentile = state.get(SUGGEST_PERCENTILE, 90)
+    suggested = charts.suggest_threshold(norms, percentile)
+    threshold, error = (current if chosen is None else chosen), None
+    try:
+        threshold = validate_clip_threshold(threshold)
+    except ValueError as refused:
+        threshold, error = None, f"What-if threshold: {refused}"
+    numbers = _WhatIf(
+        norms_count=len(norms),
+        threshold=threshold,
+        threshold_error=error,
+        readout=None if threshold is None else charts.what_if(norms, threshold),
+        percentile=percentile,
+        suggested=suggested,
+        at_suggested=None if suggested is None else charts.what_if(norms, suggested),
+        policy=policy,
+    )
+    histogram = charts.gradient_norm_histogram(
+        norms,
+        threshold,
+        suggested,
+        log_scale=bool(state.get(LOG_SCALE)),
+        threshold_label="threshold" if chosen is None else "what-if",
+    )
+    return numbers, histogram
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """Every chart and number of the live view, built from one snapshot."""
+
+    gradient_norm: Any
+    loss: Any
+    clip_rate: Any
+    layers: Any
+    histogram: Any
+    what_if: _WhatIf
+    events: Any  # the events table
+    resolution: str
+
+
+def _figures(snapshot: RunSnapshot) -> _Figures:
     log_scale = bool(st.session_state.get(LOG_SCALE))
     view = snapshot.metrics_view
-    steps = int(view["steps"].sum())
-    per_point = math.ceil(steps / charts.LINE_POINTS)
+    what_if, histogram = _what_if_numbers(snapshot)
+    per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
     resolution = (
         "one point per step"
         if per_point <= 1
         else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
         "largest norm, so spikes stay visible"
     )
+    return _Figures(
+        gradient_norm=charts.gradient_norm_chart(view, log_scale=log_scale),
+        loss=charts.loss_chart(view, snapshot.events, log_scale=log_scale),
+        clip_rate=charts.clip_rate_chart(view),
+        layers=charts.layer_norm_chart(snapshot.layer_view),
+        histogram=histogram,
+        what_if=what_if,
+        events=charts.events_table(snapshot.events),
+        resolution=resolution,
+    )
+
+
+def _charts(manager: RunManager, figures: _Figures) -> None:
+    resolution = figures.resolution
     with _panel(
         "gradient_norm_panel",
         "Gradient norm",
         f"Before and after clipping, with the threshold and clip events ({resolution}).",
     ):
-        st.altair_chart(charts.gradient_norm_chart(view, log_scale=log_scale), width="stretch")
+        st.altair_chart(figures.gradient_norm, width="stretch")
 
     left, right = st.columns(2)
-    with left, _panel("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule."):
-        st.altair_chart(charts.loss_chart(view, snapshot.events, log_scale=log_scale), width="stretch")
+    with left, _panel(
+        "loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule."
+    ):
+        st.altair_chart(figures.loss, width="stretch")
     with right, _panel(
         "clip_rate_panel",
         "Clip rate",
         f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
     ):
-        st.altair_chart(charts.clip_rate_chart(view), width="stretch")
+        st.altair_chart(figures.clip_rate, width="stretch")
 
     left, right = st.columns(2)
     with left, _panel(
-        "layer_panel", "Gradient norm per layer", "Each trainable variable's norm before clipping (largest per cell, log colour)."
+        "layer_panel",
+        "Gradient norm per layer",
+        "Each trainable variable's norm before clipping (largest per cell, log colour).",
     ):
-        st.altair_chart(charts.layer_norm_chart(snapshot.layer_view), width="stretch")
+        st.altair_chart(figures.layers, width="stretch")
     with right, _panel(
         "histogram_panel",
         "Recent gradient norms",
-        f"The last {len(snapshot.recent):,} steps before clipping, with a what-if readout.",
+        f"The last {figures.what_if.norms_count:,} steps before clipping, with a what-if readout.",
     ):
-        _what_if(manager, snapshot, log_scale)
+        _what_if_panel(manager, figures.what_if, figures.histogram)
 
-    table = charts.events_table(snapshot.events)
+    table = figures.events
     shown = table.head(EVENT_ROWS)
     more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
     with _panel(
@@ -605,43 +692,25 @@ def _charts(manager: RunManager, snapshot: RunSnapshot) -> None:
             st.table(shown.set_index("Step"))
 
 
-def _what_if(manager: RunManager, snapshot: RunSnapshot, log_scale: bool) -> None:
-    state = st.session_state
-    norms = charts.recent_norms(snapshot.recent)
-    settings = snapshot.settings
-    policy = settings.policy if settings is not None else state[POLICY]
-    current = settings.clip_threshold if settings is not None else state[CLIP_THRESHOLD]
-    chosen = state.get(WHAT_IF_THRESHOLD)
-    percentile = state.get(SUGGEST_PERCENTILE, 90)
-    suggested = charts.suggest_threshold(norms, percentile)
-    threshold = current if chosen is None else chosen
-    try:
-        threshold = validate_clip_threshold(threshold)
-    except ValueError as error:
-        st.warning(f"What-if threshold: {error}", icon=":material/warning:")
-        threshold = None
-    label = "threshold" if chosen is None else "what-if"
-    st.altair_chart(
-        charts.gradient_norm_histogram(
-            norms, threshold, suggested, log_scale=log_scale, threshold_label=label
-        ),
-        width="stretch",
-    )
-    if threshold is not None:
-        readout = charts.what_if(norms, threshold)
+def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
+    if numbers.threshold_error:
+        st.warning(numbers.threshold_error, icon=":material/warning:")
+    st.altair_chart(histogram, width="stretch")
+    if numbers.readout is not None:
+        readout = numbers.readout
         st.markdown(
             f"At threshold **{readout.clip_threshold:g}**, **{readout.clipped_share:.1%}** of the "
             f"last **{readout.steps:,}** steps would have been clipped."
         )
+    suggested = numbers.suggested
     if suggested is None:
         st.caption("No finite gradient norms yet to suggest a threshold from.")
         return
-    at_suggested = charts.what_if(norms, suggested)
     st.markdown(
-        f"Suggested threshold (p{percentile} of recent norms): **{suggested:g}**, which would "
-        f"have clipped {at_suggested.clipped_share:.1%}."
+        f"Suggested threshold (p{numbers.percentile} of recent norms): **{suggested:g}**, which "
+        f"would have clipped {numbers.at_suggested.clipped_share:.1%}."
     )
-    usable = policy in THRESHOLD_POLICIES
+    usable = numbers.policy in THRESHOLD_POLICIES
     st.button(
         "Apply suggested threshold",
         key="apply_suggested",
@@ -651,5 +720,5 @@ def _what_if(manager: RunManager, snapshot: RunSnapshot, log_scale: bool) -> Non
         args=(manager, suggested),
         help=f"Set the clip threshold to {suggested:g} in one click."
         if usable
-        else f"The {policy} policy does not clip at a norm threshold.",
+        else f"The {numbers.policy} policy does not clip at a norm threshold.",
     )

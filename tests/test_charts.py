@@ -356,15 +356,19 @@ def test_histogram_counts_every_finite_norm_and_draws_the_threshold_and_suggesti
 
     chart = charts.gradient_norm_histogram(norms, 0.25, 0.31)
     layers = layers_of(chart)
-    assert layers[0]["mark"]["type"] == "bar"
-    rules = [layer for layer in layers if layer["mark"]["type"] == "rule"]
-    assert [rule["mark"]["color"] for rule in rules] == [charts.COLORS["threshold"], charts.COLORS["suggested"]]
-    labels = [row["label"] for row in rows(chart) if "label" in row]
-    assert "threshold 0.25" in labels and "suggested 0.31" in labels
-    # A threshold far right of the data gets its label on the left of its line.
-    far = charts.gradient_norm_histogram(norms, 50.0)
-    text = [layer for layer in layers_of(far) if layer["mark"]["type"] == "text"]
-    assert text[0]["mark"]["align"] == "right"
+    assert [layer["mark"]["type"] for layer in layers] == ["bar", "rule"]
+    lines = {row["line"]: row["value"] for row in rows(chart) if "line" in row}
+    assert lines == {"threshold 0.25": 0.25, "suggested 0.31": 0.31}  # the legend says the values
+    colours = layers[1]["encoding"]["color"]["scale"]
+    assert dict(zip(colours["domain"], colours["range"])) == {
+        "threshold 0.25": charts.COLORS["threshold"],
+        "suggested 0.31": charts.COLORS["suggested"],
+    }
+    # The policy `none` has no threshold to draw; the suggestion still shows.
+    without = charts.gradient_norm_histogram(norms, math.inf, 0.31)
+    assert [row["line"] for row in rows(without) if "line" in row] == ["suggested 0.31"]
+    what_if = charts.gradient_norm_histogram(norms, 0.5, None, threshold_label="what-if")
+    assert [row["line"] for row in rows(what_if) if "line" in row] == ["what-if 0.5"]
 
 
 def test_layer_heatmap_tiles_time_and_keeps_variables_in_model_order():

@@ -1,0 +1,180 @@
+"""End to end in a real browser: `streamlit run app.py` in a subprocess, driven by Chromium.
+
+Starts a run, watches the step counter and the gradient-norm chart move, sets a new clip
+threshold and finds it in the header and the events table, opens a second tab on the same run,
+and saves docs/screenshot.png mid-run. Uses Debian's /usr/bin/chromium (never
+`playwright install`); the server is killed in teardown whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Callable
+
+import pytest
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOT = os.path.join(REPO, "docs", "screenshot.png")
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="clipwatch-streamlit-", suffix=".log", delete=False)
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
+    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"streamlit exited with {process.returncode}: {open(log.name).read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                return response.status == 200 and response.read().strip() == b"ok"
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=60, what=f"{url}/_stcore/health")
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def metric(page: Page, label: str) -> Locator:
+    """The value of the header metric labelled exactly `label`."""
+    card = page.get_by_test_id("stMetric").filter(
+        has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    )
+    return card.get_by_test_id("stMetricValue")
+
+
+def step_count(page: Page) -> int:
+    return int(metric(page, "Step").inner_text().replace(",", "").strip())
+
+
+def gradient_norm_chart(page: Page) -> Locator:
+    return page.locator(".st-key-gradient_norm_panel [data-testid='stVegaLiteChart']")
+
+
+def chart_drawing(page: Page) -> str:
+    """The marks of the gradient-norm chart as drawn (Vega renders SVG here)."""
+    return gradient_norm_chart(page).locator("svg").first.inner_html()
+
+
+def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(server_url)
+    expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("No run yet")).to_be_visible(timeout=30_000)
+
+    page.get_by_role("button", name="Start", exact=True).click()
+    # The first chunk compiles (a few seconds); then the counter moves and the chart is drawn.
+    expect(metric(page, "State")).to_have_text("Running", timeout=30_000)
+    expect(gradient_norm_chart(page)).to_be_visible(timeout=60_000)
+    first_step = wait_until(lambda: step_count(page), timeout=60, what="the first steps")
+    first_drawing = chart_drawing(page)
+    wait_until(lambda: step_count(page) > first_step, timeout=20, what="the step counter to move")
+    wait_until(
+        lambda: chart_drawing(page) != first_drawing, timeout=20, what="the chart to be redrawn"
+    )
+
+    # A new threshold, typed as a person would; it shows in the header and the events table.
+    threshold_input = page.get_by_role("spinbutton", name="Clip threshold", exact=True)
+    threshold_input.fill("0.2")
+    threshold_input.press("Enter")
+    expect(metric(page, "Threshold")).to_have_text("0.2", timeout=20_000)
+    events = page.locator(".st-key-events_panel table")
+    change = events.locator("tr").filter(has_text="clip_threshold")
+    expect(change).to_have_count(1, timeout=20_000)
+    expect(change.locator("td")).to_contain_text(["clip_threshold", "1", "0.2"])
+
+    # Something worth seeing in the screenshot: a spike, clipped at the new threshold.
+    page.get_by_role("button", name="Inject spike", exact=True).click()
+    expect(events.locator("tr").filter(has_text="spike")).to_have_count(1, timeout=20_000)
+
+    # A second tab watches the same run, with the new threshold in its controls.
+    second = context.new_page()
+    second.goto(server_url)
+    expect(metric(second, "State")).to_have_text("Running", timeout=60_000)
+    expect(second.get_by_text(re.compile(r"Run 1 · task seed"))).to_be_visible(timeout=30_000)
+    expect(metric(second, "Threshold")).to_have_text("0.2", timeout=30_000)
+    expect(second.get_by_role("spinbutton", name="Clip threshold", exact=True)).to_have_value("0.2", timeout=30_000)
+    expect(second.get_by_role("button", name="Start", exact=True)).to_be_disabled()
+    seen_by_first = step_count(page)
+    wait_until(lambda: step_count(second) > seen_by_first, timeout=20, what="the second tab to follow")
+    second.close()
+
+    # The log-scale toggle redraws the norms on a log axis (the spike and the rest both show).
+    page.get_by_text("Log-scale y axes", exact=True).click()
+    expect(gradient_norm_chart(page).get_by_text("Gradient norm (global L2), log scale")).to_have_count(
+        1, timeout=20_000
+    )
+
+    # The screenshot for the README: mid-run, every chart drawn, the whole page in view.
+    for panel in ("loss_panel", "clip_rate_panel", "layer_panel", "histogram_panel"):
+        expect(page.locator(f".st-key-{panel} [data-testid='stVegaLiteChart']")).to_be_visible()
+    content = page.get_by_test_id("stMainBlockContainer").bounding_box()
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": int(content["y"] + content["height"] + 40)})
+    time.sleep(4)  # a few refreshes at the new size, the run moving past the spike
+    # Between refreshes: Streamlit fades elements that wait long in a rerun.
+    wait_until(
+        lambda: page.locator("[data-stale='true']").count() == 0, timeout=20, what="a settled page"
+    )
+    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+    page.screenshot(path=SCREENSHOT)
+    assert os.path.getsize(SCREENSHOT) > 50_000
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(metric(page, "State")).to_have_text("Stopped", timeout=20_000)
+    context.close()
