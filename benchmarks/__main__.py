@@ -1,4 +1,7 @@
-"""`python -m benchmarks [--quick] [--json PATH] [--sections a,b]`: run, print, optionally save."""
+"""`python -m benchmarks [--quick] [--json PATH] [--sections a,b] [--from-json PATH]`.
+
+Runs the benchmark (progress on stderr), prints the report (stdout), optionally saves the JSON.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a CI smoke run, under two minutes")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="measure nothing: print the report of a run saved with --json (targets re-evaluated)",
+    )
+    parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
@@ -40,7 +48,12 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    results = run_benchmark(QUICK if args.quick else FULL, args.sections, log)
+    if args.from_json:
+        with open(args.from_json) as file:
+            results = json.load(file)
+        results["targets"] = report.evaluate_targets(results)
+    else:
+        results = run_benchmark(QUICK if args.quick else FULL, args.sections, log)
     report.print_report(results)
     if args.json:
         with open(args.json, "w") as file:

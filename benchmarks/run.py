@@ -32,8 +32,8 @@ class Budget:
 
 FULL = Budget(
     name="full",
-    repeats=5,
-    window_seconds=2.0,
+    repeats=7,
+    window_seconds=1.5,
     heavy_window_seconds=3.0,
     min_chunks=5,
     warm_up_seconds=1.0,

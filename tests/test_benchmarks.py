@@ -123,6 +123,8 @@ def test_cli_runs_a_section_and_writes_json(tmp_path, capsys):
         "charts at 1M steps < 150 ms",
         "store memory at 1M steps < 100 MB",
     ]
+    assert main(["--from-json", str(path)]) == 0  # re-prints the saved run, measuring nothing
+    assert capsys.readouterr().out == printed
 
 
 def test_cli_refuses_an_unknown_section():
