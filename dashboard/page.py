@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,7 +61,7 @@ POLICY_DESCRIPTIONS = {
     "threshold (Kumar et al. 2025).",
 }
 
-# Session-state keys of the controls (also their widget keys).
+# Names of the controls (their widgets' keys add a version, see `widget_key`).
 TASK = "task"
 POLICY = "policy"
 CLIP_THRESHOLD = "clip_threshold"
@@ -73,10 +74,13 @@ SUGGEST_PERCENTILE = "suggest_percentile"
 RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
 # Private session state.
 _ERRORS = "_errors"  # control key -> message, shown until the next command
-_ACCEPTED = "_accepted"  # control key -> last value that was accepted
+_VALUES = "_values"  # control name -> the value it shows (the last accepted)
+_VERSIONS = "_versions"  # control name -> how many times it got a new widget
 _SYNCED = "_synced"  # the run's values the controls last took
 _FINGERPRINT = "_fingerprint"  # manager.fingerprint() when the page last ran in full
 _NEEDS_FULL_RERUN = "_needs_full_rerun"
+_LAST_ACTION = "_last_action"  # (command, time.monotonic()) of the last button command
+REPEAT_SECONDS = 0.75
 
 
 def param_key(policy: str, name: str) -> str:
@@ -118,6 +122,12 @@ def render() -> None:
 
 
 # --- session state ------------------------------------------------------------------------------
+#
+# What a control shows lives in `_VALUES` (the last accepted value), not in the widget's own
+# state, and the page never writes into a widget's state. To show a new value (a value from
+# the run, a refused value undone, the suggested threshold) the control gets a new widget key:
+# a fresh widget starts from `_VALUES`. The browser sends every widget's value with each
+# refresh, so a widget whose value was overwritten on the server could send the old one back.
 
 
 def _defaults() -> dict[str, Any]:
@@ -128,9 +138,6 @@ def _defaults() -> dict[str, Any]:
         CLIP_THRESHOLD: float(task.clip_threshold),
         LEARNING_RATE: float(task.learning_rate),
         SPEED: speed_option(300),
-        SPIKE_FACTOR: 100.0,
-        LOG_SCALE: False,
-        SUGGEST_PERCENTILE: 90,
     }
     for policy, parameters in POLICY_PARAMETERS.items():
         for name, parameter in parameters.items():
@@ -140,13 +147,26 @@ def _defaults() -> dict[str, Any]:
 
 def _initialize_defaults() -> None:
     state = st.session_state
-    defaults = _defaults()
     state.setdefault(_ERRORS, {})
-    state.setdefault(_ACCEPTED, dict(defaults))
-    for key, value in defaults.items():
-        # A control's state is dropped on a run that does not draw it (another policy's
-        # parameters): bring back the last accepted value rather than the default.
-        state.setdefault(key, state[_ACCEPTED].get(key, value))
+    state.setdefault(_VALUES, _defaults())
+    state.setdefault(_VERSIONS, {})
+
+
+def control_value(name: str) -> Any:
+    """The value control `name` shows (its last accepted value)."""
+    return st.session_state[_VALUES][name]
+
+
+def widget_key(name: str) -> str:
+    """The key of the widget that shows control `name` now, e.g. "clip_threshold@2"."""
+    return f"{name}@{st.session_state[_VERSIONS].get(name, 0)}"
+
+
+def _show_value(name: str, value: Any) -> None:
+    """Make control `name` show `value` from the next run on (a new widget if it changed)."""
+    state = st.session_state
+    state[_VALUES][name] = value
+    state[_VERSIONS][name] = state[_VERSIONS].get(name, 0) + 1
 
 
 def _run_values(settings: RunSettings) -> dict[str, Any]:
@@ -166,7 +186,6 @@ def _take_run_values(manager: RunManager) -> None:
     """Show the run's settings in the controls when they changed (e.g. from another tab).
 
     Only while a run is running or paused: between runs the controls configure the next one.
-    Runs before any widget is drawn, as Streamlit requires for setting a widget's value.
     """
     settings = manager.settings
     if not manager.is_active or settings is None:
@@ -175,62 +194,74 @@ def _take_run_values(manager: RunManager) -> None:
     values = _run_values(settings)
     synced = state.get(_SYNCED) or {}
     same_run = synced.get(RUN) == manager.run_number
-    for key, value in values.items():
-        if not same_run or synced.get(key) != value:
-            state[key] = value
-            state[_ACCEPTED][key] = value
+    for name, value in values.items():
+        if (not same_run or synced.get(name) != value) and control_value(name) != value:
+            _show_value(name, value)
     state[_SYNCED] = {**values, RUN: manager.run_number}
 
 
-def _report(key: str, error: Exception) -> None:
-    st.session_state[_ERRORS][key] = str(error)
+def _report(name: str, error: Exception) -> None:
+    st.session_state[_ERRORS][name] = str(error)
 
 
-def _show_error(key: str) -> None:
-    message = st.session_state[_ERRORS].get(key)
+def _show_error(name: str) -> None:
+    message = st.session_state[_ERRORS].get(name)
     if message:
         st.error(message, icon=":material/error:")
 
 
-def _command(key: str, action: Callable[[Any], Any], revert: bool = True) -> bool:
-    """Run `action(value of key)`; on a refusal show why and put the control back."""
+def _command(name: str, key: str, action: Callable[[Any], Any]) -> None:
+    """Send what widget `key` of control `name` now holds; on a refusal show why and undo."""
     state = st.session_state
+    if key != widget_key(name):
+        return  # a replaced widget's late value: the control shows something newer
     state[_ERRORS] = {}
-    value = state.get(key)
+    value = state[key]
     try:
         action(value)
     except (ValueError, RuntimeError) as error:
-        _report(key, error)
-        if revert and key in state[_ACCEPTED]:
-            state[key] = state[_ACCEPTED][key]
-        return False
-    if revert:
-        state[_ACCEPTED][key] = value
-    return True
+        _report(name, error)
+        _show_value(name, control_value(name))  # a new widget, back at the accepted value
+        return
+    state[_VALUES][name] = value
+
+
+def _action(name: str, command: str, action: Callable[[], Any]) -> None:
+    """Run a button's command (Start, Stop, Inject spike, ...); show a refusal under `name`.
+
+    A click that lands while a timed refresh is running can reach its callback twice
+    (Streamlit replays button triggers of an interrupted run), so a repeat of the same
+    command from this tab within `REPEAT_SECONDS` is dropped: one click, one spike.
+    """
+    state = st.session_state
+    now = time.monotonic()
+    last_command, last_time = state.get(_LAST_ACTION, (None, -math.inf))
+    if command == last_command and now - last_time < REPEAT_SECONDS:
+        return
+    state[_LAST_ACTION] = (command, now)
+    state[_ERRORS] = {}
+    try:
+        action()
+    except (ValueError, RuntimeError) as error:
+        _report(name, error)
 
 
 # --- callbacks (run before the script, in this session's thread) -------------------------------
 
 
-def _on_task(manager: RunManager) -> None:
-    task = TASKS[st.session_state[TASK]]
-    st.session_state[_ERRORS] = {}
-    st.session_state[_ACCEPTED][TASK] = task.name
+def _on_task(manager: RunManager, key: str) -> None:
+    _command(TASK, key, lambda task: None)
+    task = TASKS[control_value(TASK)]
     if not manager.is_active:  # the next run starts from the task's own defaults
-        for key, value in ((CLIP_THRESHOLD, task.clip_threshold), (LEARNING_RATE, task.learning_rate)):
-            st.session_state[key] = float(value)
-            st.session_state[_ACCEPTED][key] = float(value)
+        _show_value(CLIP_THRESHOLD, float(task.clip_threshold))
+        _show_value(LEARNING_RATE, float(task.learning_rate))
 
 
 def _policy_params_from_controls(policy: str) -> dict[str, Any]:
-    state = st.session_state
-    return {
-        name: state.get(param_key(policy, name), state[_ACCEPTED].get(param_key(policy, name)))
-        for name in POLICY_PARAMETERS[policy]
-    }
+    return {name: control_value(param_key(policy, name)) for name in POLICY_PARAMETERS[policy]}
 
 
-def _on_policy(manager: RunManager) -> None:
+def _on_policy(manager: RunManager, key: str) -> None:
     def send(policy: str) -> None:
         params = _policy_params_from_controls(policy)
         if manager.is_active:
@@ -238,10 +269,10 @@ def _on_policy(manager: RunManager) -> None:
         else:
             validate_policy_params(policy, params)
 
-    _command(POLICY, send)
+    _command(POLICY, key, send)
 
 
-def _on_policy_param(manager: RunManager, policy: str, name: str) -> None:
+def _on_policy_param(manager: RunManager, key: str, policy: str, name: str) -> None:
     def send(value: Any) -> None:
         settings = manager.settings
         if manager.is_active and settings is not None and settings.policy == policy:
@@ -249,51 +280,55 @@ def _on_policy_param(manager: RunManager, policy: str, name: str) -> None:
         else:
             validate_policy_params(policy, {**_policy_params_from_controls(policy), name: value})
 
-    _command(param_key(policy, name), send)
+    _command(param_key(policy, name), key, send)
 
 
-def _on_clip_threshold(manager: RunManager) -> None:
-    _command(
-        CLIP_THRESHOLD,
-        lambda value: manager.set_clip_threshold(value)
-        if manager.is_active
-        else validate_clip_threshold(value),
-    )
+def _on_clip_threshold(manager: RunManager, key: str) -> None:
+    def send(value: Any) -> None:
+        if manager.is_active:
+            manager.set_clip_threshold(value)
+        else:
+            validate_clip_threshold(value)
+
+    _command(CLIP_THRESHOLD, key, send)
 
 
-def _on_learning_rate(manager: RunManager) -> None:
-    _command(
-        LEARNING_RATE,
-        lambda value: manager.set_learning_rate(value)
-        if manager.is_active
-        else validate_learning_rate(value),
-    )
+def _on_learning_rate(manager: RunManager, key: str) -> None:
+    def send(value: Any) -> None:
+        if manager.is_active:
+            manager.set_learning_rate(value)
+        else:
+            validate_learning_rate(value)
+
+    _command(LEARNING_RATE, key, send)
 
 
-def _on_speed(manager: RunManager) -> None:
-    _command(SPEED, lambda option: manager.set_speed(_speed_value(option)) if manager.is_active else None)
+def _on_speed(manager: RunManager, key: str) -> None:
+    def send(option: Any) -> None:
+        if manager.is_active:
+            manager.set_speed(_speed_value(option))
+
+    _command(SPEED, key, send)
 
 
 def _settings_from_controls() -> RunSettings:
-    state = st.session_state
-    policy = state[POLICY]
+    policy = control_value(POLICY)
     return RunSettings(
-        task=state[TASK],
+        task=control_value(TASK),
         policy=policy,
         policy_params=_policy_params_from_controls(policy),
-        clip_threshold=state[CLIP_THRESHOLD],
-        learning_rate=state[LEARNING_RATE],
-        max_steps_per_second=_speed_value(state[SPEED]),
+        clip_threshold=control_value(CLIP_THRESHOLD),
+        learning_rate=control_value(LEARNING_RATE),
+        max_steps_per_second=_speed_value(control_value(SPEED)),
     )
 
 
 def _on_start(manager: RunManager) -> None:
-    def start(_: Any) -> None:
-        settings = _settings_from_controls()
-        run_number = manager.start(settings)
+    def start() -> None:
+        run_number = manager.start(_settings_from_controls())
         st.session_state[_SYNCED] = {**_run_values(manager.settings), RUN: run_number}
 
-    _command(RUN, start, revert=False)
+    _action(RUN, "start", start)
 
 
 def _on_run_command(manager: RunManager, command: str) -> None:
@@ -303,20 +338,19 @@ def _on_run_command(manager: RunManager, command: str) -> None:
         "stop": manager.stop,
         "inject_spike": lambda: manager.inject_spike(st.session_state[SPIKE_FACTOR]),
     }
-    _command(RUN, lambda _: actions[command](), revert=False)
+    _action(RUN, command, actions[command])
 
 
 def _on_apply_suggested(manager: RunManager, value: float) -> None:
-    def apply(_: Any) -> None:
+    def apply() -> None:
         if manager.is_active:
             manager.set_clip_threshold(value)
         else:
             validate_clip_threshold(value)
-        st.session_state[CLIP_THRESHOLD] = value
-        st.session_state[_ACCEPTED][CLIP_THRESHOLD] = value
+        _show_value(CLIP_THRESHOLD, value)
 
-    _command(RUN, apply, revert=False)
-    st.session_state[_NEEDS_FULL_RERUN] = True  # so the sidebar shows the new value
+    _action(RUN, "apply_suggested", apply)
+    st.session_state[_NEEDS_FULL_RERUN] = True  # the button sits in the fragment: redraw all
 
 
 # --- sidebar -----------------------------------------------------------------------------------
@@ -325,71 +359,83 @@ def _on_apply_suggested(manager: RunManager, value: float) -> None:
 def _run_controls(manager: RunManager) -> None:
     active, state = manager.is_active, manager.state
     st.header("Run", anchor=False)
+    key = widget_key(TASK)
     task = st.selectbox(
         "Task",
         TASK_NAMES,
-        key=TASK,
+        index=TASK_NAMES.index(control_value(TASK)),
+        key=key,
         on_change=_on_task,
-        args=(manager,),
+        args=(manager, key),
         help="The model and data to train. Takes effect at the next Start.",
     )
     next_run = " Applies at the next Start." if active and task != manager.settings.task else ""
     st.caption(TASKS[task].description + "." + next_run)
     _show_error(TASK)
 
+    key = widget_key(POLICY)
     policy = st.selectbox(
         "Policy",
         POLICY_NAMES,
-        key=POLICY,
+        index=POLICY_NAMES.index(control_value(POLICY)),
+        key=key,
         on_change=_on_policy,
-        args=(manager,),
+        args=(manager, key),
         help="How gradients are clipped. Changing it during a run switches the run's policy.",
     )
     st.caption(POLICY_DESCRIPTIONS.get(policy, ""))
     _show_error(POLICY)
     for name, parameter in POLICY_PARAMETERS[policy].items():
         integer = parameter.kind is int
-        default = float(parameter.default)
+        control = param_key(policy, name)
+        key = widget_key(control)
         st.number_input(
             param_label(name),
-            key=param_key(policy, name),
-            step=1 if integer else 10.0 ** (math.floor(math.log10(default)) - 1),
+            value=control_value(control),
+            key=key,
+            step=1 if integer else 10.0 ** (math.floor(math.log10(float(parameter.default))) - 1),
             format="%d" if integer else "%g",
             on_change=_on_policy_param,
-            args=(manager, policy, name),
+            args=(manager, key, policy, name),
             help=f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
             + ("" if parameter.live else " Changing it during a run recompiles the step."),
         )
-        _show_error(param_key(policy, name))
+        _show_error(control)
 
+    key = widget_key(CLIP_THRESHOLD)
     st.number_input(
         "Clip threshold",
-        key=CLIP_THRESHOLD,
+        value=control_value(CLIP_THRESHOLD),
+        key=key,
         step=0.01,
         format="%g",
         on_change=_on_clip_threshold,
-        args=(manager,),
+        args=(manager, key),
         help="c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it "
         "takes effect at the next chunk of steps.",
     )
     _show_error(CLIP_THRESHOLD)
+    key = widget_key(LEARNING_RATE)
     st.number_input(
         "Learning rate",
-        key=LEARNING_RATE,
+        value=control_value(LEARNING_RATE),
+        key=key,
         step=0.0001,
         format="%g",
         on_change=_on_learning_rate,
-        args=(manager,),
+        args=(manager, key),
         help="A finite number > 0; the task's default is filled in when you pick a task.",
     )
     _show_error(LEARNING_RATE)
+    key = widget_key(SPEED)
     st.select_slider(
         "Speed",
         options=SPEED_OPTIONS,
-        key=SPEED,
+        value=control_value(SPEED),
+        key=key,
         format_func=lambda option: option if option == "Full" else f"{option:,}",
         on_change=_on_speed,
-        args=(manager,),
+        args=(manager, key),
         help="A cap on steps per second, so a demo unfolds at a pace people can follow. "
         "Full: as fast as the machine goes.",
     )
@@ -397,38 +443,62 @@ def _run_controls(manager: RunManager) -> None:
 
     left, right = st.columns(2)
     left.button(
-        "Start", key="start", type="primary", width="stretch", disabled=active,
-        on_click=_on_start, args=(manager,),
+        "Start",
+        key="start",
+        type="primary",
+        width="stretch",
+        disabled=active,
+        on_click=_on_start,
+        args=(manager,),
     )
     right.button(
-        "Stop", key="stop", width="stretch", disabled=not active,
-        on_click=_on_run_command, args=(manager, "stop"),
+        "Stop",
+        key="stop",
+        width="stretch",
+        disabled=not active,
+        on_click=_on_run_command,
+        args=(manager, "stop"),
     )
     left.button(
-        "Pause", key="pause", width="stretch", disabled=state != "running",
-        on_click=_on_run_command, args=(manager, "pause"),
+        "Pause",
+        key="pause",
+        width="stretch",
+        disabled=state != "running",
+        on_click=_on_run_command,
+        args=(manager, "pause"),
     )
     right.button(
-        "Resume", key="resume", width="stretch", disabled=state != "paused",
-        on_click=_on_run_command, args=(manager, "resume"),
+        "Resume",
+        key="resume",
+        width="stretch",
+        disabled=state != "paused",
+        on_click=_on_run_command,
+        args=(manager, "resume"),
     )
     st.number_input(
         "Spike factor",
+        value=100.0,
         key=SPIKE_FACTOR,
         step=10.0,
         format="%g",
         help="Inject spike multiplies one step's gradients by this factor, before clipping.",
     )
     st.button(
-        "Inject spike", key="inject_spike", width="stretch", disabled=not active,
-        on_click=_on_run_command, args=(manager, "inject_spike"),
+        "Inject spike",
+        key="inject_spike",
+        width="stretch",
+        disabled=not active,
+        on_click=_on_run_command,
+        args=(manager, "inject_spike"),
     )
     _show_error(RUN)
 
 
 def _view_controls() -> None:
     st.header("View", anchor=False)
-    st.toggle("Log-scale y axes", key=LOG_SCALE, help="For the gradient-norm and loss charts.")
+    st.toggle(
+        "Log-scale y axes", value=False, key=LOG_SCALE, help="For the gradient-norm and loss charts."
+    )
     st.number_input(
         "What-if threshold",
         key=WHAT_IF_THRESHOLD,
@@ -441,6 +511,7 @@ def _view_controls() -> None:
     st.select_slider(
         "Suggest at percentile",
         options=SUGGEST_PERCENTILES,
+        value=90,
         key=SUGGEST_PERCENTILE,
         format_func=lambda option: f"p{option}",
         help="The suggested threshold is this percentile of recent gradient norms: it clips "
@@ -580,8 +651,8 @@ def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, object]:
     state = st.session_state
     norms = charts.recent_norms(snapshot.recent)
     settings = snapshot.settings
-    policy = settings.policy if settings is not None else state[POLICY]
-    current = settings.clip_threshold if settings is not None else state[CLIP_THRESHOLD]
+    policy = settings.policy if settings is not None else control_value(POLICY)
+    current = settings.clip_threshold if settings is not None else control_value(CLIP_THRESHOLD)
     chosen = state.get(WHAT_IF_THRESHOLD)
     percentile = state.get(SUGGEST_PERCENTILE, 90)
     suggested = charts.suggest_threshold(norms, percentile)

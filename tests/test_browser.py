@@ -1,8 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` in a subprocess, driven by Chromium.
 
 Starts a run, watches the step counter and the gradient-norm chart move, sets a new clip
-threshold and finds it in the header and the events table, opens a second tab on the same run,
-and saves docs/screenshot.png mid-run. Uses Debian's /usr/bin/chromium (never
+threshold and finds it in the header and the events table, injects a spike, applies the
+suggested threshold, opens a second tab on the same run, and saves docs/screenshot.png mid-run. Uses Debian's /usr/bin/chromium (never
 `playwright install`); the server is killed in teardown whatever happens.
 """
 
@@ -135,21 +135,38 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
     threshold_input.press("Enter")
     expect(metric(page, "Threshold")).to_have_text("0.2", timeout=20_000)
     events = page.locator(".st-key-events_panel table")
-    change = events.locator("tr").filter(has_text="clip_threshold")
-    expect(change).to_have_count(1, timeout=20_000)
-    expect(change.locator("td")).to_contain_text(["clip_threshold", "1", "0.2"])
+    threshold_rows = events.locator("tr").filter(has_text="clip_threshold")
+    expect(threshold_rows).to_have_count(1, timeout=20_000)
+    expect(threshold_rows.locator("td")).to_contain_text(["clip_threshold", "1", "0.2"])
 
     # Something worth seeing in the screenshot: a spike, clipped at the new threshold.
+    # One click is one spike, even when it lands during a timed refresh.
     page.get_by_role("button", name="Inject spike", exact=True).click()
-    expect(events.locator("tr").filter(has_text="spike")).to_have_count(1, timeout=20_000)
+    spikes = events.locator("tr").filter(has_text="spike")
+    expect(spikes).to_have_count(1, timeout=20_000)
+
+    # "Apply suggested threshold" sets the run's threshold and the sidebar control, and the
+    # control keeps it through the refreshes that follow (no stale value sent back).
+    page.get_by_role("button", name="Apply suggested threshold").click()
+    expect(threshold_input).not_to_have_value("0.2", timeout=20_000)
+    suggested = threshold_input.input_value()
+    assert 0 < float(suggested) < 1, suggested
+    expect(threshold_rows).to_have_count(2, timeout=20_000)
+    time.sleep(3)  # three timed refreshes
+    expect(threshold_input).to_have_value(suggested)
+    expect(threshold_rows).to_have_count(2)
+    expect(threshold_rows.first.locator("td")).to_contain_text(["clip_threshold", "0.2", suggested])
+    expect(metric(page, "Threshold")).to_have_text(suggested)
+    expect(spikes).to_have_count(1)
 
     # A second tab watches the same run, with the new threshold in its controls.
     second = context.new_page()
     second.goto(server_url)
     expect(metric(second, "State")).to_have_text("Running", timeout=60_000)
     expect(second.get_by_text(re.compile(r"Run 1 · task seed"))).to_be_visible(timeout=30_000)
-    expect(metric(second, "Threshold")).to_have_text("0.2", timeout=30_000)
-    expect(second.get_by_role("spinbutton", name="Clip threshold", exact=True)).to_have_value("0.2", timeout=30_000)
+    expect(metric(second, "Threshold")).to_have_text(suggested, timeout=30_000)
+    second_input = second.get_by_role("spinbutton", name="Clip threshold", exact=True)
+    expect(second_input).to_have_value(suggested, timeout=30_000)
     expect(second.get_by_role("button", name="Start", exact=True)).to_be_disabled()
     seen_by_first = step_count(page)
     wait_until(lambda: step_count(second) > seen_by_first, timeout=20, what="the second tab to follow")
@@ -164,6 +181,9 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
     # The screenshot for the README: mid-run, every chart drawn, the whole page in view.
     for panel in ("loss_panel", "clip_rate_panel", "layer_panel", "histogram_panel"):
         expect(page.locator(f".st-key-{panel} [data-testid='stVegaLiteChart']")).to_be_visible()
+    page.evaluate(  # back to the top (clicks lower down scrolled the page)
+        "() => document.querySelectorAll('*').forEach(element => { element.scrollTop = 0; })"
+    )
     content = page.get_by_test_id("stMainBlockContainer").bounding_box()
     page.set_viewport_size({"width": VIEWPORT["width"], "height": int(content["y"] + content["height"] + 40)})
     time.sleep(4)  # a few refreshes at the new size, the run moving past the spike
