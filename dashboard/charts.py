@@ -428,8 +428,10 @@ def _step_axis(steps: Sequence | None = None, end: float | None = None) -> alt.X
     """The shared x axis: steps, labelled 0, 500, 10k, 1.5M; tight to the data."""
     scale = alt.Scale(nice=False, zero=False)
     if steps is not None and len(steps):
-        scale = alt.Scale(domain=[float(np.min(steps)), float(end if end is not None else np.max(steps))], nice=False)
-    axis = alt.Axis(labelExpr="datum.value >= 1000 ? format(datum.value, '~s') : format(datum.value, ',')", tickCount=8)
+        last = float(end if end is not None else np.max(steps))
+        scale = alt.Scale(domain=[float(np.min(steps)), last], nice=False)
+    labels = "datum.value >= 1000 ? format(datum.value, '~s') : format(datum.value, ',')"
+    axis = alt.Axis(labelExpr=labels, tickCount=8)
     return alt.X("step:Q", title="Step", scale=scale, axis=axis)
 
 

@@ -73,7 +73,7 @@ WHAT_IF_THRESHOLD = "what_if_threshold"
 SUGGEST_PERCENTILE = "suggest_percentile"
 RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
 # Private session state.
-_ERRORS = "_errors"  # control key -> message, shown until the next command
+_ERRORS = "_errors"  # control name -> message, shown until the next command
 _VALUES = "_values"  # control name -> the value it shows (the last accepted)
 _VERSIONS = "_versions"  # control name -> how many times it got a new widget
 _SYNCED = "_synced"  # the run's values the controls last took

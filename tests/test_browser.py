@@ -2,8 +2,9 @@
 
 Starts a run, watches the step counter and the gradient-norm chart move, sets a new clip
 threshold and finds it in the header and the events table, injects a spike, applies the
-suggested threshold, opens a second tab on the same run, and saves docs/screenshot.png mid-run. Uses Debian's /usr/bin/chromium (never
-`playwright install`); the server is killed in teardown whatever happens.
+suggested threshold, opens a second tab on the same run, and saves docs/screenshot.png mid-run.
+Uses Debian's /usr/bin/chromium (never `playwright install`); the server is killed in teardown
+whatever happens.
 """
 
 from __future__ import annotations

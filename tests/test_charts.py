@@ -423,7 +423,8 @@ def test_loss_chart_draws_every_command_as_a_labelled_rule():
     tooltips = [tooltip["title"] for tooltip in layers[1]["encoding"]["tooltip"]]
     assert tooltips == ["Step", "Command", "Old", "New"]
     threshold_group = [row for row in rule_rows if row["kind"] == "clip_threshold"][0]["group"]
-    colours = dict(zip(layers[1]["encoding"]["color"]["scale"]["domain"], layers[1]["encoding"]["color"]["scale"]["range"]))
+    scale = layers[1]["encoding"]["color"]["scale"]
+    colours = dict(zip(scale["domain"], scale["range"]))
     assert colours[threshold_group] == charts.COLORS["threshold"]
 
 
