@@ -30,10 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; --quick leaves "
+        "out the heavier task while it XLA-compiles)",
     )
     args = parser.parse_args(argv)
+    if args.sections is None:
+        return args
     args.sections = tuple(part.strip() for part in args.sections.split(",") if part.strip())
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:

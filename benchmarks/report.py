@@ -353,7 +353,8 @@ def _target_lines(targets: list[dict]) -> list[str]:
 
 
 def format_report(results: dict) -> str:
-    lines = [machine_line(results["machine"]), f"Mode: {results['mode']}", ""]
+    lines = [machine_line(results["machine"]), f"Mode: {results['mode']}"]
+    lines += [f"Note: {note}" for note in results.get("notes", [])] + [""]
     sections = (
         ("throughput", _throughput_lines, True),
         ("policies", _policy_lines, False),

@@ -28,6 +28,9 @@ class Budget:
     store_sizes: tuple[int, ...]
     chart_repeats: int
     heavy_task: str = "digits"  # the CNN: steps of milliseconds, where overhead should vanish
+    # Run the heavier task by default even if it XLA-compiles. Off for --quick: on 2 shared cores
+    # that compile alone (conv inside the compiled loop) took 40-100 s.
+    heavy_even_if_xla: bool = True
 
 
 FULL = Budget(
@@ -57,11 +60,31 @@ QUICK = Budget(
     latency_trials=6,
     store_sizes=(10_000, 1_000_000),
     chart_repeats=5,
+    heavy_even_if_xla=False,
 )
 
 
-def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] = print) -> dict:
-    """Run `sections` (a subset of SECTIONS) and return the results, targets included."""
+def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
+    """The sections to run when none are named, and a note for each one left out."""
+    from training.tasks import get_task
+
+    if budget.heavy_even_if_xla or not get_task(budget.heavy_task).jit_compile:
+        return SECTIONS, []
+    note = (
+        f"the heavier task ({budget.heavy_task}) is left out of a {budget.name} run: it XLA-compiles, "
+        "which takes 40-100 s on 2 shared cores; add it with --sections "
+        + ",".join(SECTIONS)
+    )
+    return tuple(section for section in SECTIONS if section != "heavy"), [note]
+
+
+def run_benchmark(
+    budget: Budget, sections=None, log: Callable[[str], None] = print, notes: list[str] | None = None
+) -> dict:
+    """Run `sections` (a subset of SECTIONS; None: the budget's default) and return the results,
+    targets included."""
+    if sections is None:
+        sections, notes = default_sections(budget)
     from benchmarks import control, dashboard_cost, throughput
 
     unknown = set(sections) - set(SECTIONS)
@@ -74,6 +97,7 @@ def run_benchmark(budget: Budget, sections=SECTIONS, log: Callable[[str], None] 
         f"windows; heavier task {budget.heavy_window_seconds:g} s)",
         "budget": asdict(budget),
         "heavy_task": budget.heavy_task,
+        "notes": list(notes or []),
         "throughput": {},
     }
     if "throughput" in sections:

@@ -12,8 +12,9 @@ import pytest
 
 from benchmarks import report
 from benchmarks.__main__ import main
-from benchmarks.run import QUICK, SECTIONS, run_benchmark
+from benchmarks.run import FULL, QUICK, SECTIONS, default_sections, run_benchmark
 from benchmarks.throughput import CEILING, HEAVY_BATCH_SIZE, KERAS_DEFAULT, KERAS_TUNED, MONITORED
+from training.tasks import get_task
 
 TINY = dataclasses.replace(
     QUICK,
@@ -125,6 +126,16 @@ def test_cli_runs_a_section_and_writes_json(tmp_path, capsys):
     ]
     assert main(["--from-json", str(path)]) == 0  # re-prints the saved run, measuring nothing
     assert capsys.readouterr().out == printed
+
+
+def test_quick_leaves_out_an_xla_compiled_heavier_task_and_says_so():
+    sections, notes = default_sections(QUICK)
+    if get_task(QUICK.heavy_task).jit_compile:
+        assert sections == tuple(section for section in SECTIONS if section != "heavy")
+        assert len(notes) == 1 and "--sections" in notes[0]
+    else:
+        assert (sections, notes) == (SECTIONS, [])
+    assert default_sections(FULL) == (SECTIONS, [])
 
 
 def test_cli_refuses_an_unknown_section():
