@@ -264,3 +264,13 @@ def test_settings_before_start_configure_the_run(trainers):
     assert first.policy == "autoclip" and first.learning_rate == np.float32(0.003)
     assert trainer.config.policy_params["autoclip"]["percentile"] == 50
     assert trainer.events().kind.tolist()[0] == "start"
+
+
+def test_quick_policy_calls_do_not_undo_each_other(trainers):
+    trainer = running(trainers(task="seed", policy="zclip"), min_steps=10)
+    trainer.pause()
+    trainer.set_policy("zclip", z_threshold=3.0)
+    trainer.set_policy("zclip", alpha=0.9)  # sent before the first is applied
+    trainer.resume()
+    assert wait_for(lambda: trainer.config.policy_params["zclip"]["alpha"] == 0.9)
+    assert trainer.config.policy_params["zclip"]["z_threshold"] == 3.0

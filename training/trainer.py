@@ -163,6 +163,7 @@ class Trainer:
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
         self._database, self._run_name = database, run_name
+        self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
             task=task,
@@ -231,8 +232,11 @@ class Trainer:
     def set_policy(self, name: str, **params: Any) -> None:
         """Switch policy (or change its parameters); missing parameters keep their values."""
         policies.validate_policy_name(name)
-        current = self._config.policy_params[name]
-        merged = policies.validate_policy_params(name, {**current, **params})
+        with self._lock:
+            # Merge with what was last *requested*, so two quick calls do not undo each other.
+            current = self._requested_policy_params.get(name, self._config.policy_params[name])
+            merged = policies.validate_policy_params(name, {**current, **params})
+            self._requested_policy_params[name] = merged
         self._send("policy", name, merged)
 
     def inject_spike(self, factor: Any) -> None:
@@ -489,7 +493,9 @@ class Trainer:
                 return "stopped", None
             steps = chunk_steps
             if pace is not None:
-                steps = min(steps, max(1, int(pace * 0.1)))  # ~10 updates per second when paced
+                # ~10 updates a second; a chunk that fell behind (the UI took the CPU) catches up.
+                behind = int((time.perf_counter() - pace_start_time) * pace) - (step - pace_start_step)
+                steps = min(steps, max(1, int(pace * 0.1), behind))
             if max_steps is not None:
                 steps = min(steps, max_steps - step)
 
@@ -541,7 +547,7 @@ class Trainer:
                 return "failed", reason
             if pace is not None:
                 due = pace_start_time + (step + steps - pace_start_step) / pace
-                if due < time.perf_counter() - 0.1:  # behind (a compile, a slow chunk): no catch-up burst
+                if due < time.perf_counter() - 1.0:  # far behind (a compile): no catch-up burst
                     pace_start_time, pace_start_step = time.perf_counter(), step + steps
                     due = pace_start_time
                 while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
