@@ -219,3 +219,16 @@ def test_unknown_or_out_of_range_parameters_are_refused():
         make_policy("autoclip", window=2.5)
     with pytest.raises(ValueError, match=r"alpha=1"):
         make_policy("zclip", alpha=1)
+
+
+def test_autoclip_sliding_window_matches_numpy_over_a_long_run():
+    rng = np.random.default_rng(9)
+    norms = np.round(rng.exponential(size=300), 2).astype(np.float32)  # ties included
+    policy = make_policy("autoclip", window=25)
+    state = policy.init([])
+    settings = default_settings(1.0, percentile=30.0)
+    for step, norm in enumerate(norms):
+        _, state, stats = policy.update([tf.constant([norm])], state, settings)
+        previous = norms[max(0, step - 25) : step]
+        if step:
+            assert float(stats.clip_threshold) == pytest.approx(np.percentile(previous, 30.0), rel=1e-6)

@@ -406,8 +406,11 @@ class Trainer:
         )
         states = tuple(tuple(v.read_value() for v in state) for state in self._policy_states)
         policy_index = self._policy_index.read_value()
+        buffer_size = MAX_CHUNK_STEPS if self._jit_compile else num_steps
         buffers = {
-            name: tf.TensorArray(dtype, size=MAX_CHUNK_STEPS, element_shape=shape)
+            # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper
+            # to stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
+            name: tf.TensorArray(dtype, size=buffer_size, element_shape=shape)
             for name, dtype, shape in (
                 ("loss", tf.float32, []),
                 ("grad_norm", tf.float32, []),
@@ -474,7 +477,7 @@ class Trainer:
         self._record("start", None, self._config.policy)
         while True:
             paced_before = self._config.max_steps_per_second
-            self._apply_commands()
+            steered = self._apply_commands()
             if self._config.max_steps_per_second != paced_before:
                 pace_start_time, pace_start_step = time.perf_counter(), self._status.step
             if self._stop_requested.is_set():
@@ -492,6 +495,8 @@ class Trainer:
                 self._record("finished", None, step)
                 return "stopped", None
             steps = chunk_steps
+            if steered:
+                steps = max(1, chunk_steps // 4)  # show the effect of a command sooner
             if pace is not None:
                 # ~10 updates a second; a chunk that fell behind (the UI took the CPU) catches up.
                 behind = int((time.perf_counter() - pace_start_time) * pace) - (step - pace_start_step)
@@ -571,14 +576,17 @@ class Trainer:
             if self._writer is not None:
                 self._writer.event(*event)
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> bool:
+        """Apply every queued command; return whether there was any."""
         self._wake.clear()
+        applied = False
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                return
+                return applied
             self._apply(command)
+            applied = True
 
     def _apply(self, command: _Command) -> None:
         config, kind, value = self._config, command.kind, command.value
