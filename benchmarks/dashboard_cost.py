@@ -117,7 +117,7 @@ def dashboard_page_charts(store: MetricsStore, max_points: int = MAX_POINTS, rec
         charts.gradient_norm_histogram(norms, 1.0, charts.suggest_threshold(norms)),
     ]
     charts.events_table(events)
-    return [chart.to_dict() for chart in built]
+    return [charts.vega_lite_spec(chart) for chart in built]  # what page.py hands Streamlit
 
 
 def _chart_builder() -> tuple[str, Callable[[MetricsStore], object]]:

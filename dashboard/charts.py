@@ -83,6 +83,15 @@ WEIGHTED_BY_STEPS = ("loss", "grad_norm_mean", "clipped_grad_norm_mean")
 # --- data preparation ------------------------------------------------------------------------
 
 
+def vega_lite_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart as a Vega-Lite dict, without Altair's JSON-schema validation.
+
+    Validation is about 60% of the cost of turning our charts into specs on every refresh;
+    the builders' output is validated once by the unit tests instead (tests/test_charts.py).
+    """
+    return chart.to_dict(validate=False)
+
+
 def finite(values) -> np.ndarray:
     """`values` as float64 with every NaN and +-inf replaced by NaN (which charts drop)."""
     array = np.asarray(values, dtype=np.float64)

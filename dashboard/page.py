@@ -718,6 +718,10 @@ def _figures(snapshot: RunSnapshot) -> _Figures:
     )
 
 
+def _draw(chart) -> None:
+    st.vega_lite_chart(spec=charts.vega_lite_spec(chart), width="stretch")
+
+
 def _charts(manager: RunManager, figures: _Figures) -> None:
     resolution = figures.resolution
     with _panel(
@@ -725,19 +729,19 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
         "Gradient norm",
         f"Before and after clipping, with the threshold and clip events ({resolution}).",
     ):
-        st.altair_chart(figures.gradient_norm, width="stretch")
+        _draw(figures.gradient_norm)
 
     left, right = st.columns(2)
     with left, _panel(
         "loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule."
     ):
-        st.altair_chart(figures.loss, width="stretch")
+        _draw(figures.loss)
     with right, _panel(
         "clip_rate_panel",
         "Clip rate",
         f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
     ):
-        st.altair_chart(figures.clip_rate, width="stretch")
+        _draw(figures.clip_rate)
 
     left, right = st.columns(2)
     with left, _panel(
@@ -745,7 +749,7 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
         "Gradient norm per layer",
         "Each trainable variable's norm before clipping (largest per cell, log colour).",
     ):
-        st.altair_chart(figures.layers, width="stretch")
+        _draw(figures.layers)
     with right, _panel(
         "histogram_panel",
         "Recent gradient norms",
@@ -766,7 +770,7 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
 def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
     if numbers.threshold_error:
         st.warning(numbers.threshold_error, icon=":material/warning:")
-    st.altair_chart(histogram, width="stretch")
+    _draw(histogram)
     if numbers.readout is not None:
         readout = numbers.readout
         st.markdown(
