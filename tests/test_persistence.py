@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import wait_for
 
 from training import Trainer
 from training.persistence import DatabaseError, RunDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def wait_for(predicate, timeout=60.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def finished_run(database, **kwargs):

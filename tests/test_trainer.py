@@ -7,19 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from training import Trainer
 from training.tasks import TASKS, seed as seed_task
 from training.trainer import MAX_CHUNK_STEPS
 
-
-def wait_for(predicate, timeout=60.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def trainer_threads():
