@@ -181,6 +181,7 @@ class Trainer:
         )
         self._window = _validate_count("window", window)
         self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop_requested = threading.Event()
@@ -310,7 +311,10 @@ class Trainer:
     # --- the training thread ---------------------------------------------------------------------
 
     def _set_status(self, **changes: Any) -> None:
-        self._status = replace(self._status, **changes)
+        # Two threads update the status (the trainer's, and stop() after a timed-out join):
+        # serialise the read-modify-write so neither loses the other's change.
+        with self._status_lock:
+            self._status = replace(self._status, **changes)
 
     def _run(self) -> None:
         trace = None
