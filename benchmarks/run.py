@@ -21,7 +21,6 @@ class Budget:
     heavy_window_seconds: float  # the heavier task's steps are ~100x longer
     min_chunks: int  # a trainer's window also spans at least this many chunks
     warm_up_seconds: float  # after the compile, before the first measurement
-    heavy_xla_off_diagnostic: bool  # also time the heavier task with XLA off, if it defaults on
     policy_repeats: int
     policy_window_seconds: float
     latency_trials: int
@@ -40,7 +39,6 @@ FULL = Budget(
     heavy_window_seconds=3.0,
     min_chunks=5,
     warm_up_seconds=1.0,
-    heavy_xla_off_diagnostic=True,
     policy_repeats=5,
     policy_window_seconds=1.0,
     latency_trials=20,
@@ -54,7 +52,6 @@ QUICK = Budget(
     heavy_window_seconds=1.0,
     min_chunks=1,
     warm_up_seconds=0.3,
-    heavy_xla_off_diagnostic=False,
     policy_repeats=1,
     policy_window_seconds=0.4,
     latency_trials=6,
@@ -115,7 +112,6 @@ def run_benchmark(
             budget.warm_up_seconds,
             log,
             heavy=True,
-            xla_off_diagnostic=budget.heavy_xla_off_diagnostic,
             min_chunks=budget.min_chunks,
         )
     if "policies" in sections:

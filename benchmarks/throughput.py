@@ -29,8 +29,6 @@ KERAS_DEFAULT = "Keras fit, default"
 KERAS_TUNED = "Keras fit, tuned"
 CEILING = "Clipwatch, monitoring off (ceiling)"
 MONITORED = "Clipwatch, full monitoring"
-CEILING_XLA_OFF = "Clipwatch ceiling, XLA off (diagnostic)"
-MONITORED_XLA_OFF = "Clipwatch monitored, XLA off (diagnostic)"
 
 Log = Callable[[str], None]
 
@@ -124,7 +122,6 @@ class TrainerRun:
         seed: int,
         monitoring: bool = True,
         policy: str = "global_norm",
-        jit_compile: bool | None = None,
         sinks: tuple = (),
     ):
         self.label = label
@@ -134,7 +131,6 @@ class TrainerRun:
             clip_threshold=CLIP_NORM,
             batch_size=batch_size,
             seed=seed,
-            jit_compile=jit_compile,
             monitoring=monitoring,
             sinks=sinks,
         )
@@ -277,12 +273,11 @@ def run_task(
     warm_up_seconds: float,
     log: Log,
     heavy: bool = False,
-    xla_off_diagnostic: bool = False,
     min_chunks: int = 1,
     seed: int = 0,
     timeout: float = 600.0,
 ) -> dict:
-    """Rows 1-4 of the table for one task (plus an XLA-off pair if asked and XLA is the default)."""
+    """Rows 1-4 of the table for one task."""
     task = get_task(task_name)
     keras_default, batch = _keras_default_at_a_sane_batch(task_name, seed, heavy, warm_up_seconds, log)
     batch_size = batch["batch_size"]
@@ -290,11 +285,6 @@ def run_task(
         TrainerRun(CEILING, task_name, batch_size, seed, monitoring=False),
         TrainerRun(MONITORED, task_name, batch_size, seed, monitoring=True),
     ]
-    if xla_off_diagnostic and task.jit_compile:
-        trainers += [
-            TrainerRun(CEILING_XLA_OFF, task_name, batch_size, seed, monitoring=False, jit_compile=False),
-            TrainerRun(MONITORED_XLA_OFF, task_name, batch_size, seed, monitoring=True, jit_compile=False),
-        ]
     for trainer in trainers:
         trainer.min_chunks = min_chunks
         trainer.start()  # compile in the background while Keras warms up
@@ -311,9 +301,6 @@ def run_task(
             contender.close()
     rows = {label: summarize(values) for label, values in samples.items()}
     _ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_ceiling": CEILING})
-    if CEILING_XLA_OFF in rows:  # the diagnostic pair is compared with its own ceiling
-        pair = {label: rows[label] for label in (CEILING_XLA_OFF, MONITORED_XLA_OFF)}
-        _ratios(pair, {"vs_ceiling": CEILING_XLA_OFF})
     for label in rows:
         if label in chunk_steps:
             rows[label].update(

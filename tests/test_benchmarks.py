@@ -23,7 +23,6 @@ TINY = dataclasses.replace(
     window_seconds=0.2,
     heavy_window_seconds=0.2,
     warm_up_seconds=0.1,
-    heavy_xla_off_diagnostic=False,
     policy_repeats=1,
     policy_window_seconds=0.1,
     latency_trials=2,
