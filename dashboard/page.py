@@ -1,4 +1,8 @@
-"""The page: sidebar controls, a header, and one live fragment that draws every chart.
+"""The page: sidebar controls, a header, and four tabs: Live, A/B race, History and Compare.
+
+The Live tab is one live fragment that draws every chart of the current run, with the threshold
+advisor and exports under it; the other tabs live in `race_view` and `history_view`. The tabs
+are lazy (only the open one runs), so a hidden tab costs nothing and keeps no timer.
 
 Controls sit outside the live fragment and act through callbacks that send commands to the
 shared `RunManager`; a value the trainer refuses shows its message under the control and the
@@ -20,7 +24,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from dashboard import charts
+from dashboard import advice, charts, export, history_view, panels, race_view
 from dashboard.run_manager import (
     POLICY_NAMES,
     POLICY_PARAMETERS,
@@ -72,6 +76,10 @@ LOG_SCALE = "log_scale"
 WHAT_IF_THRESHOLD = "what_if_threshold"
 SUGGEST_PERCENTILE = "suggest_percentile"
 RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
+DATABASE_PATH = "database_path"
+ADVISOR = "advisor"  # where errors of the live run's replay show
+SECTION = "section"  # the tabs' key: the open tab's label
+TABS = ("Live", "A/B race", "History", "Compare")
 # Private session state.
 _ERRORS = "_errors"  # control name -> message, shown until the next command
 _VALUES = "_values"  # control name -> the value it shows (the last accepted)
@@ -115,10 +123,26 @@ def render() -> None:
     with st.sidebar:
         _run_controls(manager)
         _view_controls()
+        _settings_controls(manager)
     st.title(TITLE, anchor=False)
     st.markdown(SUBTITLE)
-    refresh = REFRESH_SECONDS if manager.is_active else None
-    st.fragment(_live_view, run_every=refresh)()
+    _database_messages(manager)
+    live, race, history, compare = st.tabs(TABS, key=SECTION, on_change="rerun")
+    if live.open:
+        with live:
+            refresh = REFRESH_SECONDS if manager.is_active else None
+            st.fragment(_live_view, run_every=refresh)()
+            if manager.run_number:
+                _live_tools(manager)
+    if race.open:
+        with race:
+            race_view.render(manager)
+    if history.open:
+        with history:
+            history_view.render_history(manager)
+    if compare.open:
+        with compare:
+            history_view.render_compare(manager)
 
 
 # --- session state ------------------------------------------------------------------------------
@@ -447,7 +471,7 @@ def _run_controls(manager: RunManager) -> None:
         key="start",
         type="primary",
         width="stretch",
-        disabled=active,
+        disabled=active or manager.race_is_active,
         on_click=_on_start,
         args=(manager,),
     )
@@ -531,9 +555,11 @@ def _live_view() -> None:
     snapshot = manager.snapshot()
     # Everything is computed first and then drawn in one go: elements still waiting after half
     # a second of a rerun fade, so spreading the drawing over the computing would flicker.
-    figures = _figures(snapshot) if len(snapshot.metrics_view) else None
+    ghosts = panels.ghosts_frame(manager.live_advice())
+    figures = _figures(snapshot, ghosts) if len(snapshot.metrics_view) else None
     _run_line(snapshot)
     _failure(snapshot)
+    _write_warning(snapshot)
     _headline(snapshot)
     if snapshot.run_number == 0:
         st.info(
@@ -695,7 +721,8 @@ class _Figures:
     resolution: str
 
 
-def _figures(snapshot: RunSnapshot) -> _Figures:
+def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
+    """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed)."""
     log_scale = bool(st.session_state.get(LOG_SCALE))
     view = snapshot.metrics_view
     what_if, histogram = _what_if_numbers(snapshot)
@@ -706,8 +733,11 @@ def _figures(snapshot: RunSnapshot) -> _Figures:
         else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
         "largest norm, so spikes stay visible"
     )
+    gradient_norm = charts.gradient_norm_chart(view, log_scale=log_scale)
+    if ghosts is not None and len(ghosts):
+        gradient_norm = advice.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
     return _Figures(
-        gradient_norm=charts.gradient_norm_chart(view, log_scale=log_scale),
+        gradient_norm=gradient_norm,
         loss=charts.loss_chart(view, snapshot.events, log_scale=log_scale),
         clip_rate=charts.clip_rate_chart(view),
         layers=charts.layer_norm_chart(snapshot.layer_view),
@@ -796,4 +826,157 @@ def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
         help=f"Set the clip threshold to {suggested:g} in one click."
         if usable
         else f"The {numbers.policy} policy does not clip at a norm threshold.",
+    )
+
+
+# --- settings: the run database ----------------------------------------------------------------
+
+
+def _on_database_path(manager: RunManager, key: str) -> None:
+    state = st.session_state
+    if key != _database_path_key(manager):
+        return  # a replaced widget's late value
+    state[_ERRORS] = {}
+    try:
+        manager.set_database_path(state[key])
+    except ValueError as error:
+        _report(DATABASE_PATH, error)
+        state[_VERSIONS][DATABASE_PATH] = state[_VERSIONS].get(DATABASE_PATH, 0) + 1
+
+
+def _database_path_key(manager: RunManager) -> str:
+    # A new widget whenever the path changes (from any tab) or a value is refused.
+    return f"{widget_key(DATABASE_PATH)}.{manager.database_status().generation}"
+
+
+def _settings_controls(manager: RunManager) -> None:
+    status = manager.database_status()
+    with st.expander("Settings", icon=":material/settings:", expanded=not status.available):
+        key = _database_path_key(manager)
+        st.text_input(
+            "Database path",
+            value=status.path,
+            key=key,
+            on_change=_on_database_path,
+            args=(manager, key),
+            help="The SQLite file every new run (and both sides of an A/B race) is recorded in, "
+            "for History and Compare. A run already going keeps writing where it started.",
+        )
+        if status.available:
+            st.caption("New runs are recorded here.")
+        else:
+            st.caption("This path cannot be used: new runs are kept in memory only.")
+        _show_error(DATABASE_PATH)
+
+
+def _database_messages(manager: RunManager) -> None:
+    status = manager.database_status()
+    if status.available:
+        return
+    st.error(status.error, icon=":material/database:")
+    st.warning(
+        "Runs are kept in memory only: new runs are not recorded, so they will not show in "
+        "History or Compare and are gone when the server stops. Everything else works. Set "
+        "another database path under **Settings** in the sidebar to record them again.",
+        icon=":material/memory:",
+    )
+
+
+def _write_warning(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    if status is not None and status.warning:
+        st.warning(status.warning, icon=":material/warning:")
+
+
+# --- the live run's advisor and exports ----------------------------------------------------------
+
+
+def _on_advise_live(manager: RunManager) -> None:
+    _action(ADVISOR, "advise_live", manager.advise_live)
+    st.session_state[_NEEDS_FULL_RERUN] = True  # the live chart draws the new ghost lines
+
+
+def _live_tools(manager: RunManager) -> None:
+    settings = manager.settings
+    live_advice = manager.live_advice()
+    with st.expander("Threshold advisor", icon=":material/lightbulb:", expanded=live_advice is not None):
+        st.caption(
+            "Replays this run's newest pre-clip norms (up to 100,000 steps; a few seconds): the "
+            "clip rate a global-norm threshold would have had, and the thresholds autoclip and "
+            "zclip would have chosen, drawn as ghost lines on the gradient-norm chart. The "
+            "replay covers the steps up to the moment you press the button."
+        )
+        st.button(
+            "Replay the newest steps",
+            key="advise_live",
+            on_click=_on_advise_live,
+            args=(manager,),
+            icon=":material/replay:",
+        )
+        _show_error(ADVISOR)
+        if live_advice is not None and settings is not None:
+            panels.advisor_readout(
+                manager, live_advice, f"live.proposed@{manager.run_number}", settings.clip_threshold
+            )
+    log_scale = bool(st.session_state.get(LOG_SCALE))  # read now: the downloads run elsewhere
+    run_number = manager.run_number
+    ghosts = panels.ghosts_frame(live_advice)
+
+    def figures() -> dict:
+        snapshot = manager.snapshot()
+        return panels.run_figures(
+            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts
+        )
+
+    with st.expander("Export", icon=":material/download:"):
+        st.caption(
+            "The live run as it is when you click: its per-step metrics (every step the live "
+            "store holds: the newest 100,000), a self-contained HTML report, and each chart. "
+            "History exports every recorded step."
+        )
+        panels.export_buttons(
+            f"live.export.{run_number}",
+            f"run-{run_number}",
+            metrics=manager.live_metrics,
+            figures=figures,
+            report=lambda: _live_report(manager, figures()),
+            chart_names=panels.CHART_NAMES,
+        )
+
+
+def _live_report(manager: RunManager, figures: dict) -> str:
+    """The HTML report of the live run, as it is now (runs outside the script: no `st.*`)."""
+    snapshot = manager.snapshot()
+    status, settings = snapshot.status, snapshot.settings
+    config = status.config
+    numbers = charts.headline(snapshot.recent)
+    metrics = snapshot.metrics_view
+    steps = int(metrics["steps"].sum()) if len(metrics) else 0
+    clipped = int(metrics["clipped"].sum()) if len(metrics) else 0
+    started = datetime.datetime.fromtimestamp(snapshot.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    return export.html_report(
+        title=f"Clipwatch run {snapshot.run_number}",
+        config={
+            "Run": snapshot.run_number,
+            "Database run id": status.run_id,
+            "Task": config.task,
+            "Policy": config.policy,
+            "Policy parameters": config.policy_params.get(config.policy, {}),
+            "Clip threshold": config.clip_threshold,
+            "Learning rate": config.learning_rate,
+            "Batch size": config.batch_size,
+            "Seed": config.seed,
+            "Speed cap (steps/s)": settings.max_steps_per_second if settings else None,
+            "Started": started,
+        },
+        summary={
+            "State": status.state,
+            "Steps": status.step,
+            "Final loss": numbers.loss,
+            "Clip rate (whole run)": clipped / steps if steps else None,
+            "Non-finite steps": status.nonfinite_steps,
+            "Error": status.error or "",
+        },
+        charts=figures,
+        events=charts.events_table(snapshot.events),
     )

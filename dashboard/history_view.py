@@ -1,0 +1,381 @@
+"""The History and Compare tabs: recorded runs, read-only, from the run database.
+
+History lists every recorded run; opening one draws it with the live view's charts (the run is
+loaded into a `MetricsStore` by the manager, so the same builders draw it), with the threshold
+advisor's ghost lines, exports, and rename and delete (delete asks first). Compare overlays up
+to six runs, coloured by run, above a table of their configs and final numbers.
+
+Nothing here loops, sleeps or starts a thread; commands go through callbacks to the manager.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, comparison, export, panels
+from dashboard.run_manager import RecordedRun, RunManager
+
+# Session state (private to these tabs).
+_SELECTED = "_history_selected"  # the run id History shows
+_SELECT_VERSION = "_history_select_version"  # bumps when the selection is set from code
+_CONFIRM_DELETE = "_history_confirm_delete"  # the run id awaiting "Yes, delete"
+_ERRORS = "_history_errors"  # where -> message, shown until the next command
+_NOTICE = "_history_notice"  # a one-off success message ("Deleted run 3.")
+_COMPARED = "_compare_selected"  # the run ids Compare overlays
+_COMPARE_VERSION = "_compare_version"
+HISTORY_LOG_SCALE = "history.log_scale"
+COMPARE_LOG_SCALE = "compare.log_scale"
+EVENT_ROWS = 200
+
+
+def _errors() -> dict[str, str]:
+    return st.session_state.setdefault(_ERRORS, {})
+
+
+def _show_error(where: str) -> None:
+    message = _errors().get(where)
+    if message:
+        st.error(message, icon=":material/error:")
+
+
+def _command(where: str, action) -> None:
+    st.session_state[_ERRORS] = {}
+    try:
+        action()
+    except (ValueError, RuntimeError) as error:
+        _errors()[where] = str(error)
+
+
+def _no_database(manager: RunManager) -> bool:
+    status = manager.database_status()
+    if status.available:
+        return False
+    st.info(
+        "There is no run database, so there is no history to show: runs are kept in memory only. "
+        "Set a database path under **Settings** in the sidebar.",
+        icon=":material/database:",
+    )
+    return True
+
+
+def _run_label(runs: pd.DataFrame):
+    names = dict(zip(runs["run_id"].astype(int), runs["name"].astype(str)))
+    return lambda run_id: f"{names.get(int(run_id), '?')}  (#{int(run_id)})"
+
+
+# --- History -------------------------------------------------------------------------------------
+
+
+def render_history(manager: RunManager) -> None:
+    """The History tab."""
+    if _no_database(manager):
+        return
+    state = st.session_state
+    notice = state.pop(_NOTICE, None)
+    if notice:
+        st.success(notice, icon=":material/check_circle:")
+    runs = manager.list_runs()
+    if len(runs) == 0:
+        st.info(
+            f"No recorded runs yet in `{manager.database_status().path}`. Every run you start "
+            "(and both sides of an A/B race) is recorded here.",
+            icon=":material/history:",
+        )
+        return
+    st.dataframe(
+        comparison.history_table(runs),
+        hide_index=True,
+        width="stretch",
+        height=min(36 * (len(runs) + 1) + 2, 300),
+        column_config={
+            "Threshold": st.column_config.NumberColumn(format="%.4g"),
+            "Final loss": st.column_config.NumberColumn(format="%.4g"),
+            "Clip rate": st.column_config.NumberColumn(format="percent"),
+            "Steps": st.column_config.NumberColumn(format="localized"),
+        },
+        key="history.table",
+    )
+    run_ids = [int(run_id) for run_id in runs["run_id"]]
+    selected = state.get(_SELECTED)
+    if selected not in run_ids:
+        selected = run_ids[0]  # the newest
+    key = f"history.run@{state.get(_SELECT_VERSION, 0)}"
+    chosen = st.selectbox(
+        "Open a run",
+        run_ids,
+        index=run_ids.index(selected),
+        format_func=_run_label(runs),
+        key=key,
+        help="Newest first. A recorded run opens read-only, drawn like the live view.",
+    )
+    state[_SELECTED] = selected if chosen is None else int(chosen)
+    try:
+        recorded = manager.recorded_run(state[_SELECTED])
+    except (ValueError, RuntimeError) as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    _recorded_run_view(manager, recorded)
+
+
+def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
+    info = recorded.info
+    run_id = recorded.run_id
+    st.subheader(str(info["name"]), anchor=False)
+    created = datetime.datetime.fromtimestamp(float(info["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
+    st.caption(
+        f"**#{run_id}** · task `{info['task']}` · policy `{info['policy']}` · threshold "
+        f"{float(info['clip_threshold']):g} at the start · learning rate "
+        f"{float(info['learning_rate']):g} · batch {int(info['batch_size'])} · seed "
+        f"{int(info['seed'])} · started {created} · read-only"
+    )
+    if info.get("error"):
+        st.error(f"Run {run_id} {info['state']}: {info['error']}", icon=":material/error:")
+    cells = (
+        ("State", str(info["state"]).capitalize()),
+        ("Steps", f"{int(info['steps'] or 0):,}"),
+        ("Final loss", panels.number(info["final_loss"])),
+        ("Clip rate", panels.number(info["clip_rate"], "{:.1%}")),
+        ("Non-finite", f"{recorded.nonfinite_steps:,}"),
+    )
+    for column, (label, value) in zip(st.columns(len(cells)), cells):
+        column.metric(label, value, border=True)
+
+    log_scale = st.toggle("Log-scale y axes", value=False, key=HISTORY_LOG_SCALE)
+    with panels.panel(
+        "history_advisor_panel",
+        "Threshold advisor",
+        "The run's recorded pre-clip norms replayed: the clip rate a global-norm threshold would "
+        "have had, and (ghost lines on the chart below) the thresholds autoclip and zclip would "
+        "have chosen.",
+    ):
+        try:
+            with st.spinner("Replaying the recorded norms through autoclip and zclip…"):
+                advice = manager.recorded_advice(run_id)
+        except (ValueError, RuntimeError) as error:
+            st.error(str(error), icon=":material/error:")
+            advice, proposed = None, None
+        else:
+            proposed = panels.advisor_readout(
+                manager, advice, f"history.proposed@{run_id}", recorded.clip_threshold
+            )
+    ghosts = panels.ghosts_frame(advice)
+    figures = panels.run_figures(
+        recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
+    )
+    _draw_run(figures, recorded, proposed, log_scale)
+
+    with st.expander("Export", icon=":material/download:"):
+        panels.export_buttons(
+            f"history.export.{run_id}",
+            str(info["name"]),
+            metrics=lambda: manager.recorded_metrics(run_id),
+            figures=lambda: panels.run_figures(
+                recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
+            ),
+            report=lambda: recorded_report(recorded, figures),
+            chart_names=panels.CHART_NAMES,
+        )
+    _manage(manager, recorded)
+
+
+def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale: bool) -> None:
+    with panels.panel(
+        "history_gradient_norm_panel",
+        "Gradient norm",
+        "Before and after clipping, with the threshold, clip events and the advisor's ghost "
+        "thresholds (dashed, faded).",
+    ):
+        panels.draw(figures["Gradient norm"])
+    left, right = st.columns(2)
+    with left, panels.panel("history_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule."):
+        panels.draw(figures["Loss and commands"])
+    with right, panels.panel(
+        "history_clip_rate_panel",
+        "Clip rate",
+        f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
+    ):
+        panels.draw(figures["Clip rate"])
+    left, right = st.columns(2)
+    with left, panels.panel(
+        "history_layer_panel", "Gradient norm per layer", "Each trainable variable's norm before clipping."
+    ):
+        panels.draw(figures["Gradient norm per layer"])
+    norms = charts.recent_norms(recorded.recent)
+    with right, panels.panel(
+        "history_histogram_panel",
+        "Last gradient norms",
+        f"The run's last {len(norms):,} steps before clipping, with the proposed threshold.",
+    ):
+        panels.draw(
+            charts.gradient_norm_histogram(
+                norms, proposed, log_scale=log_scale, threshold_label="proposed"
+            )
+        )
+    table = charts.events_table(recorded.events)
+    more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
+    with panels.panel("history_events_panel", "Events", f"Every command, newest first{more}."):
+        with st.container(height=260 if len(table) > 6 else "content", border=False):
+            st.table(table.head(EVENT_ROWS).set_index("Step"))
+
+
+def _manage(manager: RunManager, recorded: RecordedRun) -> None:
+    run_id, name = recorded.run_id, str(recorded.info["name"])
+    state = st.session_state
+    with st.container(border=True, key="history_manage_panel"):
+        st.markdown("**Rename or delete**")
+        name_key = f"history.name@{run_id}:{name}"
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        left.text_input("Run name", value=name, key=name_key, max_chars=200)
+
+        def rename() -> None:
+            _command("manage", lambda: manager.rename_run(run_id, state[name_key]))
+
+        right.button("Rename", key="history.rename", on_click=rename, width="stretch")
+
+        def ask() -> None:
+            state[_ERRORS] = {}
+            state[_CONFIRM_DELETE] = run_id
+
+        def cancel() -> None:
+            state.pop(_CONFIRM_DELETE, None)
+
+        def delete() -> None:
+            def act() -> None:
+                manager.delete_run(run_id)
+                state[_NOTICE] = f"Deleted run #{run_id} ({name})."
+                state.pop(_SELECTED, None)
+                state[_SELECT_VERSION] = state.get(_SELECT_VERSION, 0) + 1
+
+            state.pop(_CONFIRM_DELETE, None)
+            _command("manage", act)
+
+        if state.get(_CONFIRM_DELETE) == run_id:
+            steps = int(recorded.info["steps"] or 0)
+            st.warning(
+                f"Delete run #{run_id} ({name}) and its {steps:,} recorded steps? This cannot be undone.",
+                icon=":material/warning:",
+            )
+            yes, no = st.columns(2)
+            yes.button("Yes, delete", key="history.confirm_delete", type="primary", on_click=delete, width="stretch")
+            no.button("Cancel", key="history.cancel_delete", on_click=cancel, width="stretch")
+        else:
+            st.button(
+                "Delete run…",
+                key="history.delete",
+                on_click=ask,
+                icon=":material/delete:",
+                help="Asks for confirmation first.",
+            )
+        _show_error("manage")
+
+
+def recorded_report(recorded: RecordedRun, figures) -> str:
+    """The HTML report of a recorded run (its config, final numbers, charts and events)."""
+    info = recorded.info
+    config = info.get("config") or {}
+    policy = info["policy"]
+    created = datetime.datetime.fromtimestamp(float(info["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
+    return export.html_report(
+        title=str(info["name"]),
+        config={
+            "Run id": recorded.run_id,
+            "Name": info["name"],
+            "Task": info["task"],
+            "Policy": policy,
+            "Policy parameters": (config.get("policy_params") or {}).get(policy, {}),
+            "Clip threshold (at the start)": float(info["clip_threshold"]),
+            "Learning rate": float(info["learning_rate"]),
+            "Batch size": int(info["batch_size"]),
+            "Seed": int(info["seed"]),
+            "Started": created,
+        },
+        summary={
+            "State": info["state"],
+            "Steps": int(info["steps"] or 0),
+            "Final loss": info["final_loss"],
+            "Clip rate": info["clip_rate"],
+            "Non-finite steps": recorded.nonfinite_steps,
+            "Clip threshold at the end": recorded.clip_threshold,
+            "Error": info.get("error") or "",
+        },
+        charts=figures,
+        events=charts.events_table(recorded.events),
+    )
+
+
+# --- Compare -------------------------------------------------------------------------------------
+
+
+def render_compare(manager: RunManager) -> None:
+    """The Compare tab."""
+    if _no_database(manager):
+        return
+    state = st.session_state
+    runs = manager.list_runs()
+    if len(runs) == 0:
+        st.info("No recorded runs yet to compare.", icon=":material/compare_arrows:")
+        return
+    run_ids = [int(run_id) for run_id in runs["run_id"]]
+    chosen = [run_id for run_id in state.get(_COMPARED, []) if run_id in run_ids]
+    if chosen != state.get(_COMPARED, []):  # a run was deleted: a fresh widget without it
+        state[_COMPARE_VERSION] = state.get(_COMPARE_VERSION, 0) + 1
+    key = f"compare.runs@{state.get(_COMPARE_VERSION, 0)}"
+    chosen = st.multiselect(
+        "Runs to compare",
+        run_ids,
+        default=chosen,
+        format_func=_run_label(runs),
+        max_selections=comparison.MAX_RUNS,
+        key=key,
+        placeholder=f"Pick up to {comparison.MAX_RUNS} runs",
+        help="Their loss, gradient norm and clip rate are overlaid, coloured by run.",
+    )
+    state[_COMPARED] = [int(run_id) for run_id in chosen]
+    if not chosen:
+        st.info("Pick two or more runs above to overlay them.", icon=":material/compare_arrows:")
+        return
+    recorded = []
+    for run_id in chosen:
+        try:
+            recorded.append(manager.recorded_run(run_id))
+        except (ValueError, RuntimeError) as error:
+            st.error(str(error), icon=":material/error:")
+            return
+    names = comparison.unique_run_names([str(run.info["name"]) for run in recorded], [run.run_id for run in recorded])
+    long = comparison.runs_long_frame({name: run.metrics_view for name, run in zip(names, recorded)})
+    log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
+    figures = {
+        "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale),
+        "Loss": comparison.runs_loss_chart(long, log_scale=log_scale),
+        "Clip rate": comparison.runs_clip_rate_chart(long),
+    }
+    with panels.panel(
+        "compare_gradient_norm_panel",
+        "Gradient norm before clipping",
+        "The largest norm per point, with each run's threshold dashed in its colour.",
+    ):
+        panels.draw(figures["Gradient norm"])
+    left, right = st.columns(2)
+    with left, panels.panel("compare_loss_panel", "Loss", "Mean loss per point."):
+        panels.draw(figures["Loss"])
+    with right, panels.panel(
+        "compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
+    ):
+        panels.draw(figures["Clip rate"])
+    infos = [{**run.info, "nonfinite_steps": run.nonfinite_steps} for run in recorded]
+    table = comparison.runs_config_table(infos, names)
+    with panels.panel("compare_table_panel", "Configs and final numbers", "One row per run."):
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "Threshold": st.column_config.NumberColumn(format="%.4g"),
+                "Learning rate": st.column_config.NumberColumn(format="%.4g"),
+                "Final loss": st.column_config.NumberColumn(format="%.4g"),
+                "Clip rate": st.column_config.NumberColumn(format="percent"),
+            },
+        )

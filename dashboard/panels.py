@@ -1,0 +1,208 @@
+"""Widgets shared by the Live, A/B race, History and Compare tabs: drawing, the advisor, exports.
+
+Streamlit only: every number comes from the `RunManager` (the glue) and every chart from the
+pure builders (`charts`, `comparison`, `advice`, `export`). Nothing here loops, sleeps or starts
+a thread; a download's bytes are made only when it is clicked (Streamlit calls the function
+then, in a thread of its own, so it reads plain data and never calls `st.*`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Mapping
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import advice as advice_charts
+from dashboard import charts, export
+from dashboard.run_manager import Advice, RunManager
+
+
+def draw(chart: alt.TopLevelMixin) -> None:
+    """Draw a built chart across its column (the builders' output is validated by the tests)."""
+    st.vega_lite_chart(spec=charts.vega_lite_spec(chart), width="stretch")
+
+
+def panel(key: str, title: str, caption: str):
+    """A bordered box with a bold title and a caption; `key` names it for CSS and tests."""
+    box = st.container(border=True, key=key)
+    box.markdown(f"**{title}**")
+    box.caption(caption)
+    return box
+
+
+def number(value: Any, pattern: str = "{:.4g}") -> str:
+    """A number for a metric card, or "–" when there is none (None, NaN, inf)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return pattern.format(value) if math.isfinite(value) else "–"
+
+
+def file_stem(name: str) -> str:
+    """A file name from a run's name: "A/B race 12:00 · B" -> "clipwatch-A-B-race-12-00-B"."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return f"clipwatch-{cleaned or 'run'}"[:100]
+
+
+# --- the threshold advisor -----------------------------------------------------------------------
+
+
+def advisor_readout(manager: RunManager, advice: Advice, key: str, default_threshold: float) -> float | None:
+    """The proposed-threshold input and what the replay says; returns the valid proposed value.
+
+    The clip rate at the proposed threshold is `replay(norms, "global_norm", clip_threshold=T)`
+    over the replayed steps; autoclip and zclip appear as ghost lines on the gradient-norm chart.
+    """
+    proposed = st.number_input(
+        "Proposed threshold",
+        value=float(default_threshold),
+        key=key,
+        format="%g",
+        step=0.01,
+        help="A global-norm clip threshold to try on this run's recorded norms.",
+    )
+    if advice.count == 0:
+        st.caption("No recorded steps to replay yet.")
+        return None
+    try:
+        rate = manager.replayed_clip_rate(advice, proposed)
+    except ValueError as error:
+        st.warning(f"Proposed threshold: {error}", icon=":material/warning:")
+        proposed = None
+    else:
+        st.markdown(
+            advice_charts.clip_rate_sentence(proposed, rate, advice.count, advice.recorded_clip_rate)
+        )
+    lines = []
+    for policy, detail in (
+        ("autoclip", "its defaults: p10 of the last 1,000 norms"),
+        ("zclip", f"its defaults, capped at the run's threshold {advice.run_clip_threshold:g}"),
+    ):
+        typical = advice_charts.typical_threshold(advice.thresholds[policy])
+        typical_text = "–" if typical is None else f"{typical:.3g}"
+        lines.append(
+            f"- **{policy}** ({detail}) would have used a threshold around **{typical_text}** "
+            f"(median) and clipped **{number(advice.clip_rates[policy], '{:.1%}')}**."
+        )
+    st.markdown("\n".join(lines))
+    st.caption(
+        f"Replayed steps {int(advice.steps[0]):,}–{int(advice.steps[-1]):,}. The norms stay as "
+        "recorded: another threshold would have changed the training too, so this is an "
+        "estimate, not a rerun."
+    )
+    return proposed
+
+
+_GHOSTS: dict[tuple, pd.DataFrame] = {}  # advice.key -> its ghost frame (a replay never changes)
+
+
+def ghosts_frame(advice: Advice | None) -> pd.DataFrame:
+    """The ghost lines (autoclip, zclip) to draw over a gradient-norm chart; empty without advice."""
+    if advice is None or advice.count == 0:
+        return advice_charts.ghost_threshold_frame([], {})
+    frame = _GHOSTS.get(advice.key)
+    if frame is None:
+        frame = advice_charts.ghost_threshold_frame(advice.steps, advice.thresholds)
+        if len(_GHOSTS) >= 16:
+            _GHOSTS.clear()
+        _GHOSTS[advice.key] = frame
+    return frame
+
+
+# --- exports -------------------------------------------------------------------------------------
+
+
+def export_buttons(
+    key: str,
+    name: str,
+    metrics: Callable[[], pd.DataFrame],
+    figures: Callable[[], Mapping[str, alt.TopLevelMixin]],
+    report: Callable[[], str],
+    chart_names: tuple[str, ...],
+) -> None:
+    """Download buttons: per-step metrics (CSV, Parquet), an HTML report, each chart (PNG, SVG).
+
+    Every argument that makes data is a function, called only when its button is clicked.
+    """
+    stem = file_stem(name)
+    first, second, third = st.columns(3)
+    first.download_button(
+        "Metrics (CSV)",
+        data=lambda: export.metrics_csv(metrics()),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        key=f"{key}.csv",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
+    )
+    second.download_button(
+        "Metrics (Parquet)",
+        data=lambda: export.metrics_parquet(metrics()),
+        file_name=f"{stem}.parquet",
+        mime="application/vnd.apache.parquet",
+        key=f"{key}.parquet",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
+    )
+    third.download_button(
+        "Report (HTML)",
+        data=report,
+        file_name=f"{stem}-report.html",
+        mime="text/html",
+        key=f"{key}.html",
+        on_click="ignore",
+        icon=":material/description:",
+        width="stretch",
+    )
+    for index, chart_name in enumerate(chart_names):
+        label, png, svg = st.columns([2, 1, 1], vertical_alignment="center")
+        label.caption(chart_name)
+        png.download_button(
+            "PNG",
+            data=lambda chart_name=chart_name: export.chart_png(figures()[chart_name]),
+            file_name=f"{stem}-chart-{index + 1}.png",
+            mime="image/png",
+            key=f"{key}.png.{index}",
+            on_click="ignore",
+            width="stretch",
+        )
+        svg.download_button(
+            "SVG",
+            data=lambda chart_name=chart_name: export.chart_svg(figures()[chart_name]),
+            file_name=f"{stem}-chart-{index + 1}.svg",
+            mime="image/svg+xml",
+            key=f"{key}.svg.{index}",
+            on_click="ignore",
+            width="stretch",
+        )
+
+
+# --- one run's charts (live, recorded) -----------------------------------------------------------
+
+CHART_NAMES = ("Gradient norm", "Loss and commands", "Clip rate", "Gradient norm per layer")
+
+
+def run_figures(
+    metrics_view: pd.DataFrame,
+    layer_view: pd.DataFrame,
+    events: pd.DataFrame,
+    log_scale: bool = False,
+    ghosts: pd.DataFrame | None = None,
+) -> dict[str, alt.TopLevelMixin]:
+    """The charts of one run, by name (`CHART_NAMES`), as the live view draws them."""
+    gradient_norm = charts.gradient_norm_chart(metrics_view, log_scale=log_scale)
+    if ghosts is not None and len(ghosts):
+        gradient_norm = advice_charts.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
+    return {
+        "Gradient norm": gradient_norm,
+        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale),
+        "Clip rate": charts.clip_rate_chart(metrics_view),
+        "Gradient norm per layer": charts.layer_norm_chart(layer_view),
+    }
