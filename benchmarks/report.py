@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 
+from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 
 # (key, ratio the target is on, the limit) — the issue's targets.
@@ -18,6 +19,7 @@ SEED_VS_FIT_DEFAULT = 10.0
 SEED_VS_FIT_TUNED = 3.0
 SEED_SHARE_OF_CEILING = 0.85
 HEAVY_MAX_OVERHEAD = 0.03
+MAX_PERSISTENCE_COST = 0.05  # issue #5
 MAX_LATENCY_MS = 50.0
 MAX_LATENCY_CHUNKS = 1.0
 MAX_CHARTS_GROWTH = 1.5
@@ -80,7 +82,7 @@ def _at_least(name: str, value: float, limit: float) -> dict:
 
 
 def evaluate_targets(results: dict) -> list[dict]:
-    """One entry per target of issue #4 whose section ran."""
+    """One entry per target of issues #4 and #5 whose section ran."""
     targets = []
     throughput = results.get("throughput", {})
     seed = throughput.get("seed", {}).get("rows", {})
@@ -124,6 +126,26 @@ def evaluate_targets(results: dict) -> list[dict]:
                 overhead <= HEAVY_MAX_OVERHEAD,
                 by,
                 overhead,
+                noisy,
+            )
+        )
+    persistence = results.get("persistence", {})
+    rows = persistence.get("rows", {})
+    if WITH_DATABASE in rows and WITHOUT_DATABASE in rows:
+        cost = 1 - rows[WITH_DATABASE]["vs_without_database"]
+        low, high = (1 - ratio for ratio in reversed(rows[WITH_DATABASE]["vs_without_database_range"]))
+        points = (MAX_PERSISTENCE_COST - cost) * 100
+        by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
+        noisy = low < 0 < high and high - low > 2 * MAX_PERSISTENCE_COST
+        if noisy:
+            by += "; the repeats disagree on the sign"
+        targets.append(
+            _target(
+                f"persistence costs <= 5% of steps/s on {persistence['task']}",
+                f"{cost:.1%} (repeats {low:.0%}..{high:.0%})",
+                cost <= MAX_PERSISTENCE_COST,
+                by,
+                cost,
                 noisy,
             )
         )
@@ -285,6 +307,26 @@ def _policy_lines(policies: dict) -> list[str]:
     ]
 
 
+def _persistence_lines(persistence: dict) -> list[str]:
+    header = ["contender", "median steps/s", "min", "max", "x without database"]
+    rows = [
+        [label, f"{row['median']:,.0f}", f"{row['min']:,.0f}", f"{row['max']:,.0f}", _ratio(row["vs_without_database"])]
+        for label, row in persistence["rows"].items()
+    ]
+    catch_up = persistence["catch_up_seconds"]
+    return [
+        f"Persistence cost ({persistence['task']}, full monitoring, with and without a RunDatabase in a "
+        f"temporary directory; {persistence['repeats']} interleaved repeats x "
+        f"{persistence['window_seconds']:g} s; the ratio is the median of the ratios within a repeat)",
+        *_table(header, rows, right={1, 2, 3, 4}),
+        f"  After each window the database held every step {catch_up['median']:.2f} s later (median; "
+        f"max {catch_up['max']:.2f} s; the writer commits every {persistence['flush_seconds']:g} s, "
+        f"so about {persistence['flush_seconds']:g} s means no backlog). Written: "
+        f"{persistence['steps_in_database']:,} of {persistence['steps_trained']:,} steps, "
+        f"{persistence['database_mb']:.1f} MB.",
+    ]
+
+
 def _control_lines(control: dict) -> list[str]:
     latency, traces = control["latency"], control["traces"]
     lines = [
@@ -350,6 +392,7 @@ def format_report(results: dict) -> str:
     sections = (
         ("throughput", _throughput_lines, True),
         ("policies", _policy_lines, False),
+        ("persistence", _persistence_lines, False),
         ("control", _control_lines, False),
         ("dashboard", _dashboard_lines, False),
     )

@@ -8,7 +8,7 @@ from typing import Callable
 
 from benchmarks import report
 
-SECTIONS = ("throughput", "heavy", "policies", "control", "dashboard")
+SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Budget:
     warm_up_seconds: float  # after the compile, before the first measurement
     policy_repeats: int
     policy_window_seconds: float
+    persistence_repeats: int  # seed with and without a run database, interleaved
+    persistence_window_seconds: float  # several of the writer's 0.5 s commits per window
     latency_trials: int
     store_sizes: tuple[int, ...]
     chart_repeats: int
@@ -41,6 +43,8 @@ FULL = Budget(
     warm_up_seconds=1.0,
     policy_repeats=5,
     policy_window_seconds=1.0,
+    persistence_repeats=7,
+    persistence_window_seconds=3.0,
     latency_trials=20,
     store_sizes=(10_000, 1_000_000),
     chart_repeats=15,
@@ -54,6 +58,8 @@ QUICK = Budget(
     warm_up_seconds=0.3,
     policy_repeats=1,
     policy_window_seconds=0.4,
+    persistence_repeats=2,
+    persistence_window_seconds=1.0,
     latency_trials=6,
     store_sizes=(10_000, 1_000_000),
     chart_repeats=5,
@@ -82,7 +88,7 @@ def run_benchmark(
     targets included."""
     if sections is None:
         sections, notes = default_sections(budget)
-    from benchmarks import control, dashboard_cost, throughput
+    from benchmarks import control, dashboard_cost, persistence_cost, throughput
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -118,6 +124,12 @@ def run_benchmark(
         log("policies")
         results["policies"] = throughput.run_policies(
             budget.policy_repeats, budget.policy_window_seconds, budget.warm_up_seconds, log
+        )
+    if "persistence" in sections:
+        log("persistence cost: seed with and without a run database")
+        results["persistence"] = persistence_cost.run_persistence(
+            budget.persistence_repeats, budget.persistence_window_seconds, budget.warm_up_seconds, log,
+            min_chunks=budget.min_chunks,
         )
     if "control" in sections:
         log("control latency and traces")

@@ -123,6 +123,7 @@ class TrainerRun:
         monitoring: bool = True,
         policy: str = "global_norm",
         sinks: tuple = (),
+        database=None,
     ):
         self.label = label
         self.trainer = Trainer(
@@ -133,9 +134,11 @@ class TrainerRun:
             seed=seed,
             monitoring=monitoring,
             sinks=sinks,
+            database=database,
         )
         self.compile_seconds: float | None = None
         self.min_chunks = 1
+        self.settle_seconds = SETTLE_SECONDS
         self._started = 0.0
 
     def start(self) -> None:
@@ -155,7 +158,7 @@ class TrainerRun:
         """Steps per second over at least `seconds` and at least `min_chunks` chunks."""
         self.trainer.resume()
         self._wait(lambda status: status.state == "running", timeout, "the resume")
-        settle_until = time.perf_counter() + SETTLE_SECONDS
+        settle_until = time.perf_counter() + self.settle_seconds
         self.next_chunk_boundary(timeout)
         while time.perf_counter() < settle_until:
             self.next_chunk_boundary(timeout)

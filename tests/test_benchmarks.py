@@ -7,11 +7,13 @@ step is too light, so the batch-size rule normally raises it to 512), which yiel
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from benchmarks import report
 from benchmarks.__main__ import main
+from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.run import FULL, QUICK, SECTIONS, default_sections, run_benchmark
 from benchmarks.throughput import CEILING, HEAVY_BATCH_SIZE, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 from training.tasks import get_task
@@ -25,6 +27,8 @@ TINY = dataclasses.replace(
     warm_up_seconds=0.1,
     policy_repeats=1,
     policy_window_seconds=0.1,
+    persistence_repeats=1,
+    persistence_window_seconds=0.2,
     latency_trials=2,
     chart_repeats=1,
     heavy_task="seed",
@@ -39,7 +43,9 @@ def finite_positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def results():
-    return run_benchmark(TINY, sections=("heavy", "policies", "control", "dashboard"), log=lambda _: None)
+    return run_benchmark(
+        TINY, sections=("heavy", "policies", "persistence", "control", "dashboard"), log=lambda _: None
+    )
 
 
 def test_throughput_rows_have_finite_ratios(results):
@@ -61,6 +67,24 @@ def test_policies_are_relative_to_global_norm(results):
     assert tuple(rows) == POLICIES
     assert rows["global_norm"]["vs_global_norm"] == 1.0
     assert all(finite_positive(row["vs_global_norm"]) for row in rows.values())
+
+
+def test_persistence_is_relative_to_the_run_without_a_database(results):
+    section = results["persistence"]
+    rows = section["rows"]
+    assert tuple(rows) == (WITHOUT_DATABASE, WITH_DATABASE)
+    assert rows[WITHOUT_DATABASE]["vs_without_database"] == 1.0
+    assert finite_positive(rows[WITH_DATABASE]["vs_without_database"])
+    # Every window waited for the writer, so the database held every step trained.
+    assert section["steps_in_database"] == section["steps_trained"] > 0
+    assert len(section["catch_up_seconds"]["samples"]) == TINY.persistence_repeats
+    assert section["database_mb"] > 0
+
+
+def test_persistence_deletes_its_temporary_database(results):
+    database = Path(results["persistence"]["database_path"])
+    assert database.name == "runs.db"
+    assert not database.parent.exists()
 
 
 def test_control_measures_latency_and_traces(results):
@@ -89,9 +113,10 @@ def test_dashboard_cost_covers_both_store_sizes(results):
 
 def test_every_target_is_evaluated(results):
     names = [target["target"] for target in results["targets"]]
-    assert len(names) == 10
+    assert len(names) == 11
     assert any("10x Keras fit default" in name for name in names)
     assert any("monitoring overhead" in name for name in names)
+    assert "persistence costs <= 5% of steps/s on seed" in names
     for target in results["targets"]:
         assert isinstance(target["passed"], bool)
         assert target["by"]
@@ -100,7 +125,10 @@ def test_every_target_is_evaluated(results):
 def test_report_prints_every_table_and_target(results):
     text = report.format_report(results)
     assert text.startswith("Machine: ")
-    for expected in (*CONTENDERS, *POLICIES, "Control latency", "Traces", "Dashboard cost", "Targets"):
+    for expected in (
+        *CONTENDERS, *POLICIES, WITH_DATABASE, "Persistence cost", "Control latency", "Traces",
+        "Dashboard cost", "Targets",
+    ):  # fmt: skip
         assert expected in text
     target_lines = [line for line in text.splitlines() if " PASS " in line or " MISS " in line]
     assert len(target_lines) == len(results["targets"])
@@ -108,7 +136,8 @@ def test_report_prints_every_table_and_target(results):
 
 def test_results_are_json(results):
     loaded = json.loads(json.dumps(results))
-    assert {"machine", "mode", "budget", "throughput", "policies", "control", "dashboard", "targets"} <= set(loaded)
+    expected = {"machine", "mode", "budget", "throughput", "policies", "persistence", "control", "dashboard", "targets"}
+    assert expected <= set(loaded)
     assert {"cpu", "cores", "tensorflow", "keras"} <= set(loaded["machine"])
 
 
