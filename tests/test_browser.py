@@ -3,14 +3,17 @@
 Starts a run, watches the step counter and the gradient-norm chart move, sets a new clip
 threshold and finds it in the header and the events table, injects a spike, applies the
 suggested threshold, opens a second tab on the same run, and saves docs/screenshot.png mid-run.
-Uses Debian's /usr/bin/chromium (never `playwright install`); the server is killed in teardown
-whatever happens.
+Then starts an A/B race and sees both sides on one chart, opens a side in History, downloads
+its CSV and its HTML report, and opens the report from disk to see its charts drawn offline.
+Uses Debian's /usr/bin/chromium (never `playwright install`); the server records runs in a
+temporary database and is killed in teardown whatever happens.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,8 +55,10 @@ def server_url():
     log = tempfile.NamedTemporaryFile(prefix="clipwatch-streamlit-", suffix=".log", delete=False)
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
     command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    database_folder = tempfile.mkdtemp(prefix="clipwatch-browser-db-")  # never the repo's runs/
+    environment = {**os.environ, "CLIPWATCH_DB": os.path.join(database_folder, "clipwatch.db")}
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -79,6 +84,7 @@ def server_url():
                 process.wait(timeout=10)
         log.close()
         os.unlink(log.name)
+        shutil.rmtree(database_folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -205,4 +211,71 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
 
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(metric(page, "State")).to_have_text("Stopped", timeout=20_000)
+    context.close()
+
+
+METRIC_COLUMNS = [
+    "step", "time_s", "loss", "grad_norm", "clipped_grad_norm", "clip_threshold", "clipped",
+    "finite", "learning_rate", "policy",
+]  # fmt: skip
+
+
+def test_an_ab_race_then_its_csv_and_offline_report_from_history(server_url, browser, tmp_path):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.goto(server_url)
+    expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
+
+    # One button starts both sides; both draw on the same chart, named in its legend.
+    page.get_by_role("tab", name="A/B race").click()
+    page.get_by_role("button", name="Start A/B race").click()
+    race_chart = page.locator(".st-key-race_gradient_norm_panel [data-testid='stVegaLiteChart']")
+    expect(race_chart).to_be_visible(timeout=90_000)
+    wait_until(
+        lambda: "A · none" in race_chart.locator("svg").first.inner_html()
+        and "B · global_norm 1" in race_chart.locator("svg").first.inner_html(),
+        timeout=60,
+        what="both sides in the chart's legend",
+    )
+    step_b = lambda: int(metric(page, "Step B").inner_text().replace(",", ""))  # noqa: E731
+    first = wait_until(step_b, timeout=60, what="side B's first steps")
+    wait_until(lambda: step_b() > first, timeout=30, what="side B to move")
+    assert int(metric(page, "Step A").inner_text().replace(",", "")) > 0
+    page.get_by_role("button", name="Stop race").click()
+    expect(metric(page, "State B")).to_have_text("Stopped", timeout=20_000)
+
+    # History: open side B, download its per-step metrics and its report.
+    page.get_by_role("tab", name="History").click()
+    run_picker = page.get_by_test_id("stSelectbox").filter(has_text="Open a run")
+    expect(run_picker).to_be_visible(timeout=30_000)
+    run_picker.click()
+    page.get_by_role("option", name=re.compile("B · global_norm")).click()
+    expect(page.get_by_role("heading", name=re.compile("B · global_norm"))).to_be_visible(timeout=30_000)
+    page.get_by_text("Export", exact=True).click()
+    with page.expect_download(timeout=60_000) as csv_download:
+        page.get_by_role("button", name="Metrics (CSV)").click()
+    csv_path = tmp_path / csv_download.value.suggested_filename
+    csv_download.value.save_as(csv_path)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].split(",") == METRIC_COLUMNS
+    assert len(lines) > 2 and lines[1].startswith("1,")  # every step, from the first
+
+    with page.expect_download(timeout=120_000) as report_download:
+        page.get_by_role("button", name="Report (HTML)").click()
+    report_path = tmp_path / "report.html"
+    report_download.value.save_as(report_path)
+    assert report_download.value.suggested_filename.endswith("-report.html")
+
+    # The report opens from disk with no server and no network, and draws every chart.
+    report = context.new_page()
+    report.route(re.compile(r"^https?://"), lambda route: route.abort())  # offline, for sure
+    report.goto(report_path.as_uri())
+    expect(report.get_by_role("heading", name=re.compile("B · global_norm"))).to_be_visible()
+    embeds = report.locator(".vega-embed")
+    expect(embeds).to_have_count(4, timeout=30_000)
+    for index in range(4):
+        marks = embeds.nth(index).locator("svg g[class*='mark-'] path, svg g[class*='mark-'] line")
+        wait_until(lambda: marks.count() > 0, timeout=30, what=f"marks in report chart {index + 1}")
+    expect(report.locator("table.events")).to_contain_text("start")
+    expect(report.locator("table.config")).to_contain_text("exploding_rnn")
     context.close()
