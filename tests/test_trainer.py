@@ -267,3 +267,13 @@ def test_quick_policy_calls_do_not_undo_each_other(trainers):
     trainer.resume()
     assert wait_for(lambda: trainer.config.policy_params["zclip"]["alpha"] == 0.9)
     assert trainer.config.policy_params["zclip"]["z_threshold"] == 3.0
+
+
+def test_two_runs_built_at_once_start_from_the_same_weights(trainers):
+    """The A/B race starts two trainers together; the same seed must mean the same model."""
+    first, second = trainers(task="seed", policy="none"), trainers(task="seed", policy="global_norm")
+    first.start()
+    second.start()
+    assert wait_for(lambda: first.status.step > 0 and second.status.step > 0)
+    # The first step's loss is computed on the initial weights and the same batch.
+    assert first.metrics().loss.iloc[0] == second.metrics().loss.iloc[0]

@@ -41,6 +41,7 @@ DEFAULT_MAX_NONFINITE_STEPS = 50
 Sink = Callable[[dict[str, np.ndarray]], None]
 
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
+_BUILD_LOCK = threading.Lock()
 
 # Commands that, before the thread starts, just change the configuration of the run.
 _CONFIG_FIELDS = {
@@ -333,7 +334,8 @@ class Trainer:
         import keras
 
         config, task = self._config, self._task
-        model = task.build_model(config.seed)
+        with _BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
+            model = task.build_model(config.seed)
         loss_function = task.build_loss()
         optimizer_class = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[task.optimizer]
         optimizer = optimizer_class(learning_rate=config.learning_rate)
