@@ -70,7 +70,9 @@ def ghost_threshold_layer(ghosts: pd.DataFrame, log_scale: bool = False) -> alt.
             color=alt.Color(
                 "ghost:N",
                 scale=alt.Scale(domain=labels, range=[GHOST_COLORS.get(name, "#888888") for name in policies]),
-                legend=alt.Legend(title=None, orient="top", symbolStrokeWidth=3, symbolDash=[2, 3]),
+                legend=alt.Legend(
+                    title=None, orient="top", symbolStrokeWidth=3, symbolDash=[2, 3], labelLimit=260
+                ),
             ),
             tooltip=[
                 alt.Tooltip("ghost:N", title="Ghost"),

@@ -96,7 +96,6 @@ def render_history(manager: RunManager) -> None:
             "Clip rate": st.column_config.NumberColumn(format="percent"),
             "Steps": st.column_config.NumberColumn(format="localized"),
         },
-        key="history.table",
     )
     run_ids = [int(run_id) for run_id in runs["run_id"]]
     selected = state.get(_SELECTED)

@@ -680,6 +680,8 @@ class RunManager:
             chosen = trainers if label is None else trainers[RACE_LABELS.index(label) : RACE_LABELS.index(label) + 1]
             if self._race_deferred in chosen:
                 self._race_deferred = None  # it never starts
+        for trainer in chosen:  # ask every side first: one still compiling must not hold up the other
+            trainer.stop(timeout=0)
         for trainer in chosen:
             trainer.stop(timeout)
 

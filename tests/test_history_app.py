@@ -182,14 +182,19 @@ def test_compare_overlays_two_runs_coloured_by_run(manager):
 def test_the_ab_race_starts_two_trainers_on_the_same_data_that_both_advance(manager):
     at = open_tab(AppTest.from_file(APP, default_timeout=90).run(), "A/B race")
     assert not at.exception, at.exception
+    threshold = float(TASKS["exploding_rnn"].clip_threshold)
+    # The default set-up: the task's threshold, no clipping on A against global-norm on B.
+    assert at.selectbox(key="race.A.policy").value == "none"
+    assert at.selectbox(key="race.B.policy").value == "global_norm"
+    assert at.number_input(key="race.A.clip_threshold.exploding_rnn").value == threshold
+    at.number_input(key="race.B.clip_threshold.exploding_rnn").set_value(0.8).run()  # before Start
     at.button(key="start_race").click().run()
     assert not at.exception and not at.error, texts(at.error)
     side_a, side_b = manager.race_trainers
     assert side_a is not side_b
-    threshold = float(TASKS["exploding_rnn"].clip_threshold)
     assert (side_a.config.task, side_a.config.policy) == ("exploding_rnn", "none")
     assert (side_b.config.task, side_b.config.policy, side_b.config.clip_threshold) == (
-        "exploding_rnn", "global_norm", threshold,
+        "exploding_rnn", "global_norm", 0.8,
     )  # fmt: skip
     assert side_a.config.seed == side_b.config.seed and side_a.config.batch_size == side_b.config.batch_size
 
@@ -205,7 +210,7 @@ def test_the_ab_race_starts_two_trainers_on_the_same_data_that_both_advance(mana
     assert not at.exception
     drawn = [spec_of(chart) for chart in at.get("vega_lite_chart")]
     assert len(drawn) == 3
-    names = ["A · none", f"B · global_norm {threshold:g}"]
+    names = ["A · none", "B · global_norm 0.8"]
     for spec in drawn:
         domains = run_color_domains(spec)
         assert domains and all(domain == names for domain in domains)
@@ -223,6 +228,32 @@ def test_the_ab_race_starts_two_trainers_on_the_same_data_that_both_advance(mana
     # Both sides are recorded, under their race names.
     recorded = sorted(manager.database.list_runs()["name"])
     assert [name.split(" · ", 1)[1] for name in recorded] == names
+
+
+# --- the live run's advisor ----------------------------------------------------------------------
+
+
+def test_the_live_run_replays_its_norms_and_draws_ghost_thresholds(manager):
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    at.button(key="start").click().run()
+    trainer = manager.trainer
+    wait_until(lambda: trainer.status.step >= 300, what="300 steps")
+    at.run()
+    assert "would have chosen" not in spec_of(at.get("vega_lite_chart")[0])  # no replay yet
+    at.button(key="advise_live").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    advice = manager.live_advice()
+    assert advice is not None and advice.count >= 300 and advice.steps[0] == 1
+    drawn = spec_of(at.get("vega_lite_chart")[0])
+    assert "autoclip would have chosen" in drawn and "zclip would have chosen" in drawn
+    proposed = at.number_input(key="live.proposed@1")
+    assert proposed.value == 1.0  # the run's threshold
+    proposed.set_value(0.1).run()
+    sentence = next(text for text in texts(at.markdown) if text.startswith("At threshold **0.1**"))
+    share = float(re.search(r"\*\*([0-9.]+)%\*\* of the newest", sentence).group(1))
+    assert share == pytest.approx(100 * (advice.grad_norms > 0.1).mean(), abs=0.05)
+    proposed.set_value(-1.0).run()
+    assert any("clip_threshold=-1.0" in text for text in texts(at.warning))
 
 
 # --- the run database ----------------------------------------------------------------------------
