@@ -161,22 +161,26 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
                 manager, advice, f"history.proposed@{run_id}", recorded.clip_threshold
             )
     ghosts = panels.ghosts_frame(advice)
-    figures = panels.run_figures(
-        recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
-    )
-    _draw_run(figures, recorded, proposed, log_scale)
 
-    with st.expander("Export", icon=":material/download:"):
-        panels.export_buttons(
-            f"history.export.{run_id}",
-            str(info["name"]),
-            metrics=lambda: manager.recorded_metrics(run_id),
-            figures=lambda: panels.run_figures(
-                recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
-            ),
-            report=lambda: recorded_report(recorded, figures),
-            chart_names=panels.CHART_NAMES,
+    def build_figures() -> dict:
+        return panels.run_figures(
+            recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
         )
+
+    if len(recorded.metrics_view) == 0:
+        st.info("This run recorded no steps.", icon=":material/info:")
+    else:
+        _draw_run(build_figures(), recorded, proposed, log_scale)
+        with st.expander("Export", icon=":material/download:"):
+            # Each download builds its own data when clicked (in a thread of Streamlit's own).
+            panels.export_buttons(
+                f"history.export.{run_id}",
+                str(info["name"]),
+                metrics=lambda: manager.recorded_metrics(run_id),
+                figures=build_figures,
+                report=lambda: recorded_report(recorded, build_figures()),
+                chart_names=panels.CHART_NAMES,
+            )
     _manage(manager, recorded)
 
 
