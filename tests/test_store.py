@@ -100,3 +100,17 @@ def test_non_finite_steps_are_counted_not_averaged():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="window=0"):
         MetricsStore(["a"], POLICIES, window=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50, 4096, 25_000])
+def test_summary_is_the_same_whatever_the_chunk_size(chunk):
+    grad = np.random.default_rng(1).lognormal(size=30_000).astype(np.float32)
+    reference = MetricsStore(["a", "b"], POLICIES, window=10_000, max_buckets=64)
+    reference.append(rows(1, 30_000, grad_norm=grad))
+    store = MetricsStore(["a", "b"], POLICIES, window=10_000, max_buckets=64)
+    for first in range(1, 30_001, chunk):
+        count = min(chunk, 30_001 - first)
+        store.append(rows(first, count, grad_norm=grad[first - 1 : first - 1 + count]))
+    expected, got = reference.summary(), store.summary()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, err_msg=name)

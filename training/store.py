@@ -38,6 +38,7 @@ STEP_COLUMNS: dict[str, np.dtype] = {
     "policy": np.dtype(np.int8),
 }
 EVENT_COLUMNS = ("step", "time_s", "kind", "old", "new")
+FOLD_STEPS = 4096  # fold new steps into the summary in batches of about this many
 
 # How each summary field combines when buckets merge.
 _BUCKET_FIELDS: dict[str, str] = {
@@ -149,6 +150,7 @@ class MetricsStore:
         self._allocate(min(block, window))
         self._buckets: dict[str, np.ndarray] = {}  # preallocated; the first _bucket_count count
         self._bucket_count = 0
+        self._unfolded = 0  # newest ring rows not yet folded into the summary
         self._bucket_width = 1
         self._total_steps = 0
         self._events: list[tuple] = []
@@ -182,6 +184,14 @@ class MetricsStore:
             if self._size + count > self._capacity and self._capacity < self.window:
                 grown = self._capacity + self._block * math.ceil(count / self._block)
                 self._allocate(min(self.window, max(grown, self._capacity * 2)))
+            # The summary is folded from the ring in batches (small chunks would otherwise pay
+            # its fixed cost every time); fold first whatever this chunk would overwrite.
+            folded_directly = False
+            if self._unfolded + count > self._capacity:
+                self._fold_pending()
+                if count > self._capacity:  # larger than the whole window: fold it directly
+                    self._fold_into_summary(rows)
+                    folded_directly = True
             keep = slice(max(0, count - self._capacity), count)
             kept = count - keep.start
             positions = (self._start + self._size + np.arange(kept)) % self._capacity
@@ -191,8 +201,20 @@ class MetricsStore:
             overflow = max(0, self._size + kept - self._capacity)
             self._start = (self._start + overflow) % self._capacity
             self._size = min(self._capacity, self._size + kept)
-            self._fold_into_summary(rows)
+            if not folded_directly:
+                self._unfolded += count
+            if self._unfolded >= FOLD_STEPS:
+                self._fold_pending()
             self._total_steps += count
+
+    def _fold_pending(self) -> None:
+        """Fold the newest rows not yet in the summary (they are all still in the ring)."""
+        if self._unfolded > 0:
+            index = self._ordered_indices()[-self._unfolded :]
+            rows = {name: self._columns[name][index] for name in STEP_COLUMNS}
+            rows["layer_norms"] = self._layer_norms[index]
+            self._fold_into_summary(rows)
+        self._unfolded = 0
 
     def _fold_into_summary(self, rows) -> None:
         # Only the last bucket can take new steps, so merge the chunk with it alone: the cost
@@ -288,6 +310,7 @@ class MetricsStore:
     def summary(self) -> dict[str, np.ndarray]:
         """The whole-run buckets (copies)."""
         with self._lock:
+            self._fold_pending()
             return {name: values[: self._bucket_count].copy() for name, values in self._buckets.items()}
 
     def view(self, max_points: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -304,6 +327,7 @@ class MetricsStore:
         older_budget = max(1, max_points - raw_budget - max_points // 10)
         gap_budget = max(1, max_points // 10)
         with self._lock:
+            self._fold_pending()
             raw_index = self._rows_since(None, raw_budget)
             raw = self._take(raw_index)
             raw_first = raw["step"][0] if len(raw_index) else None
