@@ -294,7 +294,6 @@ class RunManager:
         self._snapshot_key: tuple | None = None
         # The A/B race: two trainers, their requested set-ups and legend names.
         self._race_trainers: tuple[Trainer, ...] = ()
-        self._race_deferred: Trainer | None = None  # side B until side A's model is built
         self._race_settings: RaceSettings | None = None
         self._race_names: tuple[str, ...] = ()
         self._race_number = 0
@@ -540,10 +539,9 @@ class RunManager:
         """Start both sides of an A/B race at once; returns the race's number.
 
         Both trainers get the same task, seed (so the same initial weights and batches) and
-        learning rate; each side its own policy and threshold. Side B's thread starts once side
-        A's model is built (see below); the two then train concurrently. Raises RuntimeError
-        while a run or a race is still on and ValueError (naming the side and the value) for a
-        bad setting; either way nothing starts.
+        learning rate; each side its own policy and threshold; the two train concurrently.
+        Raises RuntimeError while a run or a race is still on and ValueError (naming the side and
+        the value) for a bad setting; either way nothing starts.
         """
         if len(settings.sides) != len(RACE_LABELS):
             raise ValueError(
@@ -583,17 +581,8 @@ class RunManager:
                 sides.append(
                     replace(side, policy_params=params, clip_threshold=trainer.config.clip_threshold)
                 )
-            # Keras draws initial weights from global random state (the tasks seed it with
-            # keras.utils.set_random_seed), so two models built at the same moment would
-            # interleave their draws and start from different weights. B starts as soon as A's
-            # model is built (about a second); from then on both train at once, each in its
-            # own thread.
-            first, second = trainers
-            first.start()
-            self._race_deferred = second
-            threading.Thread(
-                target=self._start_deferred, args=(first, second), name="clipwatch-race-start", daemon=True
-            ).start()
+            for trainer in trainers:  # at once: each has its own thread (they build one at a time)
+                trainer.start()
             self._race_trainers = tuple(trainers)
             self._race_settings = replace(
                 settings, sides=tuple(sides), learning_rate=trainers[0].config.learning_rate
@@ -603,14 +592,6 @@ class RunManager:
             self._race_started_at = time.time()
             self._race_cache = {}
             return self._race_number
-
-    def _start_deferred(self, first: Trainer, second: Trainer) -> None:
-        """Start `second` once `first` has built its model (runs in a thread of its own)."""
-        first.wait_until_ready(timeout=120)
-        with self._lock:
-            if self._race_deferred is second:  # not stopped in the meantime
-                self._race_deferred = None
-                second.start()
 
     def race_snapshot(self) -> RaceSnapshot:
         """The latest race as plain data (no sides before the first race)."""
@@ -675,11 +656,8 @@ class RunManager:
         """Stop one side (`label`) or both (None); a no-op for sides that have ended."""
         if label is not None and label not in RACE_LABELS:
             raise ValueError(f"A race side is one of {', '.join(RACE_LABELS)}. Received: side={label!r}")
-        with self._lock:
-            trainers = self._race_trainers
-            chosen = trainers if label is None else trainers[RACE_LABELS.index(label) : RACE_LABELS.index(label) + 1]
-            if self._race_deferred in chosen:
-                self._race_deferred = None  # it never starts
+        trainers = self._race_trainers
+        chosen = trainers if label is None else trainers[RACE_LABELS.index(label) : RACE_LABELS.index(label) + 1]
         for trainer in chosen:  # ask every side first: one still compiling must not hold up the other
             trainer.stop(timeout=0)
         for trainer in chosen:
