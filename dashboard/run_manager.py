@@ -21,7 +21,6 @@ This is the only module of `dashboard/` that imports `training` (and so TensorFl
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime
 import math
 import os
