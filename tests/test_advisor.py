@@ -44,3 +44,15 @@ def test_non_finite_norms_are_skipped_and_policies_needing_weights_are_refused()
         replay([1.0], "agc")
     with pytest.raises(ValueError, match="clip_threshold=0"):
         replay([1.0], "global_norm", clip_threshold=0)
+
+
+def test_replay_is_compiled_once_per_policy_setting():
+    from training.advisor import _replayer
+
+    norms = np.random.default_rng(2).exponential(size=2000)
+    replay(norms, "autoclip", percentile=10, window=100)
+    function = _replayer("autoclip", (("window", 100),))  # percentile is a live input
+    traces = function.experimental_get_tracing_count()
+    for percentile in (20, 30):
+        replay(norms[:1500], "autoclip", percentile=percentile, window=100)
+    assert function.experimental_get_tracing_count() == traces == 1

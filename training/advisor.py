@@ -11,6 +11,7 @@ the replay keeps the recorded norms fixed. It is an estimate, not a counterfactu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -40,9 +41,9 @@ def replay(grad_norms, policy: str, clip_threshold: float = 1.0, **params: Any) 
     if len(norms) == 0:
         empty = np.zeros(0, np.float32)
         return {"thresholds": empty, "clipped": empty.astype(bool), "clipped_grad_norms": empty, "clip_rate": math.nan}
-    clip_policy = policies.make_policy(policy, **checked)
+    structural = tuple(sorted((k, v) for k, v in checked.items() if k not in live))
     settings = policies.default_settings(clip_threshold, **live)
-    thresholds, clipped, after = _replay_compiled(clip_policy, settings, tf.constant(norms))
+    thresholds, clipped, after = _replayer(policy, structural)(tf.constant(norms), *settings)
     clipped = clipped.numpy()
     return {
         "thresholds": thresholds.numpy(),
@@ -52,11 +53,18 @@ def replay(grad_norms, policy: str, clip_threshold: float = 1.0, **params: Any) 
     }
 
 
-def _replay_compiled(clip_policy, settings, norms):
+@functools.lru_cache(maxsize=32)
+def _replayer(policy: str, structural: tuple):
+    """One compiled replay per policy and structural setting; the live knobs are inputs, so a
+    new threshold or percentile reuses the same trace."""
+    clip_policy = policies.make_policy(policy, **dict(structural))
     initial = clip_policy.init([])
+    scalar = tf.TensorSpec([], tf.float32)
 
-    @tf.function
-    def run(norms):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), scalar, scalar, scalar, scalar])
+    def run(norms, clip_threshold, percentile, clip_factor, z_threshold):
+        settings = policies.ClipSettings(clip_threshold, percentile, clip_factor, z_threshold)
+
         def step(carry, norm):
             state = carry[0]
             _, new_state, stats = clip_policy.update([tf.reshape(norm, [1])], state, settings)
@@ -69,4 +77,4 @@ def _replay_compiled(clip_policy, settings, norms):
         _, thresholds, clipped, after = tf.scan(step, norms, initializer=(initial, zero, tf.constant(False), zero))
         return thresholds, clipped, after
 
-    return run(norms)
+    return run
