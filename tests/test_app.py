@@ -10,27 +10,19 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Callable
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.run_manager import RunManager, get_run_manager
+from support import wait_until
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
 CONTROL_LABELS = ("Task", "Policy", "Clip threshold", "Learning rate", "Speed")
 BUTTON_LABELS = ("Start", "Pause", "Resume", "Stop", "Inject spike")
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
 
 
 @pytest.fixture

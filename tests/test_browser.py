@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Callable
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
+from support import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
@@ -39,14 +39,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

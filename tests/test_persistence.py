@@ -1,6 +1,5 @@
 """Run history in SQLite: round trips, SIGKILL durability, concurrent readers, bad paths."""
 
-import os
 import signal
 import sqlite3
 import subprocess

@@ -201,7 +201,8 @@ def test_reader_snapshots_while_the_trainer_writes(trainers):
     def read():
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
-            metrics, layers = trainer.metrics(), trainer.layer_norms()
+            metrics = trainer.metrics()
+            trainer.layer_norms()  # read it too, while the trainer writes
             steps = metrics.step.to_numpy()
             if len(steps) and not (np.diff(steps) == 1).all():
                 problems.append("steps not consecutive")

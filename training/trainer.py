@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import math
 import queue
 import threading
 import time
@@ -336,7 +335,6 @@ class Trainer:
         config, task = self._config, self._task
         with _BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
             model = task.build_model(config.seed)
-        loss_function = task.build_loss()
         optimizer_class = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[task.optimizer]
         optimizer = optimizer_class(learning_rate=config.learning_rate)
         variables = model.trainable_variables
