@@ -299,9 +299,9 @@ def test_a_failed_database_write_mid_run_shows_as_a_warning(manager):
     wait_until(lambda: trainer.status.run_id is not None and trainer.status.step > 10, what="a recorded run")
     # Another program breaks the database under the running writer.
     with sqlite3.connect(manager.database.path) as connection:
-        connection.execute("DROP TABLE steps")
+        connection.execute("DROP TABLE step_chunks")
     wait_until(lambda: trainer.status.warning, what="the writer's failure")
     at.run()
     assert trainer.status.state == "running"  # training goes on in memory
     warnings = texts(at.warning)
-    assert any("Writing the run database" in text and "no such table: steps" in text for text in warnings), warnings
+    assert any("Writing the run database" in text and "no such table: step_chunks" in text for text in warnings), warnings

@@ -75,7 +75,7 @@ def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(tmp
                 return 0
             try:
                 with sqlite3.connect(path, timeout=5) as connection:
-                    return connection.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+                    return connection.execute("SELECT COALESCE(SUM(step_count), 0) FROM step_chunks").fetchone()[0]
             except sqlite3.Error:
                 return 0
 

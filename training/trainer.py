@@ -345,7 +345,9 @@ class Trainer:
         self._variable_names = [_short_name(v) for v in variables]
         self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
         if self._database is not None and self._monitoring:
-            self._writer = self._database.start_run(config, self._variable_names, self._run_name)
+            self._writer = self._database.start_run(
+                config, self._variable_names, self._run_name, policies.POLICY_NAMES
+            )
             self._set_status(run_id=self._writer.run_id)
         self._clip_threshold = tf.Variable(config.clip_threshold, dtype=tf.float32, trainable=False)
         live = config.policy_params
@@ -521,7 +523,7 @@ class Trainer:
             if self._monitoring:
                 self._store.append(rows)
                 if self._writer is not None:
-                    self._writer.append(rows, policies.POLICY_NAMES)
+                    self._writer.append(rows)
                     if self._writer.error and self._status.warning is None:
                         self._set_status(warning=self._writer.error)
                 for sink in self._sinks:
