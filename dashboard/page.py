@@ -582,12 +582,11 @@ def _run_line(snapshot: RunSnapshot) -> None:
     if snapshot.run_number == 0 or snapshot.settings is None:
         return
     settings = snapshot.settings
-    started = datetime.datetime.fromtimestamp(snapshot.started_at).strftime("%H:%M:%S")
-    pace = settings.max_steps_per_second
-    pace_text = "full speed" if pace is None else f"at most {pace:,.0f} steps/s"
-    st.caption(
-        f"**Run {snapshot.run_number}** · task `{settings.task}` · policy `{settings.policy}` · "
-        f"learning rate {settings.learning_rate:g} · {pace_text} · started {started}"
+    panels.run_caption(
+        f"Run {snapshot.run_number}",
+        f"task `{settings.task}` · policy `{settings.policy}` · learning rate {settings.learning_rate:g}",
+        settings.max_steps_per_second,
+        snapshot.started_at,
     )
 
 

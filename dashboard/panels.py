@@ -8,6 +8,8 @@ then, in a thread of its own, so it reads plain data and never calls `st.*`).
 
 from __future__ import annotations
 
+import datetime
+
 import math
 import re
 from typing import Any, Callable, Mapping
@@ -115,6 +117,14 @@ def ghosts_frame(advice: Advice | None) -> pd.DataFrame:
 
 
 # --- exports -------------------------------------------------------------------------------------
+
+
+def run_caption(label: str, details: str, max_steps_per_second: float | None, started_at: float,
+                per: str = "") -> None:
+    """The one-line caption under a run's title: what it is, its pace and when it started."""
+    started = datetime.datetime.fromtimestamp(started_at).strftime("%H:%M:%S")
+    pace = "full speed" if max_steps_per_second is None else f"at most {max_steps_per_second:,.0f} steps/s{per}"
+    st.caption(f"**{label}** · {details} · {pace} · started {started}")
 
 
 def export_buttons(

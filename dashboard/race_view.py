@@ -8,7 +8,6 @@ only reads a `RaceSnapshot`. Controls sit outside the fragment and act through c
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from typing import Any, Callable
@@ -297,12 +296,12 @@ def _figures(snapshot: RaceSnapshot) -> dict:
 
 def _race_line(snapshot: RaceSnapshot) -> None:
     settings = snapshot.settings
-    started = datetime.datetime.fromtimestamp(snapshot.started_at).strftime("%H:%M:%S")
-    pace = settings.max_steps_per_second
-    pace_text = "full speed" if pace is None else f"at most {pace:,.0f} steps/s each"
-    st.caption(
-        f"**A/B race {snapshot.race_number}** · task `{settings.task}` · seed {settings.seed} · "
-        f"learning rate {settings.learning_rate:g} · {pace_text} · started {started}"
+    panels.run_caption(
+        f"A/B race {snapshot.race_number}",
+        f"task `{settings.task}` · seed {settings.seed} · learning rate {settings.learning_rate:g}",
+        settings.max_steps_per_second,
+        snapshot.started_at,
+        per=" each",
     )
 
 
