@@ -143,6 +143,7 @@ class LiveClipping:
         self._writer = None
         self._database: RunDatabase | None = None
         self._began = self._stop = self._paused = False
+        self._steps_before_run = 0
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()  # commands read by the poller
         self._acknowledgements: queue.SimpleQueue = queue.SimpleQueue()
         self._poller: threading.Thread | None = None
@@ -188,6 +189,7 @@ class LiveClipping:
 
         original_apply, original_scale_loss = optimizer.apply, optimizer.scale_loss
 
+        @tf.autograph.experimental.do_not_convert
         def apply(gradients, trainable_variables=None):
             variables = list(
                 optimizer._trainable_variables if trainable_variables is None else trainable_variables
@@ -218,6 +220,7 @@ class LiveClipping:
         """The callback for `model.fit`: records every step, applies commands, ends the run."""
         return _LiveClippingCallback(self)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow; converting it costs seconds
     def clip(self, gradients, variables, loss=None) -> list:
         """Clip `gradients` (of `variables`) with the policy and record the step.
 
@@ -254,6 +257,7 @@ class LiveClipping:
         self._began = False
         steps_done = self._steps_done()
         self._drain(steps_done)
+        self._steps_before_run += steps_done
         if not self._stop:
             self._record(steps_done, "finished", None, steps_done)
         self._closing.set()
@@ -294,6 +298,14 @@ class LiveClipping:
         except AttributeError:  # an eager tensor
             return loss
         return loss if graph is tf.compat.v1.get_default_graph() else None  # not a stale trace
+
+    def build(self, variables) -> None:
+        """Create Clipwatch's variables for the model's trainable `variables`.
+
+        The callback does this for `fit`; a custom loop under a tf.distribute strategy calls it
+        once, in the strategy's scope and outside `strategy.run`.
+        """
+        self._ensure_built(list(variables))
 
     def _ensure_built(self, variables) -> None:
         """Create Clipwatch's variables (outside any trace) for `variables`; once."""
@@ -343,6 +355,7 @@ class LiveClipping:
         self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
         self._built = True
 
+    @tf.autograph.experimental.do_not_convert
     def _clip_step(self, gradients, variables, loss):
         """One step in the graph: sum across replicas, clip once, record a row. Returns the
         clipped gradients (None where a gradient is None)."""
@@ -445,7 +458,7 @@ class LiveClipping:
         self._is_chief = bool(getattr(extended, "should_checkpoint", True))
         replicas = strategy.num_replicas_in_sync
         self._multi_worker = replicas > 1 and replicas > len(extended.worker_devices)
-        self._step_offset = int(self._steps.numpy())
+        self._step_offset = self._steps_before_run  # the graph's count when the last run closed
         self._drained = 0
         self._marks = [(0, time.time())]
         self._last_drain = time.monotonic()
