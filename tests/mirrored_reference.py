@@ -33,8 +33,7 @@ def linear_model():
     return model
 
 
-def one_mirrored_step(clipping_with_keras: bool):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def one_mirrored_step(strategy, clipping_with_keras: bool):
     with strategy.scope():
         model = linear_model()
         if clipping_with_keras:
@@ -49,8 +48,10 @@ def one_mirrored_step(clipping_with_keras: bool):
 
 
 def main():
-    ours, clipping, replicas = one_mirrored_step(clipping_with_keras=False)
-    keras_own, _, _ = one_mirrored_step(clipping_with_keras=True)
+    # One strategy for both: two MirroredStrategy objects in a process reuse collective keys.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    ours, clipping, replicas = one_mirrored_step(strategy, clipping_with_keras=False)
+    keras_own, _, _ = one_mirrored_step(strategy, clipping_with_keras=True)
     model = linear_model()
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.square(model(INPUTS) - TARGETS))

@@ -211,9 +211,9 @@ def test_commands_reach_a_running_fit_script(tmp_path):
         policy = acknowledged(database, database.send_command(run_id, "policy", "autoclip", percentile=50))
         rate = acknowledged(database, database.send_command(run_id, "learning_rate", 0.001))
         spike = acknowledged(database, database.send_command(run_id, "spike", 1000.0))
-        for command in (policy, rate, spike):
-            assert command["error"] is None
-            latencies.append(command["applied_time"] - command["created"])
+        for later in (policy, rate, spike):
+            assert later["error"] is None
+            latencies.append(later["applied_time"] - later["created"])
         assert max(latencies) < 1.0
 
         wait_until(lambda: database.run_info(run_id)["steps"] > spike["applied_step"] + 5, timeout=60,
