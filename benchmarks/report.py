@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 
+from benchmarks import attach_cost
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 
@@ -219,10 +220,14 @@ def evaluate_targets(results: dict) -> list[dict]:
                 megabytes,
             )
         )
-    return targets
+    return targets + _attach_targets(results)
 
 
 # --- the printed report ---------------------------------------------------------------------------
+
+
+def _attach_targets(results: dict) -> list[dict]:
+    return attach_cost.targets(results["attach"], _target) if results.get("attach") else []
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -395,6 +400,7 @@ def format_report(results: dict) -> str:
         ("persistence", _persistence_lines, False),
         ("control", _control_lines, False),
         ("dashboard", _dashboard_lines, False),
+        ("attach", lambda attach: attach_cost.lines(attach, _table), False),
     )
     for key, render, whole in sections:
         if results.get(key):

@@ -8,7 +8,7 @@ from typing import Callable
 
 from benchmarks import report
 
-SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard")
+SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard", "attach")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class Budget:
     # Run the heavier task by default even if it XLA-compiles. Off for --quick: on 2 shared cores
     # that compile alone (conv inside the compiled loop) took 40-100 s.
     heavy_even_if_xla: bool = True
+    attach_repeats: int = 5  # LiveClipping on a user's fit vs Keras' own clipping (issue #10)
+    attach_window_seconds: float = 2.0
 
 
 FULL = Budget(
@@ -64,6 +66,8 @@ QUICK = Budget(
     store_sizes=(10_000, 1_000_000),
     chart_repeats=5,
     heavy_even_if_xla=False,
+    attach_repeats=2,
+    attach_window_seconds=0.5,
 )
 
 
@@ -88,7 +92,7 @@ def run_benchmark(
     targets included."""
     if sections is None:
         sections, notes = default_sections(budget)
-    from benchmarks import control, dashboard_cost, persistence_cost, throughput
+    from benchmarks import attach_cost, control, dashboard_cost, persistence_cost, throughput
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -137,6 +141,9 @@ def run_benchmark(
     if "dashboard" in sections:
         log("dashboard cost")
         results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
+    if "attach" in sections:
+        log("attaching to fit: LiveClipping vs Keras' own clipping")
+        results["attach"] = attach_cost.run_attach(budget.attach_repeats, budget.attach_window_seconds, log)
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started

@@ -382,24 +382,21 @@ class LiveClipping:
         spike = knobs[_KNOB["spike"]]
         dense = [gradient * tf.cast(spike, gradient.dtype) for gradient in dense]
         kept_variables = [variables[index] for index in present]
-        states = tuple(tuple(v.read_value() for v in state) for state in self._policy_states)
 
         def apply_policy(index):
-            clipped, state, stats = self._policies[index].update(
-                dense, states[index], settings, kept_variables
-            )
-            return clipped, states[:index] + (state,) + states[index + 1 :], stats
-
-        branches = [lambda index=index: apply_policy(index) for index in range(len(states))]
-        clipped, new_states, stats = tf.switch_case(policy_index, branches)
-
-        finite = tf.math.is_finite(stats.grad_norm)
-        if known_loss:
-            finite = tf.logical_and(finite, tf.math.is_finite(loss))
-        # A non-finite step leaves the adaptive history alone (as in the trainer).
-        for state_variables, new, old in zip(self._policy_states, new_states, states):
-            for variable, new_value, old_value in zip(state_variables, new, old):
+            # Only the active policy's branch runs: its state is read and written here.
+            old = tuple(variable.read_value() for variable in self._policy_states[index])
+            clipped, new, stats = self._policies[index].update(dense, old, settings, kept_variables)
+            finite = tf.math.is_finite(stats.grad_norm)
+            if known_loss:
+                finite = tf.logical_and(finite, tf.math.is_finite(loss))
+            # A non-finite step leaves the adaptive history alone (as in the trainer).
+            for variable, new_value, old_value in zip(self._policy_states[index], new, old):
                 variable.assign(tf.where(finite, new_value, old_value))
+            return clipped, stats, finite
+
+        branches = [lambda index=index: apply_policy(index) for index in range(len(self._policies))]
+        clipped, stats, finite = tf.switch_case(policy_index, branches)
         learning_rate = (
             tf.cast(self._optimizer.learning_rate, tf.float32) if self._optimizer is not None
             else tf.constant(math.nan)
