@@ -170,3 +170,20 @@ def test_cli_refuses_an_unknown_section():
     with pytest.raises(SystemExit):
         main(["--sections", "throughput,warp_drive"])
     assert "heavy" in SECTIONS
+
+
+def test_attach_section_measures_both_models_with_and_without_steps_per_execution():
+    from benchmarks import attach_cost
+
+    budget = dataclasses.replace(TINY, attach_repeats=1, attach_window_seconds=0.05)
+    results = run_benchmark(budget, sections=("attach",), log=lambda _: None)
+    rows = results["attach"]["rows"]
+    assert [(row["model"], row["steps_per_execution"]) for row in rows.values()] == [
+        (model, steps) for model in attach_cost.MODELS for steps in attach_cost.STEPS_PER_EXECUTION
+    ]
+    for row in rows.values():
+        assert finite_positive(row["ratio"]) and row["steps_per_window"] % row["steps_per_execution"] == 0
+        assert set(row["steps_per_second"]) == {attach_cost.KERAS_CLIPPING, attach_cost.ATTACHED}
+    targets = [target for target in results["targets"] if "attached fit" in target["target"]]
+    assert [target["target"].split(",")[0] for target in targets] == [attach_cost.MID_SIZE] * 2
+    assert "Attaching to fit" in report.format_report(results)

@@ -143,6 +143,12 @@ def test_checkpoints_load_with_and_without_the_wrap(tmp_path):
         for got, want in zip(fresh_model.get_weights() + [v.numpy() for v in fresh_optimizer.variables],
                              model.get_weights() + [v.numpy() for v in optimizer.variables]):
             np.testing.assert_array_equal(got, want)
+        if saved_wrapped:  # Keras' own format: the wrapped optimizer saves as the plain Adam it is
+            model.save(tmp_path / "wrapped.keras")
+            loaded = keras.models.load_model(tmp_path / "wrapped.keras")
+            assert type(loaded.optimizer) is keras.optimizers.Adam
+            for got, want in zip(loaded.optimizer.variables, optimizer.variables):
+                np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_a_database_that_cannot_be_written_never_breaks_training(tmp_path, caplog):
