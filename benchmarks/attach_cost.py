@@ -1,4 +1,6 @@
-"""The cost of attaching to a user's own `fit` (issue #10): steps per second of
+"""The cost of attaching to a user's own `fit` (issue #10), and how fast it obeys commands.
+
+Speed: steps per second of
 
 * `fit` with Keras' own `global_clipnorm` and no monitoring (what the user had), against
 * the same `fit` with `LiveClipping.wrap` and its callback, every step recorded into a run
@@ -9,15 +11,26 @@ tokens: Embedding(64, 32) -> LSTM(128) -> Dense(64), sequences of 32, batch 32),
 `steps_per_execution` 1 and 10. Measured interleaved (the order alternates per repeat); the
 ratio is the median of the per-repeat ratios. A window is timed by a callback from the end of
 its first batch (the compile and the first execution are outside) to the end of its last.
+
+Command latency: `examples/attach_fit.py` runs in a subprocess (as a user's script would);
+clip-threshold commands are sent through its database one at a time, and two delays measured
+from each command's `created` time: until the script applied it (`applied_time`, its
+acknowledgement) and until the first step using it is committed to the database (what the
+page's live view can draw; the view then redraws within its refresh interval).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 KERAS_CLIPPING = "fit, Keras global_clipnorm, no monitoring"
 ATTACHED = "fit, LiveClipping wrap + callback (every step recorded)"
@@ -25,6 +38,10 @@ MID_SIZE = "char LSTM"
 MODELS = ("seed", MID_SIZE)
 STEPS_PER_EXECUTION = (1, 10)
 MAX_SLOWDOWN_MID_SIZE = 0.05
+MAX_APPLIED_P95_SECONDS = 1.0
+MAX_VISIBLE_P95_SECONDS = 2.0
+LATENCY_POLL_SECONDS = 0.005
+ROOT = Path(__file__).resolve().parent.parent
 Log = Callable[[str], None]
 
 
@@ -156,6 +173,65 @@ def run_attach(repeats: int, window_seconds: float, log: Log) -> dict:
     return {"repeats": repeats, "window_seconds": window_seconds, "rows": rows}
 
 
+def run_attach_section(repeats: int, window_seconds: float, latency_trials: int, log: Log) -> dict:
+    """Speed and command latency, one results dict."""
+    results = run_attach(repeats, window_seconds, log)
+    results["latency"] = run_command_latency(latency_trials, log)
+    return results
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    values = np.asarray(seconds) * 1000
+    return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "max": float(values.max())}
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(LATENCY_POLL_SECONDS)
+    raise TimeoutError(f"waited {timeout:g} s for {what}")
+
+
+def run_command_latency(trials: int, log: Log) -> dict:
+    """Send `trials` clip-threshold commands to a running `examples/attach_fit.py`."""
+    from training.persistence import RunDatabase
+
+    with tempfile.TemporaryDirectory(prefix="clipwatch-latency-") as folder:
+        database = RunDatabase(Path(folder) / "latency.db")
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "attach_fit.py"), "--steps", "100000000",
+             "--db", str(database.path)],
+            cwd=folder, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            def running():
+                assert process.poll() is None, "examples/attach_fit.py ended early"
+                runs = database.list_runs()
+                runs = runs[(runs.state == "running") & (runs.steps > 0)]
+                return int(runs.run_id.iloc[0]) if len(runs) else None
+
+            run_id = _wait(running, 180, "the example's first steps")
+            applied, visible = [], []
+            for trial in range(trials):
+                command_id = database.send_command(run_id, "clip_threshold", 0.5 + 0.01 * trial)
+                command = _wait(lambda: (c := database.command(command_id))["applied_time"] and c, 30, "an acknowledgement")
+                _wait(lambda: database.run_info(run_id)["steps"] >= command["applied_step"], 30, "the step in the database")
+                visible.append(time.time() - command["created"])
+                applied.append(command["applied_time"] - command["created"])
+                time.sleep(0.1 + 0.2 * (trial % 3) / 2)  # not in step with the poller's period
+            database.send_command(run_id, "stop")
+            process.wait(timeout=60)
+        finally:
+            process.kill()
+            process.wait()
+    log(f"attach latency: {trials} commands")
+    return {"trials": trials, "applied_ms": _percentiles(applied), "visible_ms": _percentiles(visible)}
+
+
 def lines(attach: dict, table) -> list[str]:
     header = ["model", "steps/execution", "Keras clipping steps/s", "attached steps/s", "attached / Keras", "repeats"]
     rows = [
@@ -169,15 +245,34 @@ def lines(attach: dict, table) -> list[str]:
         ]
         for row in attach["rows"].values()
     ]
+    latency = attach["latency"]
     return [
         f"Attaching to fit ({KERAS_CLIPPING!r} vs {ATTACHED!r}; {attach['repeats']} interleaved "
         f"repeats x {attach['window_seconds']:g} s; the ratio is the median of per-repeat ratios)",
         *table(header, rows, right={1, 2, 3, 4, 5}),
+        f"  Commands to a running examples/attach_fit.py through its database ({latency['trials']} "
+        f"clip thresholds): applied by the script median {latency['applied_ms']['median']:.0f} ms, "
+        f"p95 {latency['applied_ms']['p95']:.0f} ms; first step with it in the database median "
+        f"{latency['visible_ms']['median']:.0f} ms, p95 {latency['visible_ms']['p95']:.0f} ms.",
     ]
 
 
 def targets(attach: dict, target) -> list[dict]:
     found = []
+    for key, limit, what in (
+        ("applied_ms", MAX_APPLIED_P95_SECONDS, "applied by the script"),
+        ("visible_ms", MAX_VISIBLE_P95_SECONDS, "in the database for the charts"),
+    ):
+        p95 = attach["latency"][key]["p95"] / 1000
+        found.append(
+            target(
+                f"attached run: a threshold command {what} within {limit:g} s (p95)",
+                f"{p95 * 1000:.0f} ms p95 of {attach['latency']['trials']}",
+                p95 <= limit,
+                f"{(limit - p95) * 1000:.0f} ms to spare" if p95 <= limit else f"over by {(p95 - limit) * 1000:.0f} ms",
+                p95,
+            )
+        )
     for row in attach["rows"].values():
         if row["model"] != MID_SIZE:
             continue

@@ -175,7 +175,7 @@ def test_cli_refuses_an_unknown_section():
 def test_attach_section_measures_both_models_with_and_without_steps_per_execution():
     from benchmarks import attach_cost
 
-    budget = dataclasses.replace(TINY, attach_repeats=1, attach_window_seconds=0.05)
+    budget = dataclasses.replace(TINY, attach_repeats=1, attach_window_seconds=0.05, attach_latency_trials=2)
     results = run_benchmark(budget, sections=("attach",), log=lambda _: None)
     rows = results["attach"]["rows"]
     assert [(row["model"], row["steps_per_execution"]) for row in rows.values()] == [
@@ -186,4 +186,9 @@ def test_attach_section_measures_both_models_with_and_without_steps_per_executio
         assert set(row["steps_per_second"]) == {attach_cost.KERAS_CLIPPING, attach_cost.ATTACHED}
     targets = [target for target in results["targets"] if "attached fit" in target["target"]]
     assert len(targets) == 2 and all(target["target"].startswith(attach_cost.MID_SIZE) for target in targets)
+    latency = results["attach"]["latency"]
+    assert latency["trials"] == 2
+    for key in ("applied_ms", "visible_ms"):
+        assert 0 < latency[key]["median"] <= latency[key]["p95"] <= latency[key]["max"]
+    assert latency["applied_ms"]["max"] <= latency["visible_ms"]["max"]  # applied before written
     assert "Attaching to fit" in report.format_report(results)

@@ -204,10 +204,9 @@ def test_commands_reach_a_running_fit_script(tmp_path):
     process = start_example("attach_fit.py", database.path, "--steps", "100000000", cwd=tmp_path)
     try:
         run_id = running_run(database, process)
-        latencies = []
+        # (How fast: `python -m benchmarks --sections attach`; tests assert no durations.)
         threshold = database.send_command(run_id, "clip_threshold", 0.01)
         command = acknowledged(database, threshold)
-        latencies.append(command["applied_time"] - command["created"])
         assert command["error"] is None and command["applied_step"] > 1
 
         refused = acknowledged(database, database.send_command(run_id, "clip_threshold", -1.0))
@@ -218,9 +217,7 @@ def test_commands_reach_a_running_fit_script(tmp_path):
         rate = acknowledged(database, database.send_command(run_id, "learning_rate", 0.001))
         spike = acknowledged(database, database.send_command(run_id, "spike", 1000.0))
         for later in (policy, rate, spike):
-            assert later["error"] is None
-            latencies.append(later["applied_time"] - later["created"])
-        assert max(latencies) < 1.0
+            assert later["error"] is None and later["applied_step"] > command["applied_step"]
 
         wait_until(lambda: database.run_info(run_id)["steps"] > spike["applied_step"] + 5, timeout=60,
                    what="steps after the last command")
