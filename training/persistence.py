@@ -151,6 +151,12 @@ class RunDatabase:
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
         return connection
 
+    def mark_interrupted(self) -> None:
+        """Mark as interrupted the live runs whose process has died (also done on opening), so
+        a script killed while the app watches stops showing as live."""
+        with self._connect() as connection:
+            self._mark_interrupted(connection)
+
     @staticmethod
     def _mark_interrupted(connection: sqlite3.Connection) -> None:
         rows = connection.execute(
