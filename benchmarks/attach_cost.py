@@ -185,11 +185,10 @@ def _percentiles(seconds: list[float]) -> dict:
     return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "max": float(values.max())}
 
 
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
+def _wait(read, timeout: float, what: str):
+    """`read()` every LATENCY_POLL_SECONDS until it returns something truthy, which it returns."""
+    for _ in range(int(timeout / LATENCY_POLL_SECONDS)):
+        if value := read():
             return value
         time.sleep(LATENCY_POLL_SECONDS)
     raise TimeoutError(f"waited {timeout:g} s for {what}")
