@@ -16,7 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, comparison, export, panels
-from dashboard.run_manager import RecordedRun, RunManager
+from dashboard.run_library import RecordedRun
+from dashboard.run_manager import RunManager
 
 # Session state (private to these tabs).
 _SELECTED = "_history_selected"  # the run id History shows

@@ -20,7 +20,8 @@ import streamlit as st
 
 from dashboard import advice as advice_charts
 from dashboard import charts, export
-from dashboard.run_manager import Advice, RunManager
+from dashboard.run_library import Advice
+from dashboard.run_manager import RunManager
 
 
 def draw(chart: alt.TopLevelMixin) -> None:

@@ -8,29 +8,16 @@ only reads a `RaceSnapshot`. Controls sit outside the fragment and act through c
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any, Callable
 
 import streamlit as st
 
-from dashboard import charts, comparison, panels
-from dashboard.run_manager import (
-    POLICY_NAMES,
-    RACE_LABELS,
-    TASK_NAMES,
-    TASKS,
-    RaceSettings,
-    RaceSide,
-    RaceSnapshot,
-    RunManager,
-    default_race_settings,
-    get_run_manager,
-)
+from dashboard import charts, comparison, controls, panels
+from dashboard.race import RACE_LABELS, RaceSettings, RaceSide, RaceSnapshot, default_race_settings
+from dashboard.run_manager import RunManager, get_run_manager
+from training.policies import POLICY_NAMES
+from training.tasks import TASK_NAMES, TASKS
 
-REFRESH_SECONDS = 1.0
-SPEED_OPTIONS = (10, 30, 100, 300, 1000, 3000, "Full")
-REPEAT_SECONDS = 0.75  # a repeat of the same button command within this is dropped
 # Widget keys of the set-up (they configure the next race only).
 TASK = "race.task"
 SEED = "race.seed"
@@ -65,13 +52,9 @@ def _show_error(where: str) -> None:
 def _action(where: str, command: str, action: Callable[[], Any]) -> None:
     """Run a button's command; show a refusal under `where`. One click is one command (a click
     landing in a timed refresh can reach its callback twice)."""
-    state = st.session_state
-    now = time.monotonic()
-    last_command, last_time = state.get(_LAST_ACTION, (None, -math.inf))
-    if command == last_command and now - last_time < REPEAT_SECONDS:
+    if not controls.first_click(command, _LAST_ACTION):
         return
-    state[_LAST_ACTION] = (command, now)
-    state[_ERRORS] = {}
+    st.session_state[_ERRORS] = {}
     try:
         action()
     except (ValueError, RuntimeError) as error:
@@ -171,7 +154,7 @@ def render(manager: RunManager) -> None:
         "Log-scale y axes", value=True, key=LOG_SCALE,
         help="For the gradient-norm and loss charts: a side that diverges spans many decades.",
     )  # fmt: skip
-    st.fragment(_race_live, run_every=REFRESH_SECONDS if racing else None)()
+    st.fragment(_race_live, run_every=controls.REFRESH_SECONDS if racing else None)()
 
 
 def _setup() -> None:
@@ -183,7 +166,7 @@ def _setup() -> None:
     top[1].number_input("Seed", min_value=0, value=0, step=1, key=SEED, help="Initial weights and batch order.")
     top[2].select_slider(
         "Speed",
-        options=SPEED_OPTIONS,
+        options=controls.SPEED_OPTIONS,
         value=300,
         key=SPEED,
         format_func=lambda option: option if option == "Full" else f"{option:,}",

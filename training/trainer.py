@@ -646,7 +646,7 @@ def trainer_from_settings(
     clip_threshold: float,
     learning_rate: float | None = None,
     seed: int = 0,
-    policy_params: "Mapping[str, Any] | None" = None,
+    policy_params: Mapping[str, Any] | None = None,
     max_steps_per_second: float | None = None,
     **options: Any,
 ) -> Trainer:
