@@ -79,7 +79,20 @@ def speed_option(max_steps_per_second: float | None) -> Any:
     return min(numbers, key=lambda option: abs(math.log(option / max_steps_per_second)))
 
 
-def _speed_value(option: Any) -> float | None:
+def speed_slider(where: Any, value: Any, key: str, help: str, **callback: Any) -> Any:
+    """The Speed control (in `where`: `st` or a column); `callback`: on_change and its args."""
+    return where.select_slider(
+        "Speed",
+        options=SPEED_OPTIONS,
+        value=value,
+        key=key,
+        format_func=lambda option: option if option == "Full" else f"{option:,}",
+        help=help,
+        **callback,
+    )
+
+
+def speed_value(option: Any) -> float | None:
     return None if option == "Full" else float(option)
 
 
@@ -167,8 +180,9 @@ def report(name: str, error: Exception) -> None:
     st.session_state[_ERRORS][name] = str(error)
 
 
-def show_error(name: str) -> None:
-    message = st.session_state[_ERRORS].get(name)
+def show_error(name: str, errors_key: str = _ERRORS) -> None:
+    """The refusal of the last command of control `name` (in the tab's `errors_key` table)."""
+    message = st.session_state.setdefault(errors_key, {}).get(name)
     if message:
         st.error(message, icon=":material/error:")
 
@@ -271,7 +285,7 @@ def _on_learning_rate(manager: RunManager, key: str) -> None:
 
 
 def _on_speed(manager: RunManager, key: str) -> None:
-    _on_control(SPEED, key, lambda: manager.is_active, lambda option: manager.set_speed(_speed_value(option)))
+    _on_control(SPEED, key, lambda: manager.is_active, lambda option: manager.set_speed(speed_value(option)))
 
 
 def _settings_from_controls() -> RunSettings:
@@ -282,7 +296,7 @@ def _settings_from_controls() -> RunSettings:
         policy_params=_policy_params_from_controls(policy),
         clip_threshold=control_value(CLIP_THRESHOLD),
         learning_rate=control_value(LEARNING_RATE),
-        max_steps_per_second=_speed_value(control_value(SPEED)),
+        max_steps_per_second=speed_value(control_value(SPEED)),
     )
 
 
@@ -363,79 +377,50 @@ def _run_controls(manager: RunManager) -> None:
         )
         show_error(control)
 
-    key = widget_key(CLIP_THRESHOLD)
-    st.number_input(
-        "Clip threshold",
-        value=control_value(CLIP_THRESHOLD),
-        key=key,
-        step=0.01,
-        format="%g",
-        on_change=_on_clip_threshold,
-        args=(manager, key),
-        help="c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it "
-        "takes effect at the next chunk of steps.",
-    )
-    show_error(CLIP_THRESHOLD)
-    key = widget_key(LEARNING_RATE)
-    st.number_input(
-        "Learning rate",
-        value=control_value(LEARNING_RATE),
-        key=key,
-        step=0.0001,
-        format="%g",
-        on_change=_on_learning_rate,
-        args=(manager, key),
-        help="A finite number > 0; the task's default is filled in when you pick a task.",
-    )
-    show_error(LEARNING_RATE)
+    for name, label, step, on_change, help_text in (
+        (CLIP_THRESHOLD, "Clip threshold", 0.01, _on_clip_threshold,
+         "c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it takes effect "
+         "at the next chunk of steps."),
+        (LEARNING_RATE, "Learning rate", 0.0001, _on_learning_rate,
+         "A finite number > 0; the task's default is filled in when you pick a task."),
+    ):  # fmt: skip
+        key = widget_key(name)
+        st.number_input(
+            label,
+            value=control_value(name),
+            key=key,
+            step=step,
+            format="%g",
+            on_change=on_change,
+            args=(manager, key),
+            help=help_text,
+        )
+        show_error(name)
     key = widget_key(SPEED)
-    st.select_slider(
-        "Speed",
-        options=SPEED_OPTIONS,
-        value=control_value(SPEED),
-        key=key,
-        format_func=lambda option: option if option == "Full" else f"{option:,}",
+    speed_slider(
+        st,
+        control_value(SPEED),
+        key,
+        "A cap on steps per second, so a demo unfolds at a pace people can follow. "
+        "Full: as fast as the machine goes.",
         on_change=_on_speed,
         args=(manager, key),
-        help="A cap on steps per second, so a demo unfolds at a pace people can follow. "
-        "Full: as fast as the machine goes.",
     )
     show_error(SPEED)
 
     left, right = st.columns(2)
     left.button(
-        "Start",
-        key="start",
-        type="primary",
-        width="stretch",
-        disabled=active or manager.race_is_active,
-        on_click=_on_start,
-        args=(manager,),
-    )
-    right.button(
-        "Stop",
-        key="stop",
-        width="stretch",
-        disabled=not active,
-        on_click=_on_run_command,
-        args=(manager, "stop"),
-    )
-    left.button(
-        "Pause",
-        key="pause",
-        width="stretch",
-        disabled=state != "running",
-        on_click=_on_run_command,
-        args=(manager, "pause"),
-    )
-    right.button(
-        "Resume",
-        key="resume",
-        width="stretch",
-        disabled=state != "paused",
-        on_click=_on_run_command,
-        args=(manager, "resume"),
-    )
+        "Start", key="start", type="primary", width="stretch",
+        disabled=active or manager.race_is_active, on_click=_on_start, args=(manager,),
+    )  # fmt: skip
+    for column, label, command, disabled in (
+        (right, "Stop", "stop", not active),
+        (left, "Pause", "pause", state != "running"),
+        (right, "Resume", "resume", state != "paused"),
+    ):
+        column.button(
+            label, key=command, width="stretch", disabled=disabled, on_click=_on_run_command, args=(manager, command)
+        )
     st.number_input(
         "Spike factor",
         value=100.0,

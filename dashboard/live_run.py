@@ -78,64 +78,57 @@ def empty_snapshot_frames() -> dict[str, pd.DataFrame]:
     }
 
 
-class LiveRun:
-    """Holds the current `Trainer` and sends it commands; thread-safe.
+class TrainerHost:
+    """What the live run and the race share: how much they read, the trainers' options, one lock.
 
     Args:
         max_points: rows of the whole-run view that charts draw.
         recent_steps: newest raw rows kept for the histogram and the what-if readout.
         trainer_options: extra keyword arguments for every new `Trainer`, read at each Start
             (the caller may change the dict between runs).
-        lock: shared with the race, so a run and a race never start at once.
+        lock: shared by the live run and the race, so a run and a race never start at once.
     """
 
-    def __init__(
-        self,
-        max_points: int,
-        recent_steps: int,
-        trainer_options: dict[str, Any],
-        lock: threading.RLock,
-    ):
+    def __init__(self, max_points: int, recent_steps: int, trainer_options: dict[str, Any], lock: threading.RLock):
         self.max_points = max_points
         self.recent_steps = recent_steps
         self.trainer_options = trainer_options
         self._lock = lock
-        self._trainer: Trainer | None = None
-        self._settings: RunSettings | None = None
-        self._run_number = 0
+
+
+class LiveRun(TrainerHost):
+    """Holds the current `Trainer` and sends it commands; thread-safe (see `TrainerHost`).
+
+    `trainer`, `settings` (what was asked of the run) and `run_number` (0 before the first run)
+    are read-only outside this class.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.trainer: Trainer | None = None
+        self.settings: RunSettings | None = None
+        self.run_number = 0
         self._started_at: float | None = None
         self._snapshot: RunSnapshot | None = None
         self._snapshot_key: tuple | None = None
         self._live_advice: tuple[int, Advice] | None = None
 
     @property
-    def trainer(self) -> Trainer | None:
-        return self._trainer
-
-    @property
-    def run_number(self) -> int:
-        return self._run_number
-
-    @property
-    def settings(self) -> RunSettings | None:
-        return self._settings
-
-    @property
     def state(self) -> str:
-        trainer = self._trainer
+        trainer = self.trainer
         return "idle" if trainer is None else trainer.status.state
 
     @property
     def is_active(self) -> bool:
-        trainer = self._trainer
+        trainer = self.trainer
         return trainer is not None and trainer.status.state in ACTIVE_STATES
 
 
     def snapshot(self) -> RunSnapshot:
         """The current run as plain data; shared by tabs until the run moves on."""
         with self._lock:
-            trainer, settings = self._trainer, self._settings
-            run_number, started_at = self._run_number, self._started_at
+            trainer, settings = self.trainer, self.settings
+            run_number, started_at = self.run_number, self._started_at
             if trainer is None:
                 return RunSnapshot(0, None, None, None, **empty_snapshot_frames())
             status = trainer.status
@@ -163,7 +156,7 @@ class LiveRun:
         """RuntimeError while the run is running or paused, e.g. for what="a new run"."""
         if self.is_active:
             raise RuntimeError(
-                f"Run {self._run_number} is still {self.state}: press Stop before starting {what}."
+                f"Run {self.run_number} is still {self.state}: press Stop before starting {what}."
             )
 
     def start(self, settings: RunSettings, database: RunDatabase | None) -> int:
@@ -175,29 +168,23 @@ class LiveRun:
         with self._lock:
             self.refuse_start("a new run")
             trainer = trainer_from_settings(
-                task=settings.task,
-                policy=settings.policy,
-                clip_threshold=settings.clip_threshold,
-                learning_rate=settings.learning_rate,
-                seed=settings.seed,
-                policy_params=settings.policy_params,
-                max_steps_per_second=settings.max_steps_per_second,
-                database=database,
-                **self.trainer_options,
-            )
+                settings.task, settings.policy, settings.clip_threshold, settings.learning_rate,
+                settings.seed, settings.policy_params, settings.max_steps_per_second,
+                database=database, **self.trainer_options,
+            )  # fmt: skip
             trainer.start()
             config = trainer.config
-            self._trainer = trainer
-            self._settings = replace(
+            self.trainer = trainer
+            self.settings = replace(
                 settings,
                 policy_params=config.policy_params[settings.policy],
                 clip_threshold=config.clip_threshold,
                 learning_rate=config.learning_rate,
             )
-            self._run_number += 1
+            self.run_number += 1
             self._started_at = time.time()
             self._snapshot = self._snapshot_key = None
-            return self._run_number
+            return self.run_number
 
     def pause(self) -> None:
         self._active_trainer("pause").pause()
@@ -207,57 +194,57 @@ class LiveRun:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the current run (a no-op if there is none or it has already ended)."""
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is not None:
             trainer.stop(timeout)
 
     def set_clip_threshold(self, value: Any) -> None:
         with self._lock:
             self._active_trainer("clip threshold change").set_clip_threshold(value)
-            self._settings = replace(self._settings, clip_threshold=float(value))
+            self.settings = replace(self.settings, clip_threshold=float(value))
 
     def set_learning_rate(self, value: Any) -> None:
         with self._lock:
             self._active_trainer("learning rate change").set_learning_rate(value)
-            self._settings = replace(self._settings, learning_rate=float(value))
+            self.settings = replace(self.settings, learning_rate=float(value))
 
     def set_policy(self, name: str, **params: Any) -> None:
         """Switch to policy `name` or change its parameters; unnamed ones keep their values."""
         with self._lock:
             trainer = self._active_trainer("policy change")
-            settings = self._settings
+            settings = self.settings
             # Send the complete set: the trainer merges with what it has *applied*, which can
             # lag a command that is still queued.
             known = dict(settings.policy_params) if name == settings.policy else {}
             merged = validate_policy_params(name, {**known, **params})
             trainer.set_policy(name, **merged)
-            self._settings = replace(settings, policy=name, policy_params=merged)
+            self.settings = replace(settings, policy=name, policy_params=merged)
 
     def set_speed(self, steps_per_second: float | None) -> None:
         """Cap the pace at `steps_per_second` (None: full speed)."""
         with self._lock:
             self._active_trainer("speed change").set_max_steps_per_second(steps_per_second)
             value = None if steps_per_second is None else float(steps_per_second)
-            self._settings = replace(self._settings, max_steps_per_second=value)
+            self.settings = replace(self.settings, max_steps_per_second=value)
 
     def inject_spike(self, factor: Any) -> None:
         self._active_trainer("spike").inject_spike(factor)
 
     def _active_trainer(self, command: str) -> Trainer:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             raise RuntimeError(f"There is no run yet for a {command}: press Start first.")
         state = trainer.status.state
         if state not in ACTIVE_STATES:
             raise RuntimeError(
-                f"Run {self._run_number} is {state}; a {command} cannot change it. "
+                f"Run {self.run_number} is {state}; a {command} cannot change it. "
                 "Press Start for a new run."
             )
         return trainer
 
     def live_metrics(self) -> pd.DataFrame:
         """Every step the current run's store holds (its window), for exports."""
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             raise RuntimeError("There is no run yet to export: press Start first.")
         return trainer.metrics()
@@ -266,7 +253,7 @@ class LiveRun:
     def advise_live(self) -> Advice:
         """Replay the current run's newest steps now; the result stays until the next call or run."""
         with self._lock:
-            trainer, settings, run_number = self._trainer, self._settings, self._run_number
+            trainer, settings, run_number = self.trainer, self.settings, self.run_number
         if trainer is None or trainer.store is None:
             raise RuntimeError("There is no run yet to replay: press Start first.")
         metrics = trainer.store.metrics(last=ADVISOR_STEPS)
@@ -279,12 +266,12 @@ class LiveRun:
             metrics["clipped"].to_numpy(bool), metrics["finite"].to_numpy(bool), float(threshold),
         )  # fmt: skip
         with self._lock:
-            if self._run_number == run_number:
+            if self.run_number == run_number:
                 self._live_advice = (run_number, advice)
         return advice
 
     def live_advice(self) -> Advice | None:
         """The last replay of the current run (None if there is none for this run)."""
         live = self._live_advice
-        return live[1] if live is not None and live[0] == self._run_number else None
+        return live[1] if live is not None and live[0] == self.run_number else None
 

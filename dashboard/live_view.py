@@ -32,7 +32,6 @@ from dashboard.live_run import RunSnapshot
 from dashboard.run_manager import RunManager, get_run_manager
 from training.policies import validate_clip_threshold
 
-EVENT_ROWS = 200  # newest events in the table (a plain HTML table: readable and quick)
 # The policies for which a global-norm threshold read off the histogram means what it says.
 THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
 
@@ -245,47 +244,19 @@ def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
 
 def _charts(manager: RunManager, figures: _Figures) -> None:
     resolution = figures.resolution
-    with panels.panel(
-        "gradient_norm_panel",
-        "Gradient norm",
-        f"Before and after clipping, with the threshold and clip events ({resolution}).",
-    ):
-        panels.draw(figures.gradient_norm)
-
-    left, right = st.columns(2)
-    with left, panels.panel(
-        "loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule."
-    ):
-        panels.draw(figures.loss)
-    with right, panels.panel(
-        "clip_rate_panel",
-        "Clip rate",
-        f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
-    ):
-        panels.draw(figures.clip_rate)
-
-    left, right = st.columns(2)
-    with left, panels.panel(
-        "layer_panel",
-        "Gradient norm per layer",
-        "Each trainable variable's norm before clipping (largest per cell, log colour).",
-    ):
-        panels.draw(figures.layers)
-    with right, panels.panel(
-        "histogram_panel",
-        "Recent gradient norms",
-        f"The last {figures.what_if.norms_count:,} steps before clipping, with a what-if readout.",
-    ):
-        _what_if_panel(manager, figures.what_if, figures.histogram)
-
-    table = figures.events
-    shown = table.head(EVENT_ROWS)
-    more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
-    with panels.panel(
-        "events_panel", "Events", f"Every command, newest first, at the step it took effect{more}."
-    ):
-        with st.container(height=260 if len(shown) > 6 else "content", border=False):
-            st.table(shown.set_index("Step"))
+    panels.panel_rows((
+        (("gradient_norm_panel", "Gradient norm",
+          f"Before and after clipping, with the threshold and clip events ({resolution}).", figures.gradient_norm),),
+        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule.", figures.loss),
+         ("clip_rate_panel", "Clip rate",
+          f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures.clip_rate)),
+        (("layer_panel", "Gradient norm per layer",
+          "Each trainable variable's norm before clipping (largest per cell, log colour).", figures.layers),
+         ("histogram_panel", "Recent gradient norms",
+          f"The last {figures.what_if.norms_count:,} steps before clipping, with a what-if readout.",
+          lambda: _what_if_panel(manager, figures.what_if, figures.histogram))),
+    ))  # fmt: skip
+    panels.events_panel("events_panel", figures.events, "Every command, newest first, at the step it took effect")
 
 
 def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:

@@ -29,16 +29,8 @@ def render() -> None:
     st.title(TITLE, anchor=False)
     st.markdown(SUBTITLE)
     controls.database_messages(manager)
-    live, race, history, compare = st.tabs(TABS, key=SECTION, on_change="rerun")
-    if live.open:
-        with live:
-            live_view.render(manager)
-    if race.open:
-        with race:
-            race_view.render(manager)
-    if history.open:
-        with history:
-            history_view.render_history(manager)
-    if compare.open:
-        with compare:
-            history_view.render_compare(manager)
+    views = (live_view.render, race_view.render, history_view.render_history, history_view.render_compare)
+    for tab, view in zip(st.tabs(TABS, key=SECTION, on_change="rerun"), views):
+        if tab.open:
+            with tab:
+                view(manager)

@@ -7,14 +7,13 @@ pause, resume, stop) and reads them into a `RaceSnapshot` for the A/B race tab. 
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import pandas as pd
 
-from dashboard.live_run import ACTIVE_STATES, DEFAULT_SPEED, empty_snapshot_frames
+from dashboard.live_run import ACTIVE_STATES, DEFAULT_SPEED, TrainerHost, empty_snapshot_frames
 from training import TASK_NAMES, Trainer, TrainerStatus
 from training.persistence import RunDatabase
 from training.tasks import TASKS
@@ -91,52 +90,30 @@ class RaceSnapshot:
         return any(side.is_active for side in self.sides)
 
 
-
-class Race:
+class Race(TrainerHost):
     """The latest A/B race: its two trainers, their requested set-ups and legend names; thread-safe.
 
-    Args:
-        max_points, recent_steps, trainer_options, lock: as for `LiveRun` (the lock is shared).
+    `trainers`, `settings` (what was asked of each side) and `number` (0 before the first race)
+    are read-only outside this class.
     """
 
-    def __init__(
-        self,
-        max_points: int,
-        recent_steps: int,
-        trainer_options: dict[str, Any],
-        lock: threading.RLock,
-    ):
-        self.max_points = max_points
-        self.recent_steps = recent_steps
-        self.trainer_options = trainer_options
-        self._lock = lock
-        self._trainers: tuple[Trainer, ...] = ()
-        self._settings: RaceSettings | None = None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.trainers: tuple[Trainer, ...] = ()
+        self.settings: RaceSettings | None = None
         self._names: tuple[str, ...] = ()
-        self._number = 0
+        self.number = 0
         self._started_at: float | None = None
         self._cache: dict[str, tuple[tuple, RaceSideSnapshot]] = {}
 
     @property
-    def number(self) -> int:
-        return self._number
-
-    @property
-    def settings(self) -> RaceSettings | None:
-        return self._settings
-
-    @property
-    def trainers(self) -> tuple[Trainer, ...]:
-        return self._trainers
-
-    @property
     def is_active(self) -> bool:
-        return any(trainer.status.state in ACTIVE_STATES for trainer in self._trainers)
+        return any(trainer.status.state in ACTIVE_STATES for trainer in self.trainers)
 
     def refuse_start(self, when: str) -> None:
         """RuntimeError while a side is running or paused, e.g. for when="before starting a run"."""
         if self.is_active:
-            raise RuntimeError(f"A/B race {self._number} is still on: stop it {when}.")
+            raise RuntimeError(f"A/B race {self.number} is still on: stop it {when}.")
 
     def start(self, settings: RaceSettings, database: RunDatabase | None) -> int:
         """Start both sides at once, recorded in `database`; returns the race's number.
@@ -157,17 +134,11 @@ class Race:
             for label, side in zip(RACE_LABELS, settings.sides):
                 try:
                     trainer = trainer_from_settings(
-                        task=settings.task,
-                        policy=side.policy,
-                        clip_threshold=side.clip_threshold,
-                        learning_rate=settings.learning_rate,
-                        seed=settings.seed,
-                        policy_params=side.policy_params,
-                        max_steps_per_second=settings.max_steps_per_second,
-                        database=database,
-                        run_name=f"A/B race {stamp} · {side.name(label)}",
+                        settings.task, side.policy, side.clip_threshold, settings.learning_rate,
+                        settings.seed, side.policy_params, settings.max_steps_per_second,
+                        database=database, run_name=f"A/B race {stamp} · {side.name(label)}",
                         **self.trainer_options,
-                    )
+                    )  # fmt: skip
                 except ValueError as error:
                     raise ValueError(f"Side {label}: {error}") from error
                 trainers.append(trainer)
@@ -180,20 +151,20 @@ class Race:
                 )
             for trainer in trainers:  # at once: each has its own thread (they build one at a time)
                 trainer.start()
-            self._trainers = tuple(trainers)
-            self._settings = replace(
+            self.trainers = tuple(trainers)
+            self.settings = replace(
                 settings, sides=tuple(sides), learning_rate=trainers[0].config.learning_rate
             )
             self._names = tuple(side.name(label) for label, side in zip(RACE_LABELS, sides))
-            self._number += 1
+            self.number += 1
             self._started_at = time.time()
             self._cache = {}
-            return self._number
+            return self.number
 
     def snapshot(self) -> RaceSnapshot:
         """The latest race as plain data (no sides before the first race)."""
         with self._lock:
-            trainers, settings = self._trainers, self._settings
+            trainers, settings = self.trainers, self.settings
             if not trainers or settings is None:
                 return RaceSnapshot(0, None, None, ())
             sides = []
@@ -207,7 +178,7 @@ class Race:
                     )
                     continue
                 events = store.events()
-                key = (self._number, status.step, status.state, len(events), side)
+                key = (self.number, status.step, status.state, len(events), side)
                 cached = self._cache.get(label)
                 if cached is not None and cached[0] == key:
                     sides.append(replace(cached[1], status=status))
@@ -218,19 +189,19 @@ class Race:
                 )
                 self._cache[label] = (key, snapshot)
                 sides.append(snapshot)
-            return RaceSnapshot(self._number, settings, self._started_at, tuple(sides))
+            return RaceSnapshot(self.number, settings, self._started_at, tuple(sides))
 
     def _side(self, label: str, command: str) -> tuple[int, Trainer]:
         if label not in RACE_LABELS:
             raise ValueError(f"A race side is one of {', '.join(RACE_LABELS)}. Received: side={label!r}")
-        if not self._trainers:
+        if not self.trainers:
             raise RuntimeError(f"There is no A/B race yet for a {command}: press Start A/B race first.")
         index = RACE_LABELS.index(label)
-        trainer = self._trainers[index]
+        trainer = self.trainers[index]
         state = trainer.status.state
         if state not in ACTIVE_STATES:
             raise RuntimeError(
-                f"Side {label} of A/B race {self._number} is {state}; a {command} cannot "
+                f"Side {label} of A/B race {self.number} is {state}; a {command} cannot "
                 "change it. Press Start A/B race for a new race."
             )
         return index, trainer
@@ -239,9 +210,9 @@ class Race:
         with self._lock:
             index, trainer = self._side(label, "clip threshold change")
             trainer.set_clip_threshold(value)
-            sides = list(self._settings.sides)
+            sides = list(self.settings.sides)
             sides[index] = replace(sides[index], clip_threshold=float(value))
-            self._settings = replace(self._settings, sides=tuple(sides))
+            self.settings = replace(self.settings, sides=tuple(sides))
 
     def pause(self, label: str) -> None:
         self._side(label, "pause")[1].pause()
@@ -253,7 +224,7 @@ class Race:
         """Stop one side (`label`) or both (None); a no-op for sides that have ended."""
         if label is not None and label not in RACE_LABELS:
             raise ValueError(f"A race side is one of {', '.join(RACE_LABELS)}. Received: side={label!r}")
-        trainers = self._trainers
+        trainers = self.trainers
         chosen = trainers if label is None else trainers[RACE_LABELS.index(label) : RACE_LABELS.index(label) + 1]
         for trainer in chosen:  # ask every side first: one still compiling must not hold up the other
             trainer.stop(timeout=0)

@@ -44,9 +44,7 @@ def _errors() -> dict[str, str]:
 
 
 def _show_error(where: str) -> None:
-    message = _errors().get(where)
-    if message:
-        st.error(message, icon=":material/error:")
+    controls.show_error(where, _ERRORS)
 
 
 def _action(where: str, command: str, action: Callable[[], Any]) -> None:
@@ -81,7 +79,7 @@ def _settings_from_controls() -> RaceSettings:
         task=task,
         sides=tuple(sides),
         seed=int(state.get(SEED, 0)),
-        max_steps_per_second=None if speed == "Full" else float(speed),
+        max_steps_per_second=controls.speed_value(speed),
     )
 
 
@@ -164,14 +162,7 @@ def _setup() -> None:
         help="Both sides train this task from the same seed.",
     )  # fmt: skip
     top[1].number_input("Seed", min_value=0, value=0, step=1, key=SEED, help="Initial weights and batch order.")
-    top[2].select_slider(
-        "Speed",
-        options=controls.SPEED_OPTIONS,
-        value=300,
-        key=SPEED,
-        format_func=lambda option: option if option == "Full" else f"{option:,}",
-        help="A cap on each side's steps per second.",
-    )
+    controls.speed_slider(top[2], 300, SPEED, "A cap on each side's steps per second.")
     st.caption(TASKS[task].description + ".")
     defaults = default_race_settings(task)
     for column, label, default in zip(st.columns(2), RACE_LABELS, defaults.sides):
@@ -250,21 +241,14 @@ def _race_live() -> None:
         if snapshot.is_active:
             st.info("Building the models and compiling the training steps…", icon=":material/hourglass_top:")
         return
-    with panels.panel(
-        "race_gradient_norm_panel",
-        "Gradient norm before clipping, A against B",
-        "The largest norm per point, each side's threshold dashed in its colour; triangles along "
-        "the top mark NaN/inf steps.",
-    ):
-        panels.draw(figures["gradient_norm"])
-    left, right = st.columns(2)
-    with left, panels.panel("race_loss_panel", "Loss, A against B", "Mean loss per point."):
-        panels.draw(figures["loss"])
-    with right, panels.panel(
-        "race_clip_rate_panel", "Clip rate, A against B", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
-    ):
-        panels.draw(figures["clip_rate"])
-
+    panels.panel_rows((
+        (("race_gradient_norm_panel", "Gradient norm before clipping, A against B",
+          "The largest norm per point, each side's threshold dashed in its colour; triangles along "
+          "the top mark NaN/inf steps.", figures["gradient_norm"]),),
+        (("race_loss_panel", "Loss, A against B", "Mean loss per point.", figures["loss"]),
+         ("race_clip_rate_panel", "Clip rate, A against B", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
+          figures["clip_rate"])),
+    ))  # fmt: skip
 
 def _figures(snapshot: RaceSnapshot) -> dict:
     """Every chart of the race, built before anything is drawn (no half-drawn refresh)."""

@@ -14,14 +14,28 @@ import os
 import threading
 from typing import Any, Mapping
 
-import pandas as pd
 import streamlit as st
 
-from dashboard.live_run import ACTIVE_STATES, LiveRun, RunSettings, RunSnapshot
-from dashboard.race import Race, RaceSettings, RaceSnapshot
-from dashboard.run_library import Advice, DatabaseStatus, RecordedRun, RunLibrary
-from training import Trainer
-from training.persistence import RunDatabase, default_path
+from dashboard.live_run import ACTIVE_STATES, LiveRun, RunSettings
+from dashboard.race import Race, RaceSettings
+from dashboard.run_library import RunLibrary
+from training.persistence import default_path
+
+
+class _Forward:
+    """A read-only attribute of `RunManager` that is a part's attribute: `pause = _Forward("live")`
+    reads `manager.live.pause`, a property or a bound method alike."""
+
+    def __init__(self, part: str, name: str | None = None):
+        self.part, self.name = part, name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.name or name
+
+    def __get__(self, manager: "RunManager | None", owner: type) -> Any:
+        if manager is None:
+            return self
+        return getattr(getattr(manager, self.part), self.name)
 
 
 class RunManager:
@@ -101,129 +115,47 @@ class RunManager:
         self.live.stop(timeout)
         self.race.stop(timeout=timeout)
 
-    # --- the live run (`LiveRun`) ------------------------------------------------------------------
+    # --- forwarded to the parts ----------------------------------------------------------------
 
-    @property
-    def trainer(self) -> Trainer | None:
-        return self.live.trainer
-
-    @property
-    def run_number(self) -> int:
-        return self.live.run_number
-
-    @property
-    def settings(self) -> RunSettings | None:
-        return self.live.settings
-
-    @property
-    def state(self) -> str:
-        return self.live.state
-
-    @property
-    def is_active(self) -> bool:
-        return self.live.is_active
-
-    def snapshot(self) -> RunSnapshot:
-        return self.live.snapshot()
-
-    def pause(self) -> None:
-        self.live.pause()
-
-    def resume(self) -> None:
-        self.live.resume()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self.live.stop(timeout)
-
-    def set_clip_threshold(self, value: Any) -> None:
-        self.live.set_clip_threshold(value)
-
-    def set_learning_rate(self, value: Any) -> None:
-        self.live.set_learning_rate(value)
-
-    def set_policy(self, name: str, **params: Any) -> None:
-        self.live.set_policy(name, **params)
-
-    def set_speed(self, steps_per_second: float | None) -> None:
-        self.live.set_speed(steps_per_second)
-
-    def inject_spike(self, factor: Any) -> None:
-        self.live.inject_spike(factor)
-
-    def live_metrics(self) -> pd.DataFrame:
-        return self.live.live_metrics()
-
-    def advise_live(self) -> Advice:
-        return self.live.advise_live()
-
-    def live_advice(self) -> Advice | None:
-        return self.live.live_advice()
-
-    # --- the A/B race (`Race`) ---------------------------------------------------------------------
-
-    @property
-    def race_number(self) -> int:
-        return self.race.number
-
-    @property
-    def race_settings(self) -> RaceSettings | None:
-        return self.race.settings
-
-    @property
-    def race_trainers(self) -> tuple[Trainer, ...]:
-        return self.race.trainers
-
-    @property
-    def race_is_active(self) -> bool:
-        return self.race.is_active
-
-    def race_snapshot(self) -> RaceSnapshot:
-        return self.race.snapshot()
-
-    def race_set_clip_threshold(self, label: str, value: Any) -> None:
-        self.race.set_clip_threshold(label, value)
-
-    def race_pause(self, label: str) -> None:
-        self.race.pause(label)
-
-    def race_resume(self, label: str) -> None:
-        self.race.resume(label)
-
-    def stop_race(self, label: str | None = None, timeout: float = 2.0) -> None:
-        self.race.stop(label, timeout)
-
-    # --- recorded runs and the advisor (`RunLibrary`) ----------------------------------------------
-
-    @property
-    def database(self) -> RunDatabase | None:
-        return self.library.database
-
-    def database_status(self) -> DatabaseStatus:
-        return self.library.database_status()
-
-    def set_database_path(self, path: Any) -> DatabaseStatus:
-        return self.library.set_database_path(path)
-
-    def list_runs(self) -> pd.DataFrame:
-        return self.library.list_runs()
-
-    def recorded_run(self, run_id: int) -> RecordedRun:
-        return self.library.recorded_run(run_id)
-
-    def recorded_metrics(self, run_id: int) -> pd.DataFrame:
-        return self.library.recorded_metrics(run_id)
-
-    def rename_run(self, run_id: int, name: Any) -> None:
-        self.library.rename_run(run_id, name)
-
-    def delete_run(self, run_id: int) -> None:
-        self.library.delete_run(run_id)
-
-    def recorded_advice(self, run_id: int) -> Advice:
-        return self.library.recorded_advice(run_id)
-
-    def replayed_clip_rate(self, advice: Advice, clip_threshold: Any) -> float:
-        return self.library.replayed_clip_rate(advice, clip_threshold)
+    # The live run (`LiveRun`).
+    trainer = _Forward("live")
+    run_number = _Forward("live")
+    settings = _Forward("live")
+    state = _Forward("live")
+    is_active = _Forward("live")
+    snapshot = _Forward("live")
+    pause = _Forward("live")
+    resume = _Forward("live")
+    stop = _Forward("live")
+    set_clip_threshold = _Forward("live")
+    set_learning_rate = _Forward("live")
+    set_policy = _Forward("live")
+    set_speed = _Forward("live")
+    inject_spike = _Forward("live")
+    live_metrics = _Forward("live")
+    advise_live = _Forward("live")
+    live_advice = _Forward("live")
+    # The A/B race (`Race`).
+    race_number = _Forward("race", "number")
+    race_settings = _Forward("race", "settings")
+    race_trainers = _Forward("race", "trainers")
+    race_is_active = _Forward("race", "is_active")
+    race_snapshot = _Forward("race", "snapshot")
+    race_set_clip_threshold = _Forward("race", "set_clip_threshold")
+    race_pause = _Forward("race", "pause")
+    race_resume = _Forward("race", "resume")
+    stop_race = _Forward("race", "stop")
+    # Recorded runs and the advisor (`RunLibrary`).
+    database = _Forward("library")
+    database_status = _Forward("library")
+    set_database_path = _Forward("library")
+    list_runs = _Forward("library")
+    recorded_run = _Forward("library")
+    recorded_metrics = _Forward("library")
+    rename_run = _Forward("library")
+    delete_run = _Forward("library")
+    recorded_advice = _Forward("library")
+    replayed_clip_rate = _Forward("library")
 
 
 @st.cache_resource(show_spinner=False)
