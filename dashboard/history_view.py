@@ -315,7 +315,7 @@ def render_compare(manager: RunManager) -> None:
     )
     state[_COMPARED] = [int(run_id) for run_id in chosen]
     if not chosen:
-        st.info("Pick two or more runs above to overlay them.", icon=":material/compare_arrows:")
+        st.info("Pick runs above to draw them; two or more are overlaid.", icon=":material/compare_arrows:")
         return
     recorded = []
     for run_id in chosen:

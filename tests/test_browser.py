@@ -2,7 +2,8 @@
 
 Starts a run, watches the step counter and the gradient-norm chart move, sets a new clip
 threshold and finds it in the header and the events table, injects a spike, applies the
-suggested threshold, opens a second tab on the same run, and saves docs/screenshot.png mid-run.
+suggested threshold, opens a second tab on the same run, and takes a screenshot mid-run (into a
+temporary folder; $CLIPWATCH_SCREENSHOT=docs/screenshot.png refreshes the README's picture).
 Then starts an A/B race and sees both sides on one chart, opens a side in History, downloads
 its CSV and its HTML report, and opens the report from disk to see its charts drawn offline.
 Uses Debian's /usr/bin/chromium (never `playwright install`); the server records runs in a
@@ -19,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
@@ -29,7 +29,10 @@ from support import wait_until
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOT = os.path.join(REPO, "docs", "screenshot.png")
+# Where the mid-run screenshot goes: a temporary folder, so running the tests leaves the checkout
+# clean. To refresh the README's picture: CLIPWATCH_SCREENSHOT=docs/screenshot.png python -m
+# pytest tests/test_browser.py -k second_tab
+SCREENSHOT_VARIABLE = "CLIPWATCH_SCREENSHOT"
 VIEWPORT = {"width": 1600, "height": 1000}
 
 
@@ -115,7 +118,20 @@ def chart_drawing(page: Page) -> str:
     return gradient_norm_chart(page).locator("svg").first.inner_html()
 
 
-def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
+def wait_for_refreshes(page: Page, count: int) -> None:
+    """Wait until the Step card has shown `count` new values: that many timed refreshes drawn."""
+    seen = [step_count(page)]
+
+    def refreshed() -> bool:
+        step = step_count(page)
+        if step != seen[-1]:
+            seen.append(step)
+        return len(seen) > count
+
+    wait_until(refreshed, timeout=30, what=f"{count} refreshes")
+
+
+def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tmp_path):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.goto(server_url)
@@ -156,7 +172,7 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
     suggested = threshold_input.input_value()
     assert 0 < float(suggested) < 1, suggested
     expect(threshold_rows).to_have_count(2, timeout=20_000)
-    time.sleep(3)  # three timed refreshes
+    wait_for_refreshes(page, 3)
     expect(threshold_input).to_have_value(suggested)
     expect(threshold_rows).to_have_count(2)
     expect(threshold_rows.first.locator("td")).to_contain_text(["clip_threshold", "0.2", suggested])
@@ -190,16 +206,16 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser):
     )
     content = page.get_by_test_id("stMainBlockContainer").bounding_box()
     page.set_viewport_size({"width": VIEWPORT["width"], "height": int(content["y"] + content["height"] + 40)})
-    time.sleep(4)  # a few refreshes at the new size, the run moving past the spike
+    wait_for_refreshes(page, 4)  # at the new size, the run moving past the spike
     # Between refreshes: Streamlit fades elements that wait long in a rerun, so a shot taken
     # while one was running is taken again.
-    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+    screenshot = os.environ.get(SCREENSHOT_VARIABLE) or str(tmp_path / "screenshot.png")
     for _ in range(5):
         wait_until(lambda: stale_elements(page) == 0, timeout=20, what="a settled page")
-        page.screenshot(path=SCREENSHOT)
+        page.screenshot(path=screenshot)
         if stale_elements(page) == 0:
             break
-    assert os.path.getsize(SCREENSHOT) > 50_000
+    assert os.path.getsize(screenshot) > 50_000
 
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(metric(page, "State")).to_have_text("Stopped", timeout=20_000)

@@ -1,7 +1,9 @@
 """Headless runs: `python -m training --task seed --policy global_norm --steps 2000 --csv out.csv`.
 
 Writes every step to the CSV (streamed chunk by chunk from the training thread), shows a progress
-bar on stderr when stderr is a terminal, and prints a one-line JSON summary last. Bad arguments
+bar on stderr when stderr is a terminal, and prints a one-line JSON summary last: its
+`final_loss` is the last step's loss and its `clip_rate` covers the newest 100,000 steps (the
+trainer's in-memory window); the run database's `clip_rate` covers the whole run. Bad arguments
 exit with status 2 and a message; a failed run exits with status 1.
 """
 

@@ -118,8 +118,9 @@ class Trainer:
         max_steps: stop after this many steps (None: run until stopped).
         max_nonfinite_steps: fail after this many consecutive non-finite steps.
         window: steps kept at full resolution in the store.
-        data: "memory" gathers batches in-graph from tensors (fast); "stream" reads a
-            `tf.data` pipeline (the path for data that does not fit in memory).
+        data: "memory" gathers batches in-graph from tensors (fast); "stream" feeds the same
+            in-memory arrays through a `tf.data` pipeline (never XLA-compiled). No CLI flag or
+            control reaches "stream" yet.
         jit_compile: XLA-compile the chunk; None takes the task's default.
         sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
