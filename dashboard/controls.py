@@ -53,7 +53,7 @@ SUGGEST_PERCENTILE = "suggest_percentile"
 RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
 DATABASE_PATH = "database_path"
 ADVISOR = "advisor"  # where errors of the live run's replay show
-# Private session state.
+# Session state (FINGERPRINT and NEEDS_FULL_RERUN are shared with the Live tab).
 _ERRORS = "_errors"  # control name -> message, shown until the next command
 _VALUES = "_values"  # control name -> the value it shows (the last accepted)
 _VERSIONS = "_versions"  # control name -> how many times it got a new widget
@@ -94,7 +94,6 @@ def speed_slider(where: Any, value: Any, key: str, help: str, **callback: Any) -
 
 def speed_value(option: Any) -> float | None:
     return None if option == "Full" else float(option)
-
 
 
 # --- session state ------------------------------------------------------------------------------
@@ -201,7 +200,6 @@ def _command(name: str, key: str, action: Callable[[Any], Any]) -> None:
         show_value(name, control_value(name))  # a new widget, back at the accepted value
         return
     state[_VALUES][name] = value
-
 
 
 def first_click(command: str, last_action_key: str = _LAST_ACTION) -> bool:

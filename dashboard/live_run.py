@@ -66,8 +66,6 @@ class RunSnapshot:
         return self.status is not None and self.status.state in ACTIVE_STATES
 
 
-
-
 def empty_snapshot_frames() -> dict[str, pd.DataFrame]:
     """The frames of a snapshot of a run that has no store yet (no run, or still building)."""
     return {

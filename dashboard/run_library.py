@@ -44,7 +44,6 @@ class DatabaseStatus:
         return self.error is None
 
 
-
 @dataclass(frozen=True)
 class RecordedRun:
     """A run read back from the database, reduced for drawing like a live run's snapshot."""
@@ -279,7 +278,6 @@ class RunLibrary:
             while len(self._replayed_clip_rates) > 64:
                 self._replayed_clip_rates.popitem(last=False)
         return rate
-
 
 
 def _last_threshold(info: Mapping[str, Any], events: pd.DataFrame) -> float:
