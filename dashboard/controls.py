@@ -329,33 +329,34 @@ def sidebar(manager: RunManager) -> None:
         _settings_controls(manager)
 
 
+def _choice(manager: RunManager, name: str, label: str, options, on_change, help_text: str) -> str:
+    """A select box for control `name`, showing its accepted value; returns what it shows."""
+    key = widget_key(name)
+    return st.selectbox(
+        label,
+        options,
+        index=options.index(control_value(name)),
+        key=key,
+        on_change=on_change,
+        args=(manager, key),
+        help=help_text,
+    )
+
+
 def _run_controls(manager: RunManager) -> None:
     active, state = manager.is_active, manager.state
     st.header("Run", anchor=False)
-    key = widget_key(TASK)
-    task = st.selectbox(
-        "Task",
-        TASK_NAMES,
-        index=TASK_NAMES.index(control_value(TASK)),
-        key=key,
-        on_change=_on_task,
-        args=(manager, key),
-        help="The model and data to train. Takes effect at the next Start.",
+    task = _choice(
+        manager, TASK, "Task", TASK_NAMES, _on_task, "The model and data to train. Takes effect at the next Start."
     )
     next_run = " Applies at the next Start." if active and task != manager.settings.task else ""
     st.caption(TASKS[task].description + "." + next_run)
     show_error(TASK)
 
-    key = widget_key(POLICY)
-    policy = st.selectbox(
-        "Policy",
-        POLICY_NAMES,
-        index=POLICY_NAMES.index(control_value(POLICY)),
-        key=key,
-        on_change=_on_policy,
-        args=(manager, key),
-        help="How gradients are clipped. Changing it during a run switches the run's policy.",
-    )
+    policy = _choice(
+        manager, POLICY, "Policy", POLICY_NAMES, _on_policy,
+        "How gradients are clipped. Changing it during a run switches the run's policy.",
+    )  # fmt: skip
     st.caption(POLICY_DESCRIPTIONS.get(policy, ""))
     show_error(POLICY)
     for name, parameter in POLICY_PARAMETERS[policy].items():
