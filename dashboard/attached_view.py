@@ -17,7 +17,8 @@ from typing import Any
 import streamlit as st
 
 from dashboard import charts, panels
-from dashboard.run_manager import POLICY_NAMES, RunManager
+from dashboard.run_manager import RunManager
+from training.policies import POLICY_NAMES
 
 REFRESH_SECONDS = 0.5  # with the writer's 0.5 s commits: a change is on the charts within ~1 s
 OWN_RUN = "own"  # the selector's value for this app's own live run

@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, controls, export, panels
+from dashboard import attached_view, charts, controls, export, panels
 from dashboard.controls import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -37,7 +37,15 @@ THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
 
 
 def render(manager: RunManager) -> None:
-    """The Live tab: the timed live view, then (once there is a run) the advisor and exports."""
+    """The Live tab: the timed live view, then (once there is a run) the advisor and exports.
+
+    When another process records a live run in the database, a selector above offers it; an
+    attached run is drawn from the database and steered through it (`attached_view`).
+    """
+    attached = attached_view.select_live_run(manager)
+    if attached is not None:
+        attached_view.render_attached(manager, attached)
+        return
     refresh = controls.REFRESH_SECONDS if manager.is_active else None
     st.fragment(_live_view, run_every=refresh)()
     if manager.run_number:
