@@ -37,7 +37,7 @@ def select_live_run(manager: RunManager) -> int | None:
         return None
     labels = {OWN_RUN: "This app's run"}
     for row in attached.itertuples():
-        labels[int(row.run_id)] = f"#{int(row.run_id)} {row.name} (attached script, {int(row.steps):,} steps)"
+        labels[int(row.run_id)] = f"#{int(row.run_id)} {row.name} (attached script)"  # stable: a changing label makes a new widget
     if st.session_state.get(SELECTED) not in labels:
         st.session_state.pop(SELECTED, None)
     choice = st.selectbox(

@@ -44,7 +44,7 @@ def test_an_attached_script_is_steered_from_the_page(server_url, browser, tmp_pa
         expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
         path_input = page.get_by_role("textbox", name="Database path")
         if not path_input.is_visible():
-            page.get_by_text("Settings").click()
+            page.get_by_text("Settings", exact=True).click()
         path_input.fill(str(database.path))
         path_input.press("Enter")
 
