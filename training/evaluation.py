@@ -92,6 +92,9 @@ class Evaluator:
     def due(self, step_before: int, step_after: int) -> bool:
         return step_after // self.interval > step_before // self.interval
 
+    def steps_until_due(self, step: int) -> int:
+        return self.interval - step % self.interval
+
     def evaluate(self, step: int) -> list[tuple[int, float, str, float]]:
         """Evaluate now (at most once per step) and return the new rows."""
         if step == self._evaluated_step:

@@ -534,6 +534,8 @@ class Trainer:
                 steps = min(steps, max(1, int(pace * 0.1), behind))
             if max_steps is not None:
                 steps = min(steps, max_steps - step)
+            if self._evaluator is not None:  # a chunk ends exactly where an evaluation is due
+                steps = min(steps, self._evaluator.steps_until_due(step))
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))

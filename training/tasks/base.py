@@ -26,6 +26,7 @@ Example (a plug-in file)::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -156,12 +157,17 @@ def resolve_loss(build_loss: Any):
     import keras
 
     if isinstance(build_loss, str):
-        return keras.losses.get(build_loss)
+        return resolve_loss(keras.losses.get(build_loss))
     if isinstance(build_loss, keras.losses.Loss):
         return build_loss
     if _takes_no_arguments(build_loss):
         return resolve_loss(build_loss())
-    return build_loss
+    # A loss function returns one value per example ("mse" does): reduce to the batch mean.
+    @functools.wraps(build_loss)
+    def batch_mean_loss(y_true, y_pred):
+        return keras.ops.mean(build_loss(y_true, y_pred))
+
+    return batch_mean_loss
 
 
 def make_optimizer(optimizer: Any, learning_rate: float):
