@@ -201,3 +201,17 @@ def test_the_pure_modules_import_neither_streamlit_nor_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"imported: {result.stdout} {result.stderr}"
+
+
+def test_compare_loss_chart_draws_each_runs_validation_loss_in_its_colour():
+    long = comparison.runs_long_frame({"A": run_view(300, seed=1), "B": run_view(300, seed=2)})
+    evaluations = {
+        "A": pd.DataFrame({"step": [100, 200], "time_s": [0.0, 1.0], "name": ["val_loss", "val_loss"], "value": [0.9, 0.8]}),
+        "B": pd.DataFrame({"step": [100], "time_s": [0.0], "name": ["val_accuracy"], "value": [0.5]}),
+    }
+    validation = comparison.runs_validation_frame(evaluations)
+    assert validation.to_dict("list") == {"run": ["A", "A"], "step": [100, 200], "val_loss": [0.9, 0.8]}
+    chart = comparison.runs_loss_chart(long, validation=validation)
+    assert charts.chart_values(chart, "val_loss") == [0.9, 0.8]
+    assert "Validation loss" in str(chart.to_dict())
+    assert comparison.runs_validation_frame({}).empty

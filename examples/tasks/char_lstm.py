@@ -6,7 +6,7 @@ example is a window of `SEQUENCE_LENGTH` characters; the target is the same wind
 one. Plain SGD at a high learning rate through 64 time steps is the classic setting where
 clipping decides whether training survives (Pascanu et al. 2013).
 
-Run it: `python -m training --task examples/tasks/char_lstm.py --policy global_norm --steps 600`
+Run it: `python -m training --task examples/tasks/char_lstm.py --policy global_norm --steps 300`
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ blocks with learned position embeddings, trained with plain SGD at a learning ra
 that an unclipped step can throw the attention weights off: the choice of clipping shows in the
 loss.
 
-Run it: `python -m training --task examples/tasks/transformer.py --policy global_norm --steps 1500`
+Run it: `python -m training --task examples/tasks/transformer.py --policy global_norm --steps 1000`
 """
 
 from __future__ import annotations
