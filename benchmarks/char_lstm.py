@@ -18,14 +18,16 @@ from benchmarks.throughput import (
 )  # fmt: skip
 
 STREAMED = "Clipwatch, full monitoring, streamed"
+XLA = "Clipwatch, full monitoring, XLA"
 WINDOWS = 1024  # 32 batches of 32 per fit epoch
 PLUGIN = "examples/tasks/char_lstm.py"
 MIN_TUNED_RATIO = 1.0  # Clipwatch with every step recorded >= the tuned fit
 MIN_STREAMED_SHARE = 0.8  # streamed within 20% of in-memory
 
 
-def _register_variants() -> tuple[str, str]:
-    """The example with a smaller window count, in memory and streamed, registered by name."""
+def _register_variants() -> tuple[str, str, str]:
+    """The example with a smaller window count, in memory (without XLA, the example's
+    setting, and with XLA) and streamed, registered by name."""
     import tensorflow as tf
 
     from training import plugins
@@ -42,19 +44,21 @@ def _register_variants() -> tuple[str, str]:
         name="char_lstm_benchmark_streamed",
         make_data=lambda seed: tf.data.Dataset.from_tensor_slices(windows(seed)),
     )
-    plugins.register(in_memory)
-    plugins.register(streamed)
-    return in_memory.name, streamed.name
+    with_xla = dataclasses.replace(in_memory, name="char_lstm_benchmark_xla", jit_compile=True)
+    for variant in (in_memory, streamed, with_xla):
+        plugins.register(variant)
+    return in_memory.name, streamed.name, with_xla.name
 
 
 def run_char_lstm(repeats: int, window_seconds: float, warm_up_seconds: float, log: Log, seed: int = 0) -> dict:
     from training.tasks import get_task
 
-    in_memory, streamed = _register_variants()
+    in_memory, streamed, with_xla = _register_variants()
     task = get_task(in_memory)
     trainers = [
         TrainerRun(MONITORED, in_memory, None, seed),
         TrainerRun(STREAMED, streamed, None, seed),
+        TrainerRun(XLA, with_xla, None, seed),
     ]
     for trainer in trainers:
         trainer.min_chunks = 3

@@ -137,3 +137,15 @@ def test_a_changed_file_is_loaded_again(tmp_path):
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
     assert load_task(str(path)).learning_rate == 0.5
     assert np.isclose(get_task("tiny_sum").learning_rate, 0.5)
+
+
+def test_check_task_builds_once_and_names_the_failing_line(tmp_path):
+    plugins.check_task(load_task(str(write_plugin(tmp_path, "tiny.py"))))  # fits: no error
+    mismatched = TINY_PLUGIN.format(name="tiny_sum").replace("keras.Input((4,))", "keras.Input((5,))")
+    with pytest.raises(PluginError, match=r"shape \(4,\), the model takes inputs of shape \(5,\)"):
+        plugins.check_task(load_task(str(write_plugin(tmp_path, "wide.py", mismatched))))
+    failing = TINY_PLUGIN.format(name="tiny_sum").replace(
+        "    inputs = np.random", "    raise OSError('data folder missing')\n    inputs = np.random"
+    )
+    with pytest.raises(PluginError, match=r"failing\.py, line 18: OSError: data folder missing"):
+        plugins.check_task(load_task(str(write_plugin(tmp_path, "failing.py", failing))))

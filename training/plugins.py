@@ -164,6 +164,28 @@ def check_data_matches_model(task: Task, model: Any, data: Any, what: str = "mak
         )
 
 
+def check_task(task: Task, seed: int = 0) -> None:
+    """Build the task's model and data once and check that they fit (`PluginError` if not).
+
+    What the CLI's and the page's choice of a plug-in costs before a run: one model build and
+    one `make_data` call (a dataset is only inspected, never read).
+    """
+    from training.trainer import _BUILD_LOCK  # tasks seed Keras' global RNG: one build at a time
+
+    try:
+        with _BUILD_LOCK:
+            model = task.build_model(seed)
+        data = task.make_data(seed)
+        check_data_matches_model(task, model, data)
+        if task.make_validation_data is not None:
+            check_data_matches_model(task, model, task.make_validation_data(seed), "make_validation_data")
+    except PluginError:
+        raise
+    except Exception as error:  # the plug-in's own code failed: say where, in one line
+        path = Path(task.source) if task.source else None
+        raise PluginError(_describe_failure(error, path)) from None
+
+
 # --- loading --------------------------------------------------------------------------------
 
 
