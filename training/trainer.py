@@ -21,14 +21,14 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from training import plugins, policies, streaming
 from training.evaluation import Evaluator, empty_evaluations
-from training.store import MetricsStore
+from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
 from training.xla_fallback import FallbackFunction
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class _Command:
     params: dict = field(default_factory=dict)
 
 
-def _validate_learning_rate(value: Any) -> float:
+def validate_learning_rate(value: Any) -> float:
+    """A learning rate: a finite number > 0 (ValueError naming the value otherwise)."""
     return policies.validate_positive("learning_rate", value)
 
 
@@ -177,7 +178,7 @@ class Trainer:
             clip_threshold=policies.validate_clip_threshold(clip_threshold),
             learning_rate=task_spec.learning_rate
             if learning_rate is None
-            else _validate_learning_rate(learning_rate),
+            else validate_learning_rate(learning_rate),
             batch_size=task_spec.batch_size
             if batch_size is None
             else _validate_count("batch_size", batch_size),
@@ -194,7 +195,6 @@ class Trainer:
         self._thread: threading.Thread | None = None
         self._status = TrainerStatus(state="idle", step=0, steps_per_second=0.0, config=self._config)
         self._store: MetricsStore | None = None
-        self._store_ready = threading.Event()
         self._trace_count = 0
         _LIVE_TRAINERS.add(self)
 
@@ -234,7 +234,7 @@ class Trainer:
         self._send("clip_threshold", policies.validate_clip_threshold(value))
 
     def set_learning_rate(self, value: Any) -> None:
-        self._send("learning_rate", _validate_learning_rate(value))
+        self._send("learning_rate", validate_learning_rate(value))
 
     def set_policy(self, name: str, **params: Any) -> None:
         """Switch policy (or change its parameters); missing parameters keep their values."""
@@ -286,9 +286,6 @@ class Trainer:
         """The run's store, once the thread has built the model (None before)."""
         return self._store
 
-    def wait_until_ready(self, timeout: float = 60.0) -> bool:
-        return self._store_ready.wait(timeout)
-
     def metrics(self, since: int | None = None):
         return self._read("metrics", since)
 
@@ -305,15 +302,13 @@ class Trainer:
         if store is None:
             import pandas as pd
 
-            return pd.DataFrame(columns=["step", "time_s", "kind", "old", "new"])
+            return pd.DataFrame(columns=list(EVENT_COLUMNS))
         return store.events()
 
     def _read(self, what: str, since):
         store = self._store
         if store is None:
             import pandas as pd
-
-            from training.store import STEP_COLUMNS
 
             columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
             return pd.DataFrame(columns=columns)
@@ -335,7 +330,6 @@ class Trainer:
         except Exception as exception:  # kept for the UI, never lost
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
-        self._store_ready.set()
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
         self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0)
@@ -389,7 +383,6 @@ class Trainer:
                 task, model, resolve_loss(task.build_loss), validation, config.batch_size
             )
         self._build_policies()
-        self._store_ready.set()
 
     def _build_policies(self) -> None:
         """Build every policy (for the in-graph switch) and the compiled chunk; traces anew."""
@@ -681,6 +674,37 @@ class Trainer:
         for key in params:
             if params[key] != old_params[key]:
                 self._record(f"{name}.{key}", old_params[key], params[key])
+
+
+def trainer_from_settings(
+    task: "str | Task",
+    policy: str,
+    clip_threshold: float,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    policy_params: Mapping[str, Any] | None = None,
+    max_steps_per_second: float | None = None,
+    **options: Any,
+) -> Trainer:
+    """The one way a run's settings become a `Trainer` (the dashboard's run and race, the CLI).
+
+    `policy_params` are `policy`'s parameters; `max_steps_per_second` caps the pace from step 1
+    (None: full speed); `options` are the trainer's other keyword arguments (`database`,
+    `run_name`, `max_steps`, `sinks`, ...). ValueError (naming the value) for a bad setting.
+    The trainer is not started.
+    """
+    trainer = Trainer(
+        task=task,
+        policy=policy,
+        clip_threshold=clip_threshold,
+        learning_rate=learning_rate,
+        seed=seed,
+        **options,
+        **dict(policy_params or {}),
+    )
+    if max_steps_per_second is not None:
+        trainer.set_max_steps_per_second(max_steps_per_second)  # before step 1
+    return trainer
 
 
 def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
