@@ -12,6 +12,7 @@ import platform
 import sys
 
 from benchmarks import attach_cost
+from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 
@@ -211,6 +212,7 @@ def evaluate_targets(results: dict) -> list[dict]:
                 megabytes,
             )
         )
+    targets += char_lstm_targets(results.get("char_lstm", {}), _at_least)
     return targets + _attach_targets(results)
 
 
@@ -396,6 +398,8 @@ def format_report(results: dict) -> str:
     for key, render, whole in sections:
         if results.get(key):
             lines += render(results if whole else results[key]) + [""]
+    if results.get("char_lstm"):
+        lines += char_lstm_lines(results["char_lstm"], _table, _ratio) + [""]
     lines += _target_lines(results.get("targets", []))
     return "\n".join(lines) + "\n"
 

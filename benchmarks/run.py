@@ -10,7 +10,7 @@ from typing import Callable
 
 from benchmarks import report
 
-SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard", "attach")
+SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard", "char_lstm", "attach")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Budget:
     attach_repeats: int = 5  # LiveClipping on a user's fit vs Keras' own clipping (issue #10)
     attach_window_seconds: float = 2.0
     attach_latency_trials: int = 20
+    char_lstm_repeats: int = 5
+    char_lstm_window_seconds: float = 4.0  # ~100 ms steps: tens of steps per window
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -50,6 +52,7 @@ QUICK = dataclasses.replace(
     warm_up_seconds=0.3, policy_repeats=1, policy_window_seconds=0.4, persistence_repeats=2,
     persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
     attach_repeats=2, attach_window_seconds=0.5, attach_latency_trials=6,
+    char_lstm_repeats=1, char_lstm_window_seconds=2.0,
 )  # fmt: skip
 
 
@@ -57,14 +60,19 @@ def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
     """The sections to run when none are named, and a note for each one left out."""
     from training.tasks import get_task
 
-    if budget.heavy_even_if_xla or not get_task(budget.heavy_task).jit_compile:
+    if budget.heavy_even_if_xla:
         return SECTIONS, []
+    # The LSTM's steps take ~100 ms on 2 shared cores: a quick run leaves it out (issue #9).
+    sections = tuple(section for section in SECTIONS if section != "char_lstm")
+    notes = ["the character LSTM is left out of a quick run; add it with --sections char_lstm"]
+    if not get_task(budget.heavy_task).jit_compile:
+        return sections, notes
     note = (
         f"the heavier task ({budget.heavy_task}) is left out of a {budget.name} run: it XLA-compiles, "
         "which takes 40-100 s on 2 shared cores; add it with --sections "
         + ",".join(SECTIONS)
     )
-    return tuple(section for section in SECTIONS if section != "heavy"), [note]
+    return tuple(section for section in sections if section != "heavy"), [*notes, note]
 
 
 def run_benchmark(
@@ -120,6 +128,13 @@ def run_benchmark(
     if "control" in sections:
         log("control latency and traces")
         results["control"] = control.run_control(budget.latency_trials, budget.warm_up_seconds, log)
+    if "char_lstm" in sections:
+        from benchmarks.char_lstm import run_char_lstm
+
+        log("throughput: character LSTM plug-in")
+        results["char_lstm"] = run_char_lstm(
+            budget.char_lstm_repeats, budget.char_lstm_window_seconds, budget.warm_up_seconds, log
+        )
     if "dashboard" in sections:
         log("dashboard cost")
         results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)

@@ -21,6 +21,7 @@ The schema (see also README.md):
     events(run_id, step, time_s, kind, old, new)
     commands(id, run, kind, value, parameters, created, applied_step, applied_time, error)
         The command channel to a run recorded by another process (see `send_command`).
+    evaluations(run_id, step, time_s, name, value)     validation results (val_loss, val_<metric>)
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ CREATE TABLE IF NOT EXISTS commands (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run, id);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time_s REAL NOT NULL,
+    name TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_run ON evaluations (run_id, step);
 """
 # What `send_command` accepts; the process that applies a command checks its value (it knows
 # the run's state, e.g. which policy parameters can change without a rebuild).
@@ -226,7 +235,7 @@ class RunDatabase:
     def delete_run(self, run_id: int) -> None:
         with self._connect() as connection:
             connection.execute("BEGIN")
-            for table in ("step_chunks", "events", "runs"):
+            for table in ("step_chunks", "events", "evaluations", "runs"):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM commands WHERE run = ?", (run_id,))
             connection.execute("COMMIT")
@@ -359,6 +368,15 @@ class RunDatabase:
                 params=(run_id,),
             )
 
+    def evaluations(self, run_id: int) -> pd.DataFrame:
+        """The run's validation results: `step, time_s, name, value`."""
+        with self._connect() as connection:
+            return pd.read_sql_query(
+                "SELECT step, time_s, name, value FROM evaluations WHERE run_id = ? ORDER BY rowid",
+                connection,
+                params=(run_id,),
+            )
+
     def layer_norms(self, run_id: int) -> pd.DataFrame:
         names = self.run_info(run_id)["variable_names"]
         columns = self._columns(run_id, ("step", "layer_norms"))
@@ -389,6 +407,11 @@ class RunWriter:
 
     def event(self, step: int, time_s: float, kind: str, old: str, new: str) -> None:
         self._queue.put(("event", (self.run_id, step, time_s, kind, old, new)))
+
+    def evaluations(self, rows: list[tuple[int, float, str, float]]) -> None:
+        """Queue validation results `(step, time_s, name, value)`."""
+        for row in rows:
+            self._queue.put(("evaluation", (self.run_id, *row), None))
 
     def finish(self, state: str, error: str | None = None, timeout: float = 5.0) -> None:
         """Write what is queued, record the final state, and end the writer thread."""
@@ -434,6 +457,11 @@ class RunWriter:
         connection.execute("BEGIN")
         try:
             self._write(connection, chunks, event_rows, finished)
+            evaluation_rows = [payload for kind, payload, _ in pending if kind == "evaluation"]
+            connection.executemany(
+                "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
+                evaluation_rows,
+            )
         except BaseException:
             connection.execute("ROLLBACK")
             raise
