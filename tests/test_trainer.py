@@ -19,29 +19,19 @@ def trainer_threads():
     return [t for t in threading.enumerate() if t.name == "clipwatch-trainer" and t.is_alive()]
 
 
-@pytest.fixture
-def trainers():
-    made = []
-
-    def make(**kwargs):
-        trainer = Trainer(**kwargs)
-        made.append(trainer)
-        return trainer
-
-    yield make
-    for trainer in made:
-        trainer.stop()
-
-
-def running(trainer, min_steps=1):
+def running(trainer, min_steps=1, compiled=False):
+    """Start `trainer` and wait for `min_steps`; with `compiled`, first wait until it trains on
+    its full step (every policy, XLA), not the quick one it starts on (training/step_compiler.py)."""
     trainer.start()
+    if compiled:
+        assert trainer.wait_until_compiled()
     assert wait_for(lambda: trainer.status.step >= min_steps or trainer.status.state == "failed")
     assert trainer.status.state == "running", trainer.status.error
     return trainer
 
 
 def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers):
-    trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=200)
+    trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=200, compiled=True)
     traces = trainer.trace_count
     for new_threshold in (0.05, 0.3, 2.0):
         step_sent = trainer.status.step
@@ -62,7 +52,7 @@ def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retr
 
 
 def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers):
-    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100)
+    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100, compiled=True)
     trainer.set_learning_rate(0.002)
     trainer.set_policy("autoclip", percentile=30)
     trainer.set_policy("zclip", z_threshold=3.0)
@@ -195,7 +185,7 @@ def test_pace_limit_slows_the_run(trainers):
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
-    trainer = running(trainers(task="seed", window=5_000), min_steps=10)
+    trainer = running(trainers(task="seed", window=5_000), min_steps=10, compiled=True)
     problems = []
 
     def read():
