@@ -128,7 +128,8 @@ class Trainer:
             in-memory arrays through a `tf.data` pipeline (never XLA-compiled). No CLI flag or
             control reaches "stream" yet.
         jit_compile: XLA-compile the chunk; None takes the task's default.
-        sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
+        sinks: callables that get every chunk's rows, in order, on the recorder thread (e.g. a CSV
+            writer; training/recorder.py). A sink that raises fails the run.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
             benchmark's ceiling); the store then stays empty.
         database: a `persistence.RunDatabase` to write the run to (None: memory only).
