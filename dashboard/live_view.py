@@ -82,7 +82,7 @@ def _live_view() -> None:
     if snapshot.run_number == 0:
         st.info(
             "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "
-            "The first steps take a few seconds while TensorFlow compiles the training step.",
+            "The first step takes a moment while TensorFlow builds the model and traces its step.",
             icon=":material/play_circle:",
         )
         return
