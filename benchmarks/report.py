@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 
+from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 
@@ -219,6 +220,7 @@ def evaluate_targets(results: dict) -> list[dict]:
                 megabytes,
             )
         )
+    targets += char_lstm_targets(results.get("char_lstm", {}), _at_least)
     from benchmarks import speed_report  # issue #11's sections
 
     return targets + speed_report.targets(results)
@@ -409,6 +411,8 @@ def format_report(results: dict) -> str:
     for key, render, whole in sections:
         if results.get(key):
             lines += render(results if whole else results[key]) + [""]
+    if results.get("char_lstm"):
+        lines += char_lstm_lines(results["char_lstm"], _table, _ratio) + [""]
     lines += _target_lines(results.get("targets", []))
     return "\n".join(lines) + "\n"
 

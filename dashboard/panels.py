@@ -211,14 +211,16 @@ def run_figures(
     events: pd.DataFrame,
     log_scale: bool = False,
     ghosts: pd.DataFrame | None = None,
+    evaluations: pd.DataFrame | None = None,
 ) -> dict[str, alt.TopLevelMixin]:
-    """The charts of one run, by name (`CHART_NAMES`), as the live view draws them."""
+    """The charts of one run, by name (`CHART_NAMES`), as the live view draws them (the loss
+    chart with the validation loss from `evaluations`, when the run has any)."""
     gradient_norm = charts.gradient_norm_chart(metrics_view, log_scale=log_scale)
     if ghosts is not None and len(ghosts):
         gradient_norm = advice_charts.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
     return {
         "Gradient norm": gradient_norm,
-        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale),
+        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale, evaluations=evaluations),
         "Clip rate": charts.clip_rate_chart(metrics_view),
         "Gradient norm per layer": charts.layer_norm_chart(layer_view),
     }

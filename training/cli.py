@@ -1,5 +1,10 @@
 """Headless runs: `python -m training --task seed --policy global_norm --steps 2000 --csv out.csv`.
 
+`--task` takes a built-in task's name or a plug-in: `path/to/my_task.py`, `my_package.my_task`
+or `my_package.my_task:OTHER_NAME` (see `training.plugins`). A plug-in that cannot be used
+(it does not import, has no TASK, a field of the wrong kind, data that does not fit the model)
+exits with status 2 and one message naming its file.
+
 Writes every step to the CSV (streamed chunk by chunk from the training thread), shows a progress
 bar on stderr when stderr is a terminal, and prints a one-line JSON summary last: its
 `final_loss` is the last step's loss and its `clip_rate` covers the newest 100,000 steps (the
@@ -27,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training", description="Train a task headless with gradient clipping."
     )
-    parser.add_argument("--task", default="seed", choices=TASK_NAMES)
+    parser.add_argument(
+        "--task", default="seed",
+        help=f"a built-in task ({', '.join(TASK_NAMES)}), or a plug-in: path/to/my_task.py, "
+        "my_package.my_task or my_package.my_task:OTHER_NAME",
+    )  # fmt: skip
     parser.add_argument("--policy", default="global_norm", choices=POLICY_NAMES)
     parser.add_argument("--clip-threshold", type=float, default=1.0, help="c (zclip: the cap)")
     parser.add_argument("--steps", type=int, default=2000, help="steps to train")
@@ -121,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
 
+    task = args.task
+    if task not in TASK_NAMES:
+        from training.plugins import PluginError, load_task
+
+        try:
+            task = load_task(args.task)
+        except PluginError as error:
+            parser.error(f"--task {args.task!r} is not a built-in task ({', '.join(TASK_NAMES)}). {error}")
+
     from training.persistence import DatabaseError, RunDatabase, default_path
+    from training.plugins import PluginError
     from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
     database = None
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             sinks = (CsvSink(csv_file),)
         try:
             trainer = trainer_from_settings(
-                task=args.task,
+                task=task,
                 policy=args.policy,
                 clip_threshold=args.clip_threshold,
                 learning_rate=args.learning_rate,
@@ -175,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             csv_file.close()
 
     status = trainer.status
+    plugin_failure = f"{PluginError.__name__}: "
+    if status.state == "failed" and (status.error or "").startswith(plugin_failure):
+        parser.error(status.error[len(plugin_failure):])  # the plug-in's data does not fit its model
     metrics = trainer.metrics()
     summary = {
         "steps": status.step,
@@ -187,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     if status.run_id is not None:
         summary["run_id"] = status.run_id
         summary["db"] = str(database.path)
+    evaluations = trainer.evaluations()
+    if len(evaluations):  # the last evaluation's val_loss and val_<metric>
+        last = evaluations[evaluations.step == evaluations.step.iloc[-1]]
+        summary.update({name: float(value) for name, value in zip(last.name, last.value)})
     if status.error:
         summary["error"] = status.error
     print(json.dumps(summary))

@@ -27,14 +27,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from training import policies
+from training import plugins, policies, streaming, xla_cache
+from training.evaluation import Evaluator, empty_evaluations
 from training.recorder import Recorder
 from training.step_compiler import BackgroundCompile
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
+from training.xla_fallback import FallbackFunction
 
 if TYPE_CHECKING:
     from training.persistence import RunDatabase
-from training.tasks import get_task
+from training.tasks import Task, get_task
+from training.tasks.base import make_optimizer, resolve_loss
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
 TARGET_CHUNK_SECONDS = 0.02  # keeps control latency to a few tens of milliseconds
@@ -116,7 +119,8 @@ class Trainer:
     """Trains `task` in a background thread with live-steerable gradient clipping.
 
     Args:
-        task: a name from `training.tasks.TASK_NAMES`.
+        task: a name from `training.tasks.TASK_NAMES`, a `Task`, or the name of a plug-in
+            loaded earlier (`training.plugins.load_task`).
         policy: a name from `training.policies.POLICY_NAMES`.
         clip_threshold: c, a finite number > 0 (the cap for `zclip`).
         learning_rate, batch_size: None takes the task's default.
@@ -124,10 +128,11 @@ class Trainer:
         max_steps: stop after this many steps (None: run until stopped).
         max_nonfinite_steps: fail after this many consecutive non-finite steps.
         window: steps kept at full resolution in the store.
-        data: "memory" gathers batches in-graph from tensors (fast); "stream" feeds the same
-            in-memory arrays through a `tf.data` pipeline (never XLA-compiled). No CLI flag or
-            control reaches "stream" yet.
-        jit_compile: XLA-compile the chunk; None takes the task's default.
+        data: None takes the data as the task gives it: arrays stay in memory and batches
+            are gathered in-graph (fast); a `tf.data.Dataset` is streamed. "stream" sends a
+            task's arrays through the same streamed pipeline (to compare the two).
+        jit_compile: XLA-compile the chunk; None takes the task's default (whose None tries
+            XLA and falls back once, recording an `xla_fallback` event, if it cannot compile).
         sinks: callables that get every chunk's rows, in order, on the recorder thread (e.g. a CSV
             writer; training/recorder.py). A sink that raises fails the run.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
@@ -142,7 +147,7 @@ class Trainer:
 
     def __init__(
         self,
-        task: str = "seed",
+        task: "str | Task" = "seed",
         policy: str = "global_norm",
         clip_threshold: float = 1.0,
         learning_rate: float | None = None,
@@ -152,7 +157,7 @@ class Trainer:
         max_steps: int | None = None,
         max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
         window: int = 100_000,
-        data: str = "memory",
+        data: str | None = None,
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
         monitoring: bool = True,
@@ -165,13 +170,13 @@ class Trainer:
         policies.validate_policy_name(policy)
         all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
         all_params[policy] = policies.validate_policy_params(policy, policy_params)
-        if data not in ("memory", "stream"):
-            raise ValueError(f"`data` must be 'memory' or 'stream'. Received: data={data!r}")
+        if data not in (None, "stream"):
+            raise ValueError(f"`data` must be None or 'stream'. Received: data={data!r}")
         self._task = task_spec
         self._data = data
+        # None: try XLA, fall back once if the model does not compile (xla_fallback.py).
         self._jit_compile = task_spec.jit_compile if jit_compile is None else bool(jit_compile)
-        if data == "stream":
-            self._jit_compile = False  # an iterator inside the loop cannot be XLA-compiled
+        self._evaluator = None
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
@@ -179,7 +184,7 @@ class Trainer:
         self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
-            task=task,
+            task=task_spec.name,
             policy=policy,
             clip_threshold=policies.validate_clip_threshold(clip_threshold),
             learning_rate=task_spec.learning_rate
@@ -322,6 +327,11 @@ class Trainer:
     def layer_norms(self, since: int | None = None):
         return self._read("layer_norms", since)
 
+    def evaluations(self):
+        """Validation results: `step, time_s, name, value` (`val_loss`, `val_<metric>`)."""
+        evaluator = self._evaluator
+        return empty_evaluations() if evaluator is None else evaluator.frame()
+
     def events(self):
         store = self._store
         if store is None:
@@ -370,11 +380,11 @@ class Trainer:
         config, task = self._config, self._task
         with _BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
             model = task.build_model(config.seed)
-        optimizer_class = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[task.optimizer]
-        optimizer = optimizer_class(learning_rate=config.learning_rate)
+        optimizer = make_optimizer(task.optimizer, config.learning_rate)
         variables = model.trainable_variables
         optimizer.build(variables)
-        inputs, targets = task.make_data(config.seed)
+        data = task.make_data(config.seed)
+        plugins.check_data_matches_model(task, model, data)
 
         self._model, self._optimizer, self._variables = model, optimizer, variables
         self._variable_names = [_short_name(v) for v in variables]
@@ -397,19 +407,24 @@ class Trainer:
         )
         self._spike = tf.Variable(1.0, dtype=tf.float32, trainable=False)
         self._spike_pending = False
-        if self._data == "memory":
+        if streaming.is_dataset(data) or self._data == "stream":
+            self._iterator = iter(
+                streaming.training_batches(
+                    streaming.as_dataset(data), config.seed, config.batch_size, task.shuffle_buffer
+                )
+            )
+            self._next_batch = lambda step: next(self._iterator)
+            self._jit_compile = False  # the iterator's ops have no XLA kernels
+        else:
+            inputs, targets = data
             self._inputs, self._targets = tf.constant(inputs), tf.constant(targets)
             self._next_batch = self._gather_batch
-        else:
-            dataset = (
-                tf.data.Dataset.from_tensor_slices((inputs, targets))
-                .shuffle(len(inputs), seed=config.seed)
-                .repeat()
-                .batch(config.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE)
+        if task.make_validation_data is not None:
+            validation = task.make_validation_data(config.seed)
+            plugins.check_data_matches_model(task, model, validation, "make_validation_data")
+            self._evaluator = Evaluator(
+                task, model, resolve_loss(task.build_loss), validation, config.batch_size
             )
-            self._iterator = iter(dataset)
-            self._next_batch = lambda step: next(self._iterator)
         self._build_policies()
         self._store_ready.set()
 
@@ -424,7 +439,7 @@ class Trainer:
         self._policy_states = [self._state_variables(policy) for policy in self._policies]
         self._full_step_compile = None  # a compile still running for the old policies is dropped
         if not self._quick_start:
-            self._chunk = tf.function(self._train_chunk, jit_compile=self._jit_compile)
+            self._chunk = self._full_step()
             return
         self._full_step_wanted = True
         self._chunk = self._quick_step()
@@ -439,14 +454,14 @@ class Trainer:
     def _swap_in_full_step(self) -> None:
         """Between two chunks: start compiling the full step, or swap it in once it is ready."""
         if self._full_step_wanted:
-            make_full_step = functools.partial(tf.function, self._train_chunk, jit_compile=self._jit_compile)
-            full_step = make_full_step()
+            full_step = self._full_step()
             # Trace here, between two chunks (0.6-0.9 s): a trace on another thread fights this
-            # one for the GIL. The XLA compile then runs in the background (GIL released).
+            # one for the GIL. The XLA compile then runs in the background (GIL released); if
+            # XLA cannot compile the step, its fallback runs there too (training/xla_fallback.py).
             full_step.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64))
             self._full_step_compile = BackgroundCompile(
                 full_step,
-                make_full_step,
+                self._full_step,
                 lambda: (tf.constant(0, tf.int32), tf.constant(self._steps_done, tf.int64)),
             )
             self._full_step_wanted = False
@@ -458,6 +473,18 @@ class Trainer:
         self._chunk = compile_job.function
         self._full_step_compile = None
         self._set_status(compiling=False)
+
+    def _full_step(self):
+        """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
+        return FallbackFunction(self._train_chunk, self._jit_compile, self._on_xla_fallback, self._drop_xla)
+
+    def _drop_xla(self) -> None:
+        self._jit_compile = False
+
+    def _on_xla_fallback(self, reason: str) -> None:
+        self._record("xla_fallback", "xla", reason)
+        # One of the persistent cache's entries may be what failed: the next run compiles afresh.
+        xla_cache.recover()
 
     def _state_variables(self, policy) -> tuple:
         return tuple(tf.Variable(value, trainable=False) for value in policy.init(self._variables))
@@ -484,7 +511,7 @@ class Trainer:
         if only_policy is None:
             self._trace_count += 1  # Python side effect: runs once per trace of the full step
         model, optimizer, variables = self._model, self._optimizer, self._variables
-        loss_function = self._task.build_loss()
+        loss_function = resolve_loss(self._task.build_loss)
         settings = policies.ClipSettings(
             self._clip_threshold.read_value(),
             self._percentile.read_value(),
@@ -493,7 +520,7 @@ class Trainer:
         )
         states = tuple(tuple(v.read_value() for v in state) for state in self._policy_states)
         policy_index = self._policy_index.read_value()
-        buffer_size = MAX_CHUNK_STEPS if self._jit_compile and only_policy is None else num_steps
+        buffer_size = num_steps if self._jit_compile is False or only_policy is not None else MAX_CHUNK_STEPS
         buffers = {
             # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper
             # to stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
@@ -588,6 +615,7 @@ class Trainer:
             step = self._steps_done
             max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
             if max_steps is not None and step >= max_steps:
+                self._evaluate(step)  # once at the end
                 self._record("finished", None, step)
                 return "stopped", None
             steps = chunk_steps
@@ -599,6 +627,8 @@ class Trainer:
                 steps = min(steps, max(1, int(pace * 0.1), behind))
             if max_steps is not None:
                 steps = min(steps, max_steps - step)
+            if self._evaluator is not None:  # a chunk ends exactly where an evaluation is due
+                steps = min(steps, self._evaluator.steps_until_due(step))
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
@@ -632,6 +662,8 @@ class Trainer:
             first_time, first_step = window[0] if len(window) > 1 else (started, step)
             speed = (step + steps - first_step) / max(now - first_time, 1e-9)
 
+            if self._evaluator is not None and self._evaluator.due(step, step + steps):
+                self._evaluate(step + steps)
             finite = rows["finite"]
             nonfinite_total += int((~finite).sum())
             longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
@@ -677,6 +709,13 @@ class Trainer:
     def _publish_recorded(self, rows: dict[str, np.ndarray]) -> None:
         """The recorder's last consumer: every sink has the chunk, so `status.step` may show it."""
         self._set_status(step=int(rows["step"][-1]))
+
+    def _evaluate(self, step: int) -> None:
+        if self._evaluator is None:
+            return
+        rows = self._evaluator.evaluate(step)
+        if self._writer is not None and rows:
+            self._writer.evaluations(rows)
 
     def _record(self, kind: str, old: Any, new: Any) -> None:
         if self._store is not None:
@@ -754,7 +793,7 @@ class Trainer:
 
 
 def trainer_from_settings(
-    task: str,
+    task: "str | Task",
     policy: str,
     clip_threshold: float,
     learning_rate: float | None = None,

@@ -8,8 +8,10 @@ process; tracing still runs). The folder is `runs/xla-cache/<TensorFlow version>
 next to the run database, so an entry from another TensorFlow build is never looked up.
 
 A corrupt entry (a crash mid-write, a racing writer) makes TensorFlow's compile fail with
-`DataLossError` or `OutOfRangeError`. `recover(error)` deletes the cache's entries so that a
-retry with a fresh trace compiles from scratch: a bad entry costs one compile, never a run.
+`DataLossError` or `OutOfRangeError`. `recover()` deletes the cache's entries: a step forced to
+XLA retries with a fresh trace (training/step_compiler.py); a step that only tries XLA falls
+back to the plain graph for that run (training/xla_fallback.py) and the next run compiles
+afresh. A bad entry costs a compile, never a run.
 
 Environment:
     CLIPWATCH_XLA_CACHE: the cache folder, or "off" (default: next to the run database).
@@ -69,9 +71,9 @@ def active_folder() -> Path | None:
     return _active
 
 
-def recover(error: BaseException) -> bool:
-    """After a failed XLA compile: if a persistent cache is in use, delete its entries (one of
-    them may be corrupt) and return True, meaning "retry with a fresh trace"."""
+def recover(error: BaseException | None = None) -> bool:
+    """After a failed XLA compile (`error`, if known): if a persistent cache is in use, delete its
+    entries (one of them may be corrupt) and return True, meaning "retry with a fresh trace"."""
     if _active is None:
         return False
     removed = False
