@@ -45,6 +45,7 @@ class Recorder:
         self._consumers = tuple(consumers)
         self._pending: queue.Queue = queue.Queue(maxsize=MAX_PENDING_CHUNKS)
         self.error: BaseException | None = None  # the first consumer failure; the run then fails
+        self.closed = False  # every submitted chunk is filed and the thread has ended
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -64,6 +65,7 @@ class Recorder:
         if self._thread.is_alive():
             self._pending.put(_CLOSE)
             self._thread.join()
+        self.closed = True
 
     def _run(self) -> None:
         while True:

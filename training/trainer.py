@@ -211,9 +211,11 @@ class Trainer:
         self._full_step_compile: BackgroundCompile | None = None
         self._full_step_wanted = False
         self._quick_start = bool(quick_start)
-        # Steps the training thread has run. `status.step` counts steps *recorded* (in the store)
-        # when monitoring, so a reader that sees step N also finds step N in `metrics()`.
-        self._steps_done = 0
+        self._steps_done = 0  # steps the training thread has run (status.step shows them)
+        # The last step the recorder thread has filed: `metrics()` waits until it reaches the
+        # `status.step` it was called at, so a reader that saw step N finds step N.
+        self._recorded_step = 0
+        self._recorded = threading.Condition()
         self._recorder: Recorder | None = None
         _LIVE_TRAINERS.add(self)
 
@@ -308,7 +310,7 @@ class Trainer:
     def wait_until_ready(self, timeout: float = 60.0) -> bool:
         return self._store_ready.wait(timeout)
 
-    def wait_until_compiled(self, timeout: float = 120.0) -> bool:
+    def wait_until_compiled(self, timeout: float = 300.0) -> bool:
         """Wait until the run trains on its full step (every policy, XLA), or, if it ended
         before swapping it in, until that step's compile is over; True unless timed out."""
         deadline = time.monotonic() + timeout
@@ -347,7 +349,18 @@ class Trainer:
 
             columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
             return pd.DataFrame(columns=columns)
+        self._wait_until_recorded(self._status.step)
         return getattr(store, what)(since)
+
+    def _wait_until_recorded(self, step: int, timeout: float = 10.0) -> None:
+        """Until the recorder has filed `step` (a chunk or two behind the training thread)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        with self._recorded:
+            self._recorded.wait_for(
+                lambda: self._recorded_step >= step or recorder.error is not None or recorder.closed, timeout
+            )
 
     # --- the training thread ---------------------------------------------------------------------
 
@@ -368,6 +381,8 @@ class Trainer:
         self._store_ready.set()
         if self._recorder is not None:
             self._recorder.close()  # every step is in the store, the writer's queue and the sinks
+            with self._recorded:
+                self._recorded.notify_all()
             if self._recorder.error is not None and state != "failed":
                 state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
         if self._writer is not None:
@@ -668,9 +683,8 @@ class Trainer:
             nonfinite_total += int((~finite).sum())
             longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
             self._steps_done = step + steps
-            if not self._monitoring:
-                self._set_status(step=self._steps_done)  # else the recorder publishes it
             self._set_status(
+                step=self._steps_done,
                 steps_per_second=speed,
                 nonfinite_steps=nonfinite_total,
                 trace_count=self._trace_count,
@@ -707,8 +721,10 @@ class Trainer:
         return rows
 
     def _publish_recorded(self, rows: dict[str, np.ndarray]) -> None:
-        """The recorder's last consumer: every sink has the chunk, so `status.step` may show it."""
-        self._set_status(step=int(rows["step"][-1]))
+        """The recorder's last consumer: every sink has the chunk, so `metrics()` may return it."""
+        with self._recorded:
+            self._recorded_step = int(rows["step"][-1])
+            self._recorded.notify_all()
 
     def _evaluate(self, step: int) -> None:
         if self._evaluator is None:
