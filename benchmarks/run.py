@@ -10,7 +10,10 @@ from typing import Callable
 
 from benchmarks import report
 
-SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard", "char_lstm", "attach")
+SECTIONS = (
+    "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
+    "startup", "viewers", "long_run", "attach",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Budget:
     attach_latency_trials: int = 20
     char_lstm_repeats: int = 5
     char_lstm_window_seconds: float = 4.0  # ~100 ms steps: tens of steps per window
+    startup_rounds: int = 2  # fresh processes per case and variant (benchmarks/startup.py)
+    recording_repeats: int = 5
+    recording_window_seconds: float = 3.0
+    viewer_tabs: int = 10
+    viewer_seconds: float = 30.0  # each phase: one tab, then all tabs twice
+    long_run_steps: int = 5_000_000
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -53,11 +62,26 @@ QUICK = dataclasses.replace(
     persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
     attach_repeats=2, attach_window_seconds=0.5, attach_latency_trials=6,
     char_lstm_repeats=1, char_lstm_window_seconds=2.0,
+    startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
+    long_run_steps=500_000,
 )  # fmt: skip
 
 
-def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
+def default_sections(budget: Budget, browser: bool = True) -> tuple[tuple[str, ...], list[str]]:
     """The sections to run when none are named, and a note for each one left out."""
+    import os
+
+    from benchmarks.browser import CHROMIUM
+
+    sections, notes = _sections_for_budget(budget)
+    if not browser or not os.path.exists(CHROMIUM):
+        sections = tuple(section for section in sections if section != "viewers")
+        why = "--no-browser" if not browser else f"{CHROMIUM} is missing"
+        notes = [*notes, f"the browser section (viewers) is left out: {why}"]
+    return sections, notes
+
+
+def _sections_for_budget(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
     from training.tasks import get_task
 
     if budget.heavy_even_if_xla:
@@ -76,13 +100,17 @@ def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
 
 
 def run_benchmark(
-    budget: Budget, sections=None, log: Callable[[str], None] = print, notes: list[str] | None = None
+    budget: Budget,
+    sections=None,
+    log: Callable[[str], None] = print,
+    notes: list[str] | None = None,
+    browser: bool = True,
 ) -> dict:
     """Run `sections` (a subset of SECTIONS; None: the budget's default) and return the results,
     targets included."""
     if sections is None:
-        sections, notes = default_sections(budget)
-    from benchmarks import attach_cost, control, dashboard_cost, persistence_cost, throughput
+        sections, notes = default_sections(budget, browser)
+    from benchmarks import attach_cost, control, dashboard_cost, long_run, persistence_cost, recording, startup, throughput, viewers
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -125,6 +153,12 @@ def run_benchmark(
             budget.persistence_repeats, budget.persistence_window_seconds, budget.warm_up_seconds, log,
             min_chunks=budget.min_chunks,
         )
+    if "recording" in sections:
+        log("recording every step: CSV + run database vs in memory")
+        results["recording"] = recording.run_recording(
+            budget.recording_repeats, budget.recording_window_seconds, budget.warm_up_seconds, log,
+            min_chunks=budget.min_chunks,
+        )
     if "control" in sections:
         log("control latency and traces")
         results["control"] = control.run_control(budget.latency_trials, budget.warm_up_seconds, log)
@@ -138,6 +172,15 @@ def run_benchmark(
     if "dashboard" in sections:
         log("dashboard cost")
         results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
+    if "startup" in sections:
+        log("startup: Start -> first step in fresh processes")
+        results["startup"] = startup.run_startup(budget.startup_rounds, log)
+    if "viewers" in sections:
+        log(f"viewers: the page in Chromium, 1 and {budget.viewer_tabs} tabs")
+        results["viewers"] = viewers.run_viewers(budget.viewer_tabs, budget.viewer_seconds, log)
+    if "long_run" in sections:
+        log(f"long run: seed, {budget.long_run_steps:,} steps with a run database")
+        results["long_run"] = long_run.run_long(budget.long_run_steps, log)
     if "attach" in sections:
         log("attaching to fit: LiveClipping vs Keras' own clipping")
         results["attach"] = attach_cost.run_attach_section(
