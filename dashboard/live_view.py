@@ -151,6 +151,10 @@ def _headline(snapshot: RunSnapshot) -> None:
         ),
         ("Threshold", threshold, threshold_help),
     )
+    validation = charts.latest_validation(snapshot.evaluations)
+    if "val_loss" in validation:  # only for tasks with validation data
+        cells += (("Val loss", panels.number(validation["val_loss"]),
+                   "Loss on the task's validation data at the last evaluation."),)  # fmt: skip
     for column, (label, value, help_text) in zip(st.columns(len(cells)), cells):
         column.metric(label, value, help=help_text, border=True)
 
@@ -229,7 +233,7 @@ def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
         else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
         "largest norm, so spikes stay visible"
     )
-    run = panels.run_figures(view, snapshot.layer_view, snapshot.events, log_scale, ghosts)
+    run = panels.run_figures(view, snapshot.layer_view, snapshot.events, log_scale, ghosts, snapshot.evaluations)
     return _Figures(
         gradient_norm=run["Gradient norm"],
         loss=run["Loss and commands"],
@@ -247,7 +251,7 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
     panels.panel_rows((
         (("gradient_norm_panel", "Gradient norm",
           f"Before and after clipping, with the threshold and clip events ({resolution}).", figures.gradient_norm),),
-        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule.", figures.loss),
+        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule; the validation loss dashed red, when the task has validation data.", figures.loss),
          ("clip_rate_panel", "Clip rate",
           f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures.clip_rate)),
         (("layer_panel", "Gradient norm per layer",
@@ -295,6 +299,9 @@ def _write_warning(snapshot: RunSnapshot) -> None:
     status = snapshot.status
     if status is not None and status.warning:
         st.warning(status.warning, icon=":material/warning:")
+    events = snapshot.events
+    for reason in events.loc[events["kind"] == "xla_fallback", "new"] if len(events) else ():
+        st.warning(f"Running without XLA: {reason}", icon=":material/warning:")
 
 
 # --- the live run's advisor and exports ----------------------------------------------------------
@@ -334,7 +341,7 @@ def _live_tools(manager: RunManager) -> None:
     def figures() -> dict:
         snapshot = manager.snapshot()
         return panels.run_figures(
-            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts
+            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts, snapshot.evaluations
         )
 
     with st.expander("Export", icon=":material/download:"):
@@ -384,6 +391,7 @@ def _live_report(manager: RunManager, figures: dict) -> str:
             "Final loss": numbers.loss,
             "Clip rate (whole run)": clipped / steps if steps else None,
             "Non-finite steps": status.nonfinite_steps,
+            **charts.latest_validation(snapshot.evaluations),  # val_loss, val_<metric>
             "Error": status.error or "",
         },
         charts=figures,

@@ -149,3 +149,23 @@ def test_check_task_builds_once_and_names_the_failing_line(tmp_path):
     )
     with pytest.raises(PluginError, match=r"failing\.py, line 18: OSError: data folder missing"):
         plugins.check_task(load_task(str(write_plugin(tmp_path, "failing.py", failing))))
+
+
+def test_the_catalogue_lists_built_ins_then_plugins_and_broken_files_with_their_error(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    write_plugin(first, "mine.py", name="tiny_mine")
+    write_plugin(second, "same_name.py", name="tiny_mine")
+    write_plugin(second, "broken.py", "import no_such_module_for_clipwatch\n")
+    monkeypatch.setenv("CLIPWATCH_TASKS", os.pathsep.join([str(first), str(second)]))
+    catalogue = plugins.task_catalogue()
+    labels = list(catalogue)
+    assert labels[:3] == ["seed", "exploding_rnn", "digits"]
+    assert {"tiny_mine", "char_lstm", "transformer_reverse", "broken.py (cannot be used)",
+            "same_name.py (cannot be used)"} <= set(labels)  # fmt: skip
+    assert catalogue["tiny_mine"].task.source == str((first / "mine.py").resolve())
+    assert get_task("tiny_mine").source == str((first / "mine.py").resolve())  # the first folder wins
+    assert "is taken by" in catalogue["same_name.py (cannot be used)"].error
+    broken = catalogue["broken.py (cannot be used)"]
+    assert broken.task is None and "line 1: ModuleNotFoundError" in broken.error
+    assert catalogue["char_lstm"].description.startswith("Char-level LSTM")

@@ -313,7 +313,7 @@ class RunWriter:
     def evaluations(self, rows: list[tuple[int, float, str, float]]) -> None:
         """Queue validation results `(step, time_s, name, value)`."""
         for row in rows:
-            self._queue.put(("evaluation", (self.run_id, *row), None))
+            self._queue.put(("evaluation", (self.run_id, *row)))
 
     def finish(self, state: str, error: str | None = None, timeout: float = 5.0) -> None:
         """Write what is queued, record the final state, and end the writer thread."""
@@ -359,7 +359,7 @@ class RunWriter:
         connection.execute("BEGIN")
         try:
             self._write(connection, chunks, event_rows, finished)
-            evaluation_rows = [payload for kind, payload, _ in pending if kind == "evaluation"]
+            evaluation_rows = [payload for kind, payload in pending if kind == "evaluation"]
             connection.executemany(
                 "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
                 evaluation_rows,
