@@ -476,6 +476,53 @@ def event_rules_frame(events: pd.DataFrame, limit: int = MAX_EVENT_RULES) -> pd.
     )
 
 
+def loss_frame(view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS) -> pd.DataFrame:
+    """The loss chart's rows: step, steps, loss (mean per point)."""
+    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
+    loss = finite(data["loss"])
+    return pd.DataFrame(
+        {
+            "step": data["step"].astype(np.int64),
+            "steps": data["steps"].astype(np.int64),
+            "loss": _positive(loss) if log_scale else loss,
+        }
+    )
+
+
+def event_labels_frame(rules: pd.DataFrame) -> pd.DataFrame:
+    """One label per step: commands taken at the same step (pause, resume) share it."""
+    return rules.groupby("step", sort=True).agg(
+        label=("label", " · ".join), group=("group", "last")
+    ).reset_index()
+
+
+def clip_rate_frame(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW, max_points: int = LINE_POINTS) -> pd.DataFrame:
+    """The clip-rate chart's rows: the rolling clip rate merged into at most `max_points` spans."""
+    rate = rolling_clip_rate(view, window)
+    if len(view):
+        rate["steps"] = view["steps"].to_numpy(np.int64)
+    return even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
+
+
+def histogram_lines(
+    clip_threshold: float | None, suggested_threshold: float | None, threshold_label: str = "threshold"
+) -> list[tuple[str, float, str, list[int]]]:
+    """The histogram's vertical lines: (legend name, value, colour, dash) of each drawable one."""
+    return [
+        (f"{name} {value:.3g}", float(value), color, dash)
+        for value, name, color, dash in (
+            (clip_threshold, threshold_label, COLORS["threshold"], [1, 0]),
+            (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
+        )
+        if value is not None and math.isfinite(value) and value > 0
+    ]
+
+
+def histogram_lines_frame(drawn: list[tuple[str, float, str, list[int]]]) -> pd.DataFrame:
+    """The rows of the histogram's lines (from `histogram_lines`): line, value."""
+    return pd.DataFrame({"line": [line[0] for line in drawn], "value": [line[1] for line in drawn]})
+
+
 # --- charts ----------------------------------------------------------------------------------
 
 
@@ -587,15 +634,7 @@ def loss_chart(
 ) -> alt.LayerChart:
     """Loss (mean per point) with every command drawn as a labelled vertical rule, and the
     validation loss (`evaluations` rows named `val_loss`) as a dotted line beside it."""
-    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
-    loss = finite(data["loss"])
-    frame = pd.DataFrame(
-        {
-            "step": data["step"].astype(np.int64),
-            "steps": data["steps"].astype(np.int64),
-            "loss": _positive(loss) if log_scale else loss,
-        }
-    )
+    frame = loss_frame(view, log_scale, max_points)
     line = (
         alt.Chart(frame)
         .transform_filter("isValid(datum.loss)")
@@ -631,10 +670,7 @@ def loss_chart(
         .mark_rule(strokeDash=[4, 3], strokeWidth=1.5)
         .encode(x=alt.X("step:Q"), color=color, tooltip=event_tooltip)
     )
-    # One label per step: commands taken at the same step (pause, resume) share it.
-    labels = rules.groupby("step", sort=True).agg(
-        label=("label", " · ".join), group=("group", "last")
-    ).reset_index()
+    labels = event_labels_frame(rules)
     label = (
         alt.Chart(labels)
         .mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-3, fontSize=10)
@@ -671,10 +707,7 @@ def clip_rate_chart(
     height: int = 260,
 ) -> alt.Chart:
     """Share of clipped steps over a rolling window of `window` steps (mean per point)."""
-    rate = rolling_clip_rate(view, window)
-    if len(view):
-        rate["steps"] = view["steps"].to_numpy(np.int64)
-    data = even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
+    data = clip_rate_frame(view, window, max_points)
     return (
         alt.Chart(data)
         .mark_area(
@@ -758,17 +791,10 @@ def gradient_norm_histogram(
             ],
         )
     )
-    drawn = [
-        (f"{name} {value:.3g}", float(value), color, dash)
-        for value, name, color, dash in (
-            (clip_threshold, threshold_label, COLORS["threshold"], [1, 0]),
-            (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
-        )
-        if value is not None and math.isfinite(value) and value > 0
-    ]
+    drawn = histogram_lines(clip_threshold, suggested_threshold, threshold_label)
     if not drawn:
         return alt.layer(bars).properties(height=height)
-    lines = pd.DataFrame({"line": [line[0] for line in drawn], "value": [line[1] for line in drawn]})
+    lines = histogram_lines_frame(drawn)
     # A legend names the lines (labels on the plot would collide with each other and the bars).
     names = [line[0] for line in drawn]
     rules = (

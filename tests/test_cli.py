@@ -130,3 +130,43 @@ def test_cli_a_broken_plugin_exits_2_with_one_message(tmp_path, source, message)
     last_line = result.stderr.strip().splitlines()[-1]
     assert re.search(message, last_line), last_line
     assert "Traceback" not in result.stderr
+
+
+def test_csv_sink_writes_what_csv_writer_writes():
+    """The sink joins its lines itself (half the cost): the text must be csv.writer's, float32
+    values in their shortest round-trip form."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from training.cli import CsvSink
+    from training.policies import POLICY_NAMES
+
+    rows = {
+        "step": np.array([1, 2, 3], np.int64),
+        "time_s": np.array([1.7e9 + 0.125, 1.7e9 + 1 / 3, 1e-5]),
+        "loss": np.array([0.2, np.nan, np.inf], np.float32),
+        "grad_norm": np.array([1e30, 1e-30, -0.0], np.float32),
+        "clipped_grad_norm": np.array([1.0, 0.3, 7.5], np.float32),
+        "clip_threshold": np.array([0.2, 0.2, np.inf], np.float32),
+        "clipped": np.array([True, False, True]),
+        "finite": np.array([True, False, False]),
+        "learning_rate": np.array([0.01, 0.01, 0.003], np.float32),
+        "policy": np.array([0, 1, 6], np.int8),
+    }
+    ours = io.StringIO()
+    CsvSink(ours)(rows)
+    reference = io.StringIO()
+    writer = csv.writer(reference)
+    writer.writerow(COLUMNS)
+    for index in range(3):
+        writer.writerow(
+            [
+                POLICY_NAMES[rows[name][index]] if name == "policy"
+                else str(rows[name][index]) if rows[name].dtype == np.float32
+                else rows[name][index].item()
+                for name in COLUMNS
+            ]
+        )  # fmt: skip
+    assert ours.getvalue() == reference.getvalue()

@@ -71,26 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class CsvSink:
-    """Streams every chunk's rows to a CSV file (runs in the training thread)."""
+    """Streams every chunk's rows to a CSV file (on the trainer's recorder thread, off the training one)."""
 
     COLUMNS = list(STEP_COLUMNS)
 
     def __init__(self, stream: IO[str]):
         self._stream = stream
-        self._writer = csv.writer(stream)
-        self._writer.writerow(self.COLUMNS)
+        csv.writer(stream).writerow(self.COLUMNS)
+        self._policy_names = np.array(POLICY_NAMES)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> None:
-        policy_names = np.array(POLICY_NAMES)
+        # The same text csv.writer writes (no value needs quoting), joined here: formatting
+        # columns with numpy and joining lines cost half of csv.writer.writerows (13 vs 26 us per
+        # row under load), most of what is left being float32's shortest round-trip text.
         columns = []
         for name in self.COLUMNS:
             values = rows[name]
             if name == "policy":
-                values = policy_names[values]
-            elif values.dtype == np.float32:
-                values = values.astype(str)  # shortest round-trip text, not float32 noise
-            columns.append(values.tolist())
-        self._writer.writerows(zip(*columns))
+                text = self._policy_names[values].tolist()
+            elif values.dtype == np.bool_:
+                text = np.where(values, "True", "False").tolist()
+            elif values.dtype == np.float64:
+                text = [repr(value) for value in values.tolist()]  # as csv.writer: repr
+            else:
+                text = values.astype(str).tolist()  # float32: shortest round-trip, not noise
+            columns.append(text)
+        self._stream.write("".join(line + "\r\n" for line in map(",".join, zip(*columns))))
         self._stream.flush()
 
 

@@ -42,6 +42,11 @@ class FallbackFunction:
         self.uses_xla = jit_compile is not False
         self._function = tf.function(python_function, jit_compile=self.uses_xla)
 
+    def get_concrete_function(self, *signature: Any):
+        """Trace now, for `signature` (tensor specs), without running (the trainer traces the
+        full step on its own thread and lets another thread's first call compile it)."""
+        return self._function.get_concrete_function(*signature)
+
     def __call__(self, *args: Any) -> Any:
         if not self.trying_xla:
             return self._function(*args)
