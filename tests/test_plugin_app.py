@@ -4,25 +4,21 @@ plug-in with validation data draws its validation loss; an XLA fallback shows as
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 from support import TINY_PLUGIN, wait_until, write_plugin
+from test_app import app, manager  # noqa: F401  (the page, and a fresh shared run, as there)
 from test_xla_fallback import NO_XLA_MODEL
 
-from dashboard.run_manager import RunManager, get_run_manager
-
-APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
 VALIDATED = TINY_PLUGIN.format(name="tiny_validated").replace(
     "clip_threshold=0.5)", "clip_threshold=0.5,\n            make_validation_data=make_data, evaluation_interval=50)"
 )
 WIDE = TINY_PLUGIN.format(name="tiny_wide").replace("keras.Input((4,))", "keras.Input((5,))")
 
 
-@pytest.fixture
-def manager(tmp_path, monkeypatch) -> RunManager:
+@pytest.fixture(autouse=True)
+def plugin_folder(tmp_path, monkeypatch):
+    """The plug-ins the page finds (set before test_app's `manager` and `app` fixtures run)."""
     folder = tmp_path / "plugins"
     folder.mkdir()
     write_plugin(folder, "validated.py", VALIDATED)
@@ -30,16 +26,7 @@ def manager(tmp_path, monkeypatch) -> RunManager:
     write_plugin(folder, "no_xla.py", NO_XLA_MODEL)
     write_plugin(folder, "broken.py", "import os\nimport no_such_module_for_clipwatch\n")
     monkeypatch.setenv("CLIPWATCH_TASKS", str(folder))
-    st.cache_resource.clear()
-    manager = get_run_manager()
-    yield manager
-    manager.stop()
-    st.cache_resource.clear()
-
-
-@pytest.fixture
-def app(manager) -> AppTest:
-    return AppTest.from_file(APP, default_timeout=120).run()
+    return folder
 
 
 def task_select(at: AppTest):
