@@ -89,7 +89,7 @@ def _sections_for_budget(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
     # The LSTM's steps take ~100 ms on 2 shared cores: a quick run leaves it out (issue #9).
     sections = tuple(section for section in SECTIONS if section != "char_lstm")
     notes = ["the character LSTM is left out of a quick run; add it with --sections char_lstm"]
-    if not get_task(budget.heavy_task).jit_compile:
+    if get_task(budget.heavy_task).jit_compile is False:  # None tries XLA first: counts as XLA
         return sections, notes
     note = (
         f"the heavier task ({budget.heavy_task}) is left out of a {budget.name} run: it XLA-compiles, "

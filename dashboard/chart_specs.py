@@ -130,15 +130,28 @@ def gradient_norm_spec(view: pd.DataFrame, log_scale: bool = False, max_points: 
     )
 
 
-def loss_spec(view: pd.DataFrame, events: pd.DataFrame, log_scale: bool = False, max_points: int = charts.LINE_POINTS, height: int = 260) -> dict:
+def loss_spec(
+    view: pd.DataFrame,
+    events: pd.DataFrame,
+    log_scale: bool = False,
+    max_points: int = charts.LINE_POINTS,
+    height: int = 260,
+    evaluations: pd.DataFrame | None = None,
+) -> dict:
     """`charts.loss_chart(...)` as a Vega-Lite dict."""
     frame = charts.loss_frame(view, log_scale, max_points)
+    validation = charts.validation_loss_frame(evaluations)
+    if log_scale and len(validation):
+        validation["val_loss"] = charts._positive(validation["val_loss"].to_numpy())
     rules = charts.event_rules_frame(events)
-    frames = [frame] if len(rules) == 0 else [frame, rules, charts.event_labels_frame(rules)]
+    frames = [frame] + ([validation] if len(validation) else [])
+    frames += [] if len(rules) == 0 else [rules, charts.event_labels_frame(rules)]
     domain = _step_domain(frame["step"])
     return _filled(
-        ("loss", log_scale, height, domain is None, len(frames)),
-        lambda: charts.loss_chart(view, events, log_scale=log_scale, max_points=max_points, height=height),
+        ("loss", log_scale, height, domain is None, len(frames), len(validation) > 0),
+        lambda: charts.loss_chart(
+            view, events, log_scale=log_scale, max_points=max_points, height=height, evaluations=evaluations
+        ),
         frames,
         domain,
     )
@@ -157,12 +170,13 @@ def clip_rate_spec(view: pd.DataFrame, window: int = charts.CLIP_RATE_WINDOW, ma
 
 
 def layer_norm_spec(layer_view: pd.DataFrame, max_points: int = charts.MAX_POINTS, row_height: int = 36) -> dict:
-    """`charts.layer_norm_chart(...)` as a Vega-Lite dict."""
-    data = charts.layer_norm_frame(layer_view, max_points)
-    layers = tuple(column for column in layer_view.columns if column != "step")
+    """`charts.layer_norm_chart(...)` as a Vega-Lite dict (grouped by layer as it groups)."""
+    grouped, note = charts.group_layer_view(layer_view)
+    data = charts.layer_norm_frame(grouped, max_points)
+    layers = tuple(column for column in grouped.columns if column != "step")
     domain = _step_domain(data["step"], end=data["step_end"].max() if len(data) else None)
     return _filled(
-        ("layer_norm", layers, row_height, domain is None),
+        ("layer_norm", layers, row_height, domain is None, note),
         lambda: charts.layer_norm_chart(layer_view, max_points=max_points, row_height=row_height),
         [data],
         domain,

@@ -362,6 +362,7 @@ def runs_config_table(infos: Sequence[Mapping[str, Any]], names: Sequence[str] |
                 "Seed": int(info.get("seed") if info.get("seed") is not None else config.get("seed", 0)),
                 "Steps": int(info.get("steps") or 0),
                 "Final loss": _number(info.get("final_loss")),
+                "Final val loss": _number(info.get("val_loss")),  # the last evaluation, if any
                 "Clip rate": _number(info.get("clip_rate")),
                 "State": str(info.get("state", "")),
             }

@@ -18,7 +18,8 @@ import streamlit as st
 from dashboard.live_run import RunSettings
 from dashboard.run_manager import RunManager
 from training.policies import POLICY_NAMES, POLICY_PARAMETERS, validate_clip_threshold, validate_policy_params
-from training.tasks import TASK_NAMES, TASKS
+from training.plugins import PluginError, check_task_once, task_catalogue
+from training.tasks import TASKS, get_task
 from training.trainer import validate_learning_rate
 
 REFRESH_SECONDS = 1.0  # how often a timed view redraws while something trains
@@ -245,9 +246,23 @@ def _on_control(name: str, key: str, live: Callable[[], bool], send: Callable[[A
     _command(name, key, lambda value: send_or_check(live(), send, check, value))
 
 
+def _use_task(label: str) -> None:
+    """Accept a Task option, or refuse it with the plug-in's one-line message (`PluginError`).
+
+    Only options of the catalogue (built-in tasks and plug-ins found in `CLIPWATCH_TASKS` and
+    examples/tasks/) are ever imported: the page never imports a path a visitor names.
+    """
+    entry = task_catalogue().get(label)
+    if entry is None:
+        raise ValueError(f"Unknown task {label!r}. Valid tasks: {', '.join(task_catalogue())}")
+    if entry.error:
+        raise PluginError(entry.error)
+    check_task_once(entry.task)  # a plug-in's model and data, built once to see that they fit
+
+
 def _on_task(manager: RunManager, key: str) -> None:
-    _command(TASK, key, lambda task: None)
-    task = TASKS[control_value(TASK)]
+    _command(TASK, key, _use_task)
+    task = get_task(control_value(TASK))
     if not manager.is_active:  # the next run starts from the task's own defaults
         show_value(CLIP_THRESHOLD, float(task.clip_threshold))
         show_value(LEARNING_RATE, float(task.learning_rate))
@@ -349,11 +364,18 @@ def _choice(manager: RunManager, name: str, label: str, options, on_change, help
 def _run_controls(manager: RunManager) -> None:
     active, state = manager.is_active, manager.state
     st.header("Run", anchor=False)
+    catalogue = task_catalogue()
+    options = list(catalogue)
+    if control_value(TASK) not in catalogue:  # a plug-in whose file went away since
+        options.append(control_value(TASK))
     task = _choice(
-        manager, TASK, "Task", TASK_NAMES, _on_task, "The model and data to train. Takes effect at the next Start."
-    )
+        manager, TASK, "Task", options, _on_task,
+        "The model and data to train: the built-in tasks and the plug-ins in CLIPWATCH_TASKS "
+        "and examples/tasks/. Takes effect at the next Start.",
+    )  # fmt: skip
     next_run = " Applies at the next Start." if active and task != manager.settings.task else ""
-    st.caption(TASKS[task].description + "." + next_run)
+    entry = catalogue.get(task)
+    st.caption((entry.description if entry is not None else "") + "." + next_run)
     show_error(TASK)
 
     policy = _choice(

@@ -137,6 +137,9 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
         ("Clip rate", panels.number(info["clip_rate"], "{:.1%}")),
         ("Non-finite", f"{recorded.nonfinite_steps:,}"),
     )
+    validation = charts.latest_validation(recorded.evaluations)
+    if "val_loss" in validation:
+        cells += (("Val loss", panels.number(validation["val_loss"])),)
     for column, (label, value) in zip(st.columns(len(cells)), cells):
         column.metric(label, value, border=True)
 
@@ -162,7 +165,7 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
 
     def build_figures() -> dict:
         return panels.run_figures(
-            recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts
+            recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts, recorded.evaluations
         )
 
     if len(recorded.metrics_view) == 0:
@@ -279,6 +282,7 @@ def recorded_report(recorded: RecordedRun, figures) -> str:
             "Clip rate": info["clip_rate"],
             "Non-finite steps": recorded.nonfinite_steps,
             "Clip threshold at the end": recorded.clip_threshold,
+            **charts.latest_validation(recorded.evaluations),  # val_loss, val_<metric>
             "Error": info.get("error") or "",
         },
         charts=figures,
@@ -329,17 +333,27 @@ def render_compare(manager: RunManager) -> None:
     log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
     figures = {
         "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale),
-        "Loss": comparison.runs_loss_chart(long, log_scale=log_scale),
+        "Loss": comparison.runs_loss_chart(
+            long, log_scale=log_scale,
+            validation=comparison.runs_validation_frame(
+                {name: run.evaluations for name, run in zip(names, recorded)}
+            ),
+        ),  # fmt: skip
         "Clip rate": comparison.runs_clip_rate_chart(long),
     }
     panels.panel_rows((
         (("compare_gradient_norm_panel", "Gradient norm before clipping",
           "The largest norm per point, with each run's threshold dashed in its colour.", figures["Gradient norm"]),),
-        (("compare_loss_panel", "Loss", "Mean loss per point.", figures["Loss"]),
+        (("compare_loss_panel", "Loss", "Mean loss per point; validation loss dashed, where a run has it.",
+          figures["Loss"]),
          ("compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
           figures["Clip rate"])),
     ))  # fmt: skip
-    infos = [{**run.info, "nonfinite_steps": run.nonfinite_steps} for run in recorded]
+    infos = [
+        {**run.info, "nonfinite_steps": run.nonfinite_steps,
+         "val_loss": charts.latest_validation(run.evaluations).get("val_loss")}
+        for run in recorded
+    ]  # fmt: skip
     table = comparison.runs_config_table(infos, names)
     with panels.panel("compare_table_panel", "Configs and final numbers", "One row per run."):
         st.dataframe(
@@ -350,6 +364,7 @@ def render_compare(manager: RunManager) -> None:
                 "Threshold": st.column_config.NumberColumn(format="%.4g"),
                 "Learning rate": st.column_config.NumberColumn(format="%.4g"),
                 "Final loss": st.column_config.NumberColumn(format="%.4g"),
+                "Final val loss": st.column_config.NumberColumn(format="%.4g"),
                 "Clip rate": st.column_config.NumberColumn(format="percent"),
             },
         )

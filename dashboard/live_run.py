@@ -20,6 +20,7 @@ from dashboard.run_library import ADVISOR_STEPS, Advice, advise
 from training import Trainer, TrainerStatus
 from training.persistence import RunDatabase
 from training.policies import validate_policy_params
+from training.evaluation import EVALUATION_COLUMNS
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, VIEW_COLUMNS
 from training.trainer import trainer_from_settings
 
@@ -56,6 +57,7 @@ class RunSnapshot:
     layer_view: pd.DataFrame
     recent: pd.DataFrame  # the newest raw rows (store.metrics(last=...))
     events: pd.DataFrame
+    evaluations: pd.DataFrame  # validation results: step, time_s, name, value
 
     @property
     def state(self) -> str:
@@ -73,6 +75,7 @@ def empty_snapshot_frames() -> dict[str, pd.DataFrame]:
         "layer_view": pd.DataFrame(columns=["step"]),
         "recent": pd.DataFrame(columns=list(STEP_COLUMNS)),
         "events": pd.DataFrame(columns=list(EVENT_COLUMNS)),
+        "evaluations": pd.DataFrame(columns=list(EVALUATION_COLUMNS)),
     }
 
 
@@ -136,13 +139,15 @@ class LiveRun(TrainerHost):
                     run_number, status, settings, started_at, **empty_snapshot_frames()
                 )
             events = store.events()
-            key = (run_number, status.step, status.state, len(events), settings)
+            evaluations = trainer.evaluations()
+            key = (run_number, status.step, status.state, len(events), len(evaluations), settings)
             if key == self._snapshot_key and self._snapshot is not None:
                 return replace(self._snapshot, status=status)
             metrics_view, layer_view = store.view(max_points=self.max_points)
             recent = store.metrics(last=self.recent_steps)
             snapshot = RunSnapshot(
-                run_number, status, settings, started_at, metrics_view, layer_view, recent, events
+                run_number, status, settings, started_at, metrics_view, layer_view, recent, events,
+                evaluations,
             )
             self._snapshot, self._snapshot_key = snapshot, key
             return snapshot

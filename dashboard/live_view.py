@@ -175,6 +175,10 @@ def _headline(snapshot: RunSnapshot) -> None:
         ),
         ("Threshold", threshold, threshold_help),
     )
+    validation = charts.latest_validation(snapshot.evaluations)
+    if "val_loss" in validation:  # only for tasks with validation data
+        cells += (("Val loss", panels.number(validation["val_loss"]),
+                   "Loss on the task's validation data at the last evaluation."),)  # fmt: skip
     for column, (label, value, help_text) in zip(st.columns(len(cells)), cells):
         column.metric(label, value, help=help_text, border=True)
 
@@ -249,14 +253,15 @@ def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple) ->
     (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py)."""
     status = snapshot.status
     # The settings hold a dict (unhashable): their repr stands for them.
-    key = (snapshot.run_number, status.step, status.state, len(snapshot.events), repr(snapshot.settings), log_scale, histogram)
+    key = (snapshot.run_number, status.step, status.state, len(snapshot.events), len(snapshot.evaluations),
+           repr(snapshot.settings), log_scale, histogram)  # fmt: skip
 
     def build() -> dict:
         view = snapshot.metrics_view
         threshold, suggested, histogram_log_scale, label = histogram
         specs = {
             "gradient_norm": chart_specs.gradient_norm_spec(view, log_scale=log_scale),
-            "loss": chart_specs.loss_spec(view, snapshot.events, log_scale=log_scale),
+            "loss": chart_specs.loss_spec(view, snapshot.events, log_scale=log_scale, evaluations=snapshot.evaluations),
             "clip_rate": chart_specs.clip_rate_spec(view),
             "layers": chart_specs.layer_norm_spec(snapshot.layer_view),
             "histogram": chart_specs.gradient_norm_histogram_spec(
@@ -304,7 +309,7 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
     panels.panel_rows((
         (("gradient_norm_panel", "Gradient norm",
           f"Before and after clipping, with the threshold and clip events ({resolution}).", figures.gradient_norm),),
-        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule.", figures.loss),
+        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule; the validation loss dashed red, when the task has validation data.", figures.loss),
          ("clip_rate_panel", "Clip rate",
           f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures.clip_rate)),
         (("layer_panel", "Gradient norm per layer",
@@ -352,6 +357,9 @@ def _write_warning(snapshot: RunSnapshot) -> None:
     status = snapshot.status
     if status is not None and status.warning:
         st.warning(status.warning, icon=":material/warning:")
+    events = snapshot.events
+    for reason in events.loc[events["kind"] == "xla_fallback", "new"] if len(events) else ():
+        st.warning(f"Running without XLA: {reason}", icon=":material/warning:")
 
 
 # --- the live run's advisor and exports ----------------------------------------------------------
@@ -391,7 +399,7 @@ def _live_tools(manager: RunManager) -> None:
     def figures() -> dict:
         snapshot = manager.snapshot()
         return panels.run_figures(
-            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts
+            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts, snapshot.evaluations
         )
 
     with st.expander("Export", icon=":material/download:"):
@@ -441,6 +449,7 @@ def _live_report(manager: RunManager, figures: dict) -> str:
             "Final loss": numbers.loss,
             "Clip rate (whole run)": clipped / steps if steps else None,
             "Non-finite steps": status.nonfinite_steps,
+            **charts.latest_validation(snapshot.evaluations),  # val_loss, val_<metric>
             "Error": status.error or "",
         },
         charts=figures,

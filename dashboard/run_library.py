@@ -66,6 +66,7 @@ class RecordedRun:
     advisor_clipped: np.ndarray
     advisor_finite: np.ndarray
     clip_threshold: float  # the threshold in force at its last step (as set, for every policy)
+    evaluations: pd.DataFrame  # validation results: step, time_s, name, value
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class RunLibrary:
             advisor_clipped=newest["clipped"].to_numpy(bool),
             advisor_finite=finite,
             clip_threshold=_last_threshold(info, events),
+            evaluations=database.evaluations(run_id),
         )
 
     def recorded_metrics(self, run_id: int) -> pd.DataFrame:

@@ -235,3 +235,33 @@ def test_an_ab_race_then_its_csv_and_offline_report_from_history(server_url, bro
     expect(report.locator("table.events")).to_contain_text("start")
     expect(report.locator("table.config")).to_contain_text("exploding_rnn")
     context.close()
+
+
+def test_an_example_plugin_picked_in_the_task_select_trains_and_its_charts_move(server_url, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(server_url)
+    expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
+
+    # The Task select lists the examples (examples/tasks/) beside the built-in tasks.
+    task_picker = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Task")
+    task_picker.first.click()
+    page.get_by_role("option", name="char_lstm", exact=True).click()
+    expect(page.get_by_test_id("stSidebar").get_by_text(re.compile("Char-level LSTM"))).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("spinbutton", name="Learning rate", exact=True)).to_have_value("20", timeout=30_000)
+
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.get_by_text(re.compile(r"task\s*char_lstm")).first).to_be_visible(timeout=30_000)
+    # Building the LSTM and compiling its chunk loop took 23 s in a quiet process and over 240 s
+    # in the page's server at load average 11: wait up to 7 minutes.
+    expect(gradient_norm_chart(page)).to_be_visible(timeout=420_000)
+    first_step = wait_until(lambda: step_count(page), timeout=420, what="the first steps")
+    first_drawing = chart_drawing(page)
+    wait_until(lambda: step_count(page) > first_step, timeout=60, what="the step counter to move")
+    wait_until(lambda: chart_drawing(page) != first_drawing, timeout=60, what="the chart to be redrawn")
+    layer_chart = page.locator(".st-key-layer_panel [data-testid='stVegaLiteChart']")
+    expect(layer_chart).to_contain_text("lstm", timeout=30_000)  # its own variables, by name
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(metric(page, "State")).to_have_text("Stopped", timeout=20_000)
+    context.close()

@@ -103,3 +103,23 @@ def test_records_match_altair_for_missing_and_infinite_values():
     chart = charts.alt.Chart(frame).mark_point().encode(x="step:Q")
     (values,) = charts.vega_lite_spec(chart)["datasets"].values()
     assert chart_specs.records(frame) == values
+
+
+@pytest.mark.parametrize("log_scale", [False, True])
+def test_specs_equal_altair_with_validation_loss_and_hundreds_of_variables(stores, log_scale):
+    view = stores["short"].view(2000)[0]
+    events = stores["short"].events()
+    rng = np.random.default_rng(3)
+    wide = pd.DataFrame({"step": np.arange(1, 61)})
+    wide = pd.concat(
+        [wide, pd.DataFrame({f"layer{i:03d}/{part}": rng.uniform(0.1, 2.0, 60)
+                             for i in range(60) for part in ("kernel", "bias", "gamma")})], axis=1,
+    )  # fmt: skip
+    for values in ([0.9, 0.7, 0.6], [0.8, 0.5, 0.4]):  # the template, then new data in it
+        evaluations = pd.DataFrame(
+            {"step": [500, 1000, 1500], "time_s": [0.0] * 3, "name": ["val_loss"] * 3, "value": values}
+        )
+        ours = chart_specs.loss_spec(view, events, log_scale=log_scale, evaluations=evaluations)
+        assert comparable(ours) == altair_spec(charts.loss_chart(view, events, log_scale=log_scale, evaluations=evaluations))
+        assert comparable(chart_specs.layer_norm_spec(wide)) == altair_spec(charts.layer_norm_chart(wide))
+        wide.iloc[:, 1:] = wide.iloc[:, 1:] * 1.5

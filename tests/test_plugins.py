@@ -112,14 +112,23 @@ def test_task_fields_are_checked_where_a_task_is_made():
             Task(**{**fields, name: bad})
 
 
+def plugin_folders(tmp_path, monkeypatch, first_files, second_files):
+    """Two plug-in folders named by CLIPWATCH_TASKS; `*_files`: (file name, source or None, name)."""
+    folders = tmp_path / "first", tmp_path / "second"
+    for folder, files in zip(folders, (first_files, second_files)):
+        folder.mkdir()
+        for file_name, source, name in files:
+            write_plugin(folder, file_name, source, name=name)
+    monkeypatch.setenv("CLIPWATCH_TASKS", os.pathsep.join(str(folder) for folder in folders))
+    return folders
+
+
 def test_discovery_lists_plugin_folders_and_the_examples(tmp_path, monkeypatch):
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir(), second.mkdir()
-    write_plugin(first, "tiny_a.py", name="tiny_a")
-    write_plugin(second, "tiny_b.py", name="tiny_b")
-    write_plugin(second, "broken.py", "TASK = None\n")
-    write_plugin(second, "_helper.py", "raise RuntimeError('never imported')\n")
-    monkeypatch.setenv("CLIPWATCH_TASKS", os.pathsep.join([str(first), str(second)]))
+    plugin_folders(
+        tmp_path, monkeypatch, [("tiny_a.py", None, "tiny_a")],
+        [("tiny_b.py", None, "tiny_b"), ("broken.py", "TASK = None\n", ""),
+         ("_helper.py", "raise RuntimeError('never imported')\n", "")],
+    )  # fmt: skip
     found = discover_tasks()
     tasks = {entry.task.name: entry for entry in found if entry.task is not None}
     assert {"tiny_a", "tiny_b", "char_lstm", "transformer_reverse"} <= set(tasks)
@@ -149,3 +158,21 @@ def test_check_task_builds_once_and_names_the_failing_line(tmp_path):
     )
     with pytest.raises(PluginError, match=r"failing\.py, line 18: OSError: data folder missing"):
         plugins.check_task(load_task(str(write_plugin(tmp_path, "failing.py", failing))))
+
+
+def test_the_catalogue_lists_built_ins_then_plugins_and_broken_files_with_their_error(tmp_path, monkeypatch):
+    first, _ = plugin_folders(
+        tmp_path, monkeypatch, [("mine.py", None, "tiny_mine")],
+        [("same_name.py", None, "tiny_mine"), ("broken.py", "import no_such_module_for_clipwatch\n", "")],
+    )  # fmt: skip
+    catalogue = plugins.task_catalogue()
+    labels = list(catalogue)
+    assert labels[:3] == ["seed", "exploding_rnn", "digits"]
+    assert {"tiny_mine", "char_lstm", "transformer_reverse", "broken.py (cannot be used)",
+            "same_name.py (cannot be used)"} <= set(labels)  # fmt: skip
+    assert catalogue["tiny_mine"].task.source == str((first / "mine.py").resolve())
+    assert get_task("tiny_mine").source == str((first / "mine.py").resolve())  # the first folder wins
+    assert "is taken by" in catalogue["same_name.py (cannot be used)"].error
+    broken = catalogue["broken.py (cannot be used)"]
+    assert broken.task is None and "line 1: ModuleNotFoundError" in broken.error
+    assert catalogue["char_lstm"].description.startswith("Char-level LSTM")

@@ -35,10 +35,21 @@ EXAMPLES_FOLDER = Path(__file__).resolve().parent.parent / "examples" / "tasks"
 _LOCK = threading.Lock()
 _REGISTERED: dict[str, Task] = {}  # plug-ins loaded so far, by task name
 _FILE_CACHE: dict[tuple[str, str, float], Task] = {}  # (path, attribute, mtime) -> task
+_CHECKED: set[tuple[str, str, float]] = set()  # plug-ins whose model and data were checked
 
 
 class PluginError(ValueError):
     """A task plug-in cannot be used; the message names its file and says why."""
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One option of the page's Task select: a built-in task, a plug-in, or a broken plug-in."""
+
+    label: str  # the task's name; a broken plug-in's file name
+    description: str
+    task: Task | None
+    error: str | None  # why a plug-in cannot be used
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,8 @@ def discover_tasks(folders: list[Path] | None = None) -> list[Discovered]:
     every page refresh costs a directory listing.
     """
     found = []
-    seen = set()
+    seen: set[str] = set()
+    names: dict[str, str] = {}  # task name -> the file that defined it first
     for folder in plugin_folders() if folders is None else folders:
         if not folder.is_dir():
             continue
@@ -112,10 +124,42 @@ def discover_tasks(folders: list[Path] | None = None) -> list[Discovered]:
                 continue
             seen.add(resolved)
             try:
-                found.append(Discovered(resolved, register(_load_file(path, DEFAULT_ATTRIBUTE)), None))
+                task = _load_file(path, DEFAULT_ATTRIBUTE)
+                if task.name in names:  # the first folder wins, as on a search path
+                    raise PluginError(
+                        f"Task plug-in {resolved}: its name {task.name!r} is taken by {names[task.name]}"
+                    )
+                names[task.name] = resolved
+                found.append(Discovered(resolved, register(task), None))
             except PluginError as error:
                 found.append(Discovered(resolved, None, str(error)))
     return found
+
+
+def task_catalogue(folders: list[Path] | None = None) -> dict[str, CatalogueEntry]:
+    """The built-in tasks, then every plug-in found by `discover_tasks`, by label (a plug-in
+    that cannot be used is listed under its file name, with its error)."""
+    from training.tasks import TASKS
+
+    entries = {name: CatalogueEntry(name, task.description, task, None) for name, task in TASKS.items()}
+    for found in discover_tasks(folders):
+        task = found.task
+        label = task.name if task is not None else f"{Path(found.path).name} (cannot be used)"
+        entries[label] = CatalogueEntry(label, task.description if task is not None else "", task, found.error)
+    return entries
+
+
+def check_task_once(task: Task) -> None:
+    """`check_task`, remembered per plug-in file version (the page asks on every choice)."""
+    if not task.source:
+        return  # a built-in task
+    key = (task.source, task.name, Path(task.source).stat().st_mtime)
+    with _LOCK:
+        if key in _CHECKED:
+            return
+    check_task(task)
+    with _LOCK:
+        _CHECKED.add(key)
 
 
 def check_data_matches_model(task: Task, model: Any, data: Any, what: str = "make_data") -> None:
