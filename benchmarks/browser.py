@@ -134,8 +134,8 @@ def counted_steps(page, label: str = "Step") -> int:
 def open_page(browser, url: str):
     """A new tab on `url`, once the page has drawn its title."""
     page = browser.new_context(viewport=VIEWPORT).new_page()
-    page.goto(url)
-    page.get_by_role("heading", name="Clipwatch").wait_for(timeout=120_000)
+    page.goto(url, timeout=180_000)  # the server's first page imports TensorFlow (60 s+ under load)
+    page.get_by_role("heading", name="Clipwatch").wait_for(timeout=180_000)
     return page
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 from benchmarks.browser import chromium, counted_steps, open_page, streamlit_server, time_until
 
 HEALTH_POLL_SECONDS = 0.25
-FIRST_STEP_TIMEOUT = 180.0
+FIRST_STEP_TIMEOUT = 300.0
 Log = Callable[[str], None]
 
 

@@ -34,7 +34,7 @@ def test_start_to_the_first_step_counted_on_a_fresh_server(server, browser):
     expect(page.get_by_text("No run yet")).to_be_visible(timeout=60_000)
     started = time.perf_counter()
     page.get_by_role("button", name="Start", exact=True).click()
-    wait_until(lambda: counted_steps(page) > 0, timeout=120, what="the first step on the page")
+    wait_until(lambda: counted_steps(page) > 0, timeout=300, what="the first step on the page")
     seconds = time.perf_counter() - started
     print(f"\nStart -> first step counted on the page (fresh server): {seconds:.2f} s")
     expect(page.get_by_text(re.compile(r"Run 1 · "))).to_be_visible()

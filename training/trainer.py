@@ -647,8 +647,10 @@ class Trainer:
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
-            # The quick step has run: start compiling the full one, or swap it in for the next chunk.
-            self._swap_in_full_step()
+            # The quick step has run: start compiling the full one, or swap it in for the next chunk
+            # (not for a run that has just finished: a short CLI run would wait for a compile).
+            if max_steps is None or step + steps < max_steps:
+                self._swap_in_full_step()
             if self._monitoring:
                 rows = {"finite": out["finite"].numpy()[:steps]}  # the host sync
                 # The rest of the rows, the store, the database queue and the sinks: on the
