@@ -12,13 +12,18 @@ import csv
 import json
 import sys
 import time
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from training.policies import POLICY_NAMES, POLICY_PARAMETERS
 from training.store import STEP_COLUMNS
 from training.tasks import TASK_NAMES
+
+if TYPE_CHECKING:
+    from training.persistence import RunDatabase
+    from training.trainer import Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +96,24 @@ def _progress(step: int, total: int, speed: float) -> None:
     sys.stderr.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class PreparedRun:
+    """A run built from the command line, not started yet."""
+
+    trainer: Trainer
+    database: RunDatabase | None
+    csv_file: IO[str] | None
+
+    def close(self) -> None:
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def prepare(argv: list[str] | None = None) -> PreparedRun:
+    """Parse and check the arguments, open the database and the CSV, and build the `Trainer`.
+
+    Bad arguments exit (SystemExit 2) with a message naming the value, before anything runs.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     policy_params = {
@@ -124,31 +146,40 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
 
     csv_file = None
-    try:
-        sinks = ()
-        if args.csv:
-            try:
-                csv_file = open(args.csv, "w", newline="")
-            except OSError as error:
-                parser.error(f"cannot write --csv {args.csv!r}: {error.strerror}")
-            sinks = (CsvSink(csv_file),)
+    sinks = ()
+    if args.csv:
         try:
-            trainer = Trainer(
-                task=args.task,
-                policy=args.policy,
-                clip_threshold=args.clip_threshold,
-                learning_rate=args.learning_rate,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                max_steps=args.steps,
-                max_nonfinite_steps=args.max_nonfinite_steps,
-                sinks=sinks,
-                database=database,
-                run_name=args.name,
-                **policy_params,
-            )
-        except ValueError as error:
-            parser.error(str(error))
+            csv_file = open(args.csv, "w", newline="")
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+            parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
+        sinks = (CsvSink(csv_file),)
+    try:
+        trainer = Trainer(
+            task=args.task,
+            policy=args.policy,
+            clip_threshold=args.clip_threshold,
+            learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            max_steps=args.steps,
+            max_nonfinite_steps=args.max_nonfinite_steps,
+            sinks=sinks,
+            database=database,
+            run_name=args.name,
+            **policy_params,
+        )
+    except ValueError as error:
+        if csv_file is not None:
+            csv_file.close()
+        parser.error(str(error))
+    return PreparedRun(trainer, database, csv_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = prepare(argv)
+    trainer, database = run.trainer, run.database
+    steps = trainer.config.max_steps
+    try:
         show_progress = sys.stderr.isatty()
         started = time.perf_counter()
         trainer.start()
@@ -156,15 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             while trainer.status.state in ("idle", "running"):
                 time.sleep(0.1)
                 if show_progress:
-                    _progress(trainer.status.step, args.steps, trainer.status.steps_per_second)
+                    _progress(trainer.status.step, steps, trainer.status.steps_per_second)
         except KeyboardInterrupt:
             trainer.stop()
         elapsed = time.perf_counter() - started
         if show_progress:
             sys.stderr.write("\n")
     finally:
-        if csv_file is not None:
-            csv_file.close()
+        run.close()
 
     status = trainer.status
     metrics = trainer.metrics()

@@ -21,22 +21,24 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 
 from training import policies
+from training.persistence import RunDatabase, is_storable_text
 from training.store import MetricsStore
-
-if TYPE_CHECKING:
-    from training.persistence import RunDatabase
 from training.tasks import get_task
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
 TARGET_CHUNK_SECONDS = 0.02  # keeps control latency to a few tens of milliseconds
 MAX_CHUNK_STEPS = 2048  # the size of the in-graph metric buffers
 DEFAULT_MAX_NONFINITE_STEPS = 50
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed seeds numpy, whose seeds stop here
+MAX_BATCH_SIZE = 65_536
+# Above this the pace cannot be told from full speed, and pace x seconds would overflow to inf.
+MAX_STEPS_PER_SECOND = 1e9
 Sink = Callable[[dict[str, np.ndarray]], None]
 
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
@@ -95,14 +97,31 @@ def _validate_learning_rate(value: Any) -> float:
     return policies.validate_positive("learning_rate", value)
 
 
-def _validate_optional_positive(name: str, value: Any) -> float | None:
-    return None if value is None else policies.validate_positive(name, value)
+def _validate_pace(value: Any) -> float | None:
+    if value is None:
+        return None
+    pace = policies.validate_positive("max_steps_per_second", value)
+    if pace > MAX_STEPS_PER_SECOND:
+        raise ValueError(
+            f"`max_steps_per_second` must be None (full speed) or a number in (0, "
+            f"{MAX_STEPS_PER_SECOND:g}]. Received: max_steps_per_second={value!r}"
+        )
+    return pace
 
 
-def _validate_count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+def _validate_count(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    whole = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an integer {allowed}. Received: {name}={value!r}")
     return int(value)
+
+
+def _validate_run_name(value: Any) -> str | None:
+    """None or "" (the default name), or text SQLite can store."""
+    if value is None or is_storable_text(value):
+        return value
+    raise ValueError(f"`run_name` must be text or None. Received: run_name={value!r}")
 
 
 class Trainer:
@@ -144,7 +163,7 @@ class Trainer:
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
         monitoring: bool = True,
-        database: "RunDatabase | None" = None,
+        database: RunDatabase | None = None,
         run_name: str | None = None,
         **policy_params: Any,
     ):
@@ -152,7 +171,7 @@ class Trainer:
         policies.validate_policy_name(policy)
         all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
         all_params[policy] = policies.validate_policy_params(policy, policy_params)
-        if data not in ("memory", "stream"):
+        if not isinstance(data, str) or data not in ("memory", "stream"):
             raise ValueError(f"`data` must be 'memory' or 'stream'. Received: data={data!r}")
         self._task = task_spec
         self._data = data
@@ -162,7 +181,7 @@ class Trainer:
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
-        self._database, self._run_name = database, run_name
+        self._database, self._run_name = database, _validate_run_name(run_name)
         self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
@@ -174,8 +193,8 @@ class Trainer:
             else _validate_learning_rate(learning_rate),
             batch_size=task_spec.batch_size
             if batch_size is None
-            else _validate_count("batch_size", batch_size),
-            seed=_validate_count("seed", seed, minimum=0),
+            else _validate_count("batch_size", batch_size, maximum=MAX_BATCH_SIZE),
+            seed=_validate_count("seed", seed, minimum=0, maximum=MAX_SEED),
             policy_params=all_params,
             max_steps=None if max_steps is None else _validate_count("max_steps", max_steps),
         )
@@ -246,7 +265,7 @@ class Trainer:
 
     def set_max_steps_per_second(self, value: Any) -> None:
         """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
-        self._send("max_steps_per_second", _validate_optional_positive("max_steps_per_second", value))
+        self._send("max_steps_per_second", _validate_pace(value))
 
     def _send(self, kind: str, value: Any, params: dict | None = None) -> None:
         with self._lock:
@@ -325,9 +344,11 @@ class Trainer:
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
         self._store_ready.set()
+        warning = self._status.warning
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
-        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0)
+            warning = self._writer.error
+        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
 
     def _build(self) -> None:
         import keras
@@ -524,7 +545,7 @@ class Trainer:
                 self._store.append(rows)
                 if self._writer is not None:
                     self._writer.append(rows)
-                    if self._writer.error and self._status.warning is None:
+                    if self._writer.error != self._status.warning:  # a fault, or its end
                         self._set_status(warning=self._writer.error)
                 for sink in self._sinks:
                     sink(rows)

@@ -13,7 +13,7 @@ TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise ValueError(f"Unknown task {name!r}. Valid tasks: {', '.join(TASK_NAMES)}")
     return TASKS[name]
 
