@@ -44,6 +44,7 @@ FLUSH_SECONDS = 0.5  # at most this long between commits while steps arrive (and
 WRITER_BUSY_SECONDS = 1.0
 # Steps a writer holds in memory while the database cannot be written: about 90 MB for `seed`.
 MAX_PENDING_STEPS = 2_000_000
+NO_PAGE_CAP = 4_294_967_294  # SQLite's largest max_page_count
 LIVE_STATES = ("idle", "running", "paused")
 
 _SCHEMA = """
@@ -125,10 +126,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunDatabase:
-    """One SQLite file of runs. Each thread that uses it gets its own connection."""
+    """One SQLite file of runs. Each thread that uses it gets its own connection.
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    Args:
+        path: the file (default: `default_path()`).
+        max_pages: cap the file at this many pages (SQLite's `max_page_count`, 4 KiB each), e.g.
+            so a demo cannot fill a disk; a write past it fails as on a full disk. A writer reads
+            it before each commit, so raising it (or None: no cap) lets a waiting writer go on.
+        writer_busy_seconds: how long a run's writer waits for another process's write lock
+            before it reports the wait and retries.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        max_pages: int | None = None,
+        writer_busy_seconds: float = WRITER_BUSY_SECONDS,
+    ):
         self.path = Path(path) if path is not None else default_path()
+        self.max_pages, self.writer_busy_seconds = max_pages, writer_busy_seconds
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as connection:
@@ -145,6 +162,7 @@ class RunDatabase:
         connection = sqlite3.connect(self.path, timeout=busy_seconds, isolation_level=None)
         connection.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
+        connection.execute(f"PRAGMA max_page_count={int(self.max_pages or NO_PAGE_CAP)}")
         return connection
 
     @staticmethod
@@ -200,7 +218,7 @@ class RunDatabase:
                     "UPDATE runs SET name = ? WHERE run_id = ?",
                     (f"run {run_id}: {config.task} / {config.policy}", run_id),
                 )
-        return RunWriter(self, run_id)
+        return RunWriter(self, run_id, busy_seconds=self.writer_busy_seconds)
 
     def rename_run(self, run_id: int, name: str) -> None:
         if not is_storable_text(name) or not name.strip():
@@ -292,6 +310,12 @@ class WriterStatus:
     pending_steps: int  # steps received and not yet committed (all of them are in memory)
     error: str | None = None  # the current fault (None once writing works again)
     faults: int = 0  # how many faults it has met
+    notice: str | None = None  # the last fault it recovered from, and that nothing was lost
+
+    @property
+    def warning(self) -> str | None:
+        """What the page should show: the current fault, else the last one recovered from."""
+        return self.error or self.notice
 
 
 class _Fault(Exception):
@@ -335,6 +359,7 @@ class RunWriter:
         self._clips_written = 0
         self._connection: sqlite3.Connection | None = None
         self._file_identity: tuple[int, int] | None = None
+        self._fault_reason, self._fault_first_step = "", 0
         self._thread = threading.Thread(target=self._run, name="clipwatch-writer", daemon=True)
         self._thread.start()
 
@@ -395,10 +420,18 @@ class RunWriter:
                 self._fault(error, pending_steps, out_of_time)
             else:
                 pending, pending_steps = [], 0
+                notice = self._status.notice
+                if self._status.state == "waiting":
+                    notice = (
+                        f"The run database could not be written from step {self._fault_first_step} "
+                        f"({self._fault_reason}); those steps were held in memory and are written "
+                        f"now (up to step {self._status.last_step_written}), none lost."
+                    )
                 self._set_status(
                     state="finished" if finished is not None else "writing",
                     pending_steps=0,
                     error=None,
+                    notice=notice,
                 )
                 if finished is not None:
                     break
@@ -420,6 +453,7 @@ class RunWriter:
             give_up = None
         path, first = str(self.database.path), self._status.last_step_written + 1
         faults = self._status.faults + (self._status.state != "waiting")  # a new fault, or the same
+        self._fault_reason, self._fault_first_step = reason, first
         if give_up is None:
             self._set_status(
                 state="waiting",
@@ -459,6 +493,8 @@ class RunWriter:
             self._connection = self.database._connect(busy_seconds=self.busy_seconds)
             stat = os.stat(path)
             self._file_identity = (stat.st_dev, stat.st_ino)
+        # The cap can change while the run records (room made on the disk): apply it each time.
+        self._connection.execute(f"PRAGMA max_page_count={int(self.database.max_pages or NO_PAGE_CAP)}")
         return self._connection
 
     def _rebuild_deleted_file(self) -> None:
@@ -476,6 +512,12 @@ class RunWriter:
         self._connection.close()  # its checkpoint goes to the deleted file, not the new one
         self._connection = None
         os.replace(rebuilt, path)
+        self._set_status(
+            faults=self._status.faults + 1,
+            notice=f"The run database file {str(path)!r} was deleted after step "
+            f"{self._status.last_step_written}; it was rebuilt at its path from the copy still "
+            "open, with every run and step it held, none lost.",
+        )
 
     def _commit(self, connection, pending, finished) -> None:
         chunks = [payload for kind, payload, _ in pending if kind == "rows"]

@@ -291,6 +291,11 @@ class Trainer:
         return self._config
 
     @property
+    def writer(self):
+        """The run's `persistence.RunWriter` (its `status` says what reached the database), or None."""
+        return self._writer
+
+    @property
     def trace_count(self) -> int:
         return self._trace_count
 
@@ -347,7 +352,7 @@ class Trainer:
         warning = self._status.warning
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
-            warning = self._writer.error
+            warning = self._writer.status.warning
         self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
 
     def _build(self) -> None:
@@ -545,8 +550,8 @@ class Trainer:
                 self._store.append(rows)
                 if self._writer is not None:
                     self._writer.append(rows)
-                    if self._writer.error != self._status.warning:  # a fault, or its end
-                        self._set_status(warning=self._writer.error)
+                    if self._writer.status.warning != self._status.warning:  # a fault, or its end
+                        self._set_status(warning=self._writer.status.warning)
                 for sink in self._sinks:
                     sink(rows)
 
