@@ -15,12 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="clipwatch-hypothesis-"))  # its patch files
 settings.register_profile(
     "clipwatch",
-    max_examples=100,
+    max_examples=200,
     deadline=None,  # a shared 2-core machine: a slow example is load, not a bug
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.register_profile("thorough", parent=settings.get_profile("clipwatch"), max_examples=1000)
+settings.register_profile("thorough", parent=settings.get_profile("clipwatch"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "clipwatch"))
 
 

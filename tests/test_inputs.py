@@ -224,7 +224,7 @@ def send(trainer, kind, value):
     return kind
 
 
-@settings(max_examples=150)
+@settings(max_examples=200)
 @given(sequence=st.lists(commands, min_size=1, max_size=5))
 def test_live_commands_are_applied_or_refused_and_the_thread_survives(live_trainer, sequence):
     trainer = live_trainer
@@ -276,6 +276,7 @@ def run_cli_prepare(argv):
 def test_cli_flags_build_a_run_or_exit_2_naming_the_problem(pairs):
     argv = ["--no-db", *(token for pair in pairs for token in pair)]
     status, stderr, run = run_cli_prepare(argv)
+    event("exit 2" if run is None else "built")
     if run is None:
         assert status == 2 and "error:" in stderr, (status, stderr)
         return
@@ -300,6 +301,7 @@ def test_cli_database_and_csv_paths_work_or_exit_2(name, flag):
         status, stderr, run = run_cli_prepare(
             [flag, os.path.join(folder, name), *(["--no-db"] if flag == "--csv" else [])]
         )
+        event("exit 2" if run is None else "built")
         if run is None:
             assert status == 2 and "error:" in stderr and ("--csv" in stderr or "run database" in stderr)
             return

@@ -74,9 +74,9 @@ def run_through_fault(trainer, start_fault, end_fault, reason):
     fault_step = trainer.status.step
     wait_until(lambda: trainer.status.step >= fault_step + 1000, what="training to go on")
     assert writer.status.last_step_written == before or writer.status.state == "waiting"
-    during = trainer.status.step - before
     end_fault()
     ended_at = trainer.status.step
+    during = ended_at - before  # trained from the last commit before the fault to its end
     wait_until(lambda: writer.status.state == "writing" and writer.status.last_step_written > ended_at,
                what="the writer to resume")  # fmt: skip
     wait_until(lambda: "none lost" in trainer.status.warning, what="the warning to say it recovered")
@@ -100,7 +100,7 @@ def test_a_deleted_file_is_rebuilt_from_the_open_copy_with_every_step(recording)
     trainer.stop()
     recorded = check_every_step_recorded(RunDatabase(database.path), trainer)
     assert "an earlier run" in RunDatabase(database.path).list_runs()["name"].tolist()
-    figures("deleted", before, 0, recorded - before, trainer.status.step - recorded)
+    figures("deleted", before, "none held (rebuilt at the next commit)", recorded - before, trainer.status.step - recorded)
 
 
 def test_a_full_disk_holds_the_steps_until_there_is_room(recording):
@@ -208,9 +208,9 @@ def test_a_file_made_read_only_holds_the_steps_until_it_is_writable(tmp_path):
         fault_step = latest["step"]
         wait_until(lambda: latest["step"] >= fault_step + 1000, what="training to go on")
         assert latest["writer"] == "waiting"
-        during = latest["step"] - before
         path.chmod(0o644)
         ended_at = latest["step"]
+        during = ended_at - before
         wait_until(lambda: latest["writer"] == "writing" and latest["written"] > ended_at, what="the writer to resume")
         process.stdin.close()
         wait_until(lambda: latest["final"], what="the process to stop its run")
