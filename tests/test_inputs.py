@@ -372,3 +372,81 @@ def test_a_recorded_run_is_renamed_to_text_or_refused(tmp_path_factory, name):
         assert database.run_info(run_id)["name"] == before
         return
     assert database.run_info(run_id)["name"] == name.strip()
+
+
+# --- the page's commands, through the run manager ---------------------------------------------
+
+MANAGER_COMMANDS = {  # the page's names for the trainer's commands
+    "set_clip_threshold": "set_clip_threshold", "set_learning_rate": "set_learning_rate",
+    "inject_spike": "inject_spike", "set_max_steps_per_second": "set_speed", "set_policy": "set_policy",
+    "pause": "pause", "resume": "resume",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def live_manager(tmp_path_factory):
+    from dashboard.run_manager import RunManager, RunSettings
+
+    manager = RunManager(database_path=tmp_path_factory.mktemp("manager") / "runs.db")
+    manager.trainer_options["max_nonfinite_steps"] = 10**12  # see live_trainer
+    manager.start(RunSettings(task="seed", max_steps_per_second=1000))
+    wait_until(lambda: manager.trainer.status.step > 0, what="the first steps")
+    yield manager
+    manager.stop_all()
+
+
+@settings(max_examples=100)
+@given(sequence=st.lists(commands, min_size=1, max_size=5))
+def test_page_commands_through_the_run_manager_are_applied_or_refused(live_manager, sequence):
+    manager = live_manager
+    for kind, value in sequence:
+        note(f"{kind}({value!r})")
+        before = manager.settings
+        method = getattr(manager, MANAGER_COMMANDS[kind])
+        try:
+            if kind == "set_policy":
+                method(value[0], **{str(key): item for key, item in value[1].items()})
+            elif kind in ("pause", "resume"):
+                method()
+            else:
+                method(value)
+        except ValueError as error:
+            values = [value[0], *value[1].keys(), *value[1].values()] if kind == "set_policy" else [value]
+            assert_names(error, *values)
+            assert manager.settings == before  # what the page shows did not move either
+            continue
+        settings_now = manager.settings
+        if kind == "set_clip_threshold":
+            assert settings_now.clip_threshold == float(value) and in_compiled_range(float(value))
+            wait_until(lambda: manager.trainer.config.clip_threshold == float(value), what="the threshold")
+        elif kind == "set_learning_rate":
+            assert settings_now.learning_rate == float(value) and in_compiled_range(float(value))
+        elif kind == "set_policy":
+            assert settings_now.policy == value[0]
+    trainer = manager.trainer
+    assert trainer.status.state in ("running", "paused") and trainer.status.error is None
+    for name, knob in compiled_knobs(trainer).items():
+        assert np.isfinite(knob) and knob > 0, (name, knob)
+
+
+SETTINGS_FIELDS = ("task", "policy", "clip_threshold", "learning_rate", "max_steps_per_second", "seed")
+
+
+@settings(max_examples=50)
+@given(field=st.sampled_from(SETTINGS_FIELDS), value=anything)
+def test_a_bad_start_setting_is_refused_and_starts_nothing(tmp_path_factory, field, value):
+    from dashboard.run_manager import RunManager, RunSettings
+
+    manager = RunManager(database_path=tmp_path_factory.getbasetemp() / "start.db")
+    try:
+        manager.start(RunSettings(**{field: value}))
+    except ValueError as error:
+        assert_names(error, value)
+        assert manager.trainer is None and manager.run_number == 0
+        return
+    try:
+        assert manager.run_number == 1
+        config = manager.trainer.config
+        assert in_compiled_range(config.clip_threshold) and in_compiled_range(config.learning_rate)
+    finally:
+        manager.stop_all(timeout=10.0)
