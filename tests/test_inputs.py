@@ -204,52 +204,24 @@ def compiled_knobs(trainer):
     }
 
 
-def send(trainer, kind, value):
-    """Send one command; return the config it should lead to (None if it was refused)."""
-    before = trainer.config
+def accepted(method, kind, value, state):
+    """Send one generated command; True if it was accepted. A refusal must name the value
+    and leave `state()` (what the trainer or the page holds) as it was."""
+    before = state()
     try:
         if kind == "set_policy":
             name, params = value
-            getattr(trainer, kind)(name, **{str(key): item for key, item in params.items()})
-        elif value is None and kind in ("pause", "resume"):
-            getattr(trainer, kind)()
+            method(name, **{str(key): item for key, item in params.items()})
+        elif kind in ("pause", "resume"):
+            method()
         else:
-            getattr(trainer, kind)(value)
+            method(value)
     except ValueError as error:
         values = [value] if kind != "set_policy" else [value[0], *value[1].keys(), *value[1].values()]
-        values += [str(key) for key in (value[1] if kind == "set_policy" else {})]
-        assert_names(error, *values)
-        assert trainer.config == before  # a refused command changed nothing
-        return None
-    return kind
-
-
-@settings(max_examples=200)
-@given(sequence=st.lists(commands, min_size=1, max_size=5))
-def test_live_commands_are_applied_or_refused_and_the_thread_survives(live_trainer, sequence):
-    trainer = live_trainer
-    for kind, value in sequence:
-        note(f"{kind}({value!r})")
-        if send(trainer, kind, value) is None:
-            continue
-        if kind == "set_clip_threshold":
-            wait_until(lambda: trainer.config.clip_threshold == float(value), what="the threshold")
-        elif kind == "set_learning_rate":
-            wait_until(lambda: trainer.config.learning_rate == float(value), what="the learning rate")
-        elif kind == "set_max_steps_per_second":
-            expected = None if value is None else float(value)
-            assert expected is None or 0 < expected <= MAX_STEPS_PER_SECOND
-            wait_until(lambda: trainer.config.max_steps_per_second == expected, what="the pace")
-        elif kind == "set_policy":
-            wait_until(lambda: trainer.config.policy == value[0], what="the policy")
-    status = trainer.status
-    assert status.state in ("running", "paused") and status.error is None, status.error
-    assert trainer._thread.is_alive()
-    for name, knob in compiled_knobs(trainer).items():
-        assert np.isfinite(knob) and knob > 0, (name, knob)
-    recent = trainer.metrics(since=max(0, status.step - 200))
-    fixed = recent[recent.policy.isin(["global_norm", "per_tensor_norm", "value", "agc"])]
-    assert np.isfinite(fixed.clip_threshold).all() and (fixed.clip_threshold > 0).all()
+        assert_names(error, *values, *(str(key) for key in (value[1] if kind == "set_policy" else {})))
+        assert state() == before  # a refused command changed nothing
+        return False
+    return True
 
 
 # --- the CLI's flags --------------------------------------------------------------------------
@@ -395,38 +367,45 @@ def live_manager(tmp_path_factory):
     manager.stop_all()
 
 
-@settings(max_examples=100)
+@settings(max_examples=200)
 @given(sequence=st.lists(commands, min_size=1, max_size=5))
-def test_page_commands_through_the_run_manager_are_applied_or_refused(live_manager, sequence):
-    manager = live_manager
+@pytest.mark.parametrize("through", ["trainer", "run manager"])
+def test_live_commands_are_applied_or_refused_and_the_thread_survives(request, through, sequence):
+    """The Trainer's commands, and the page's (the run manager's, which also keeps the values
+    the page shows in `settings`) on a running run."""
+    if through == "trainer":
+        trainer = target = request.getfixturevalue("live_trainer")
+        method_names, state = {kind: kind for kind in MANAGER_COMMANDS}, lambda: trainer.config
+    else:
+        target = request.getfixturevalue("live_manager")
+        trainer, method_names, state = target.trainer, MANAGER_COMMANDS, lambda: target.settings
     for kind, value in sequence:
         note(f"{kind}({value!r})")
-        before = manager.settings
-        method = getattr(manager, MANAGER_COMMANDS[kind])
-        try:
-            if kind == "set_policy":
-                method(value[0], **{str(key): item for key, item in value[1].items()})
-            elif kind in ("pause", "resume"):
-                method()
-            else:
-                method(value)
-        except ValueError as error:
-            values = [value[0], *value[1].keys(), *value[1].values()] if kind == "set_policy" else [value]
-            assert_names(error, *values)
-            assert manager.settings == before  # what the page shows did not move either
+        if not accepted(getattr(target, method_names[kind]), kind, value, state):
             continue
-        settings_now = manager.settings
         if kind == "set_clip_threshold":
-            assert settings_now.clip_threshold == float(value) and in_compiled_range(float(value))
-            wait_until(lambda: manager.trainer.config.clip_threshold == float(value), what="the threshold")
+            wait_until(lambda: trainer.config.clip_threshold == float(value), what="the threshold")
         elif kind == "set_learning_rate":
-            assert settings_now.learning_rate == float(value) and in_compiled_range(float(value))
+            wait_until(lambda: trainer.config.learning_rate == float(value), what="the learning rate")
+        elif kind == "set_max_steps_per_second":
+            expected = None if value is None else float(value)
+            assert expected is None or 0 < expected <= MAX_STEPS_PER_SECOND
+            wait_until(lambda: trainer.config.max_steps_per_second == expected, what="the pace")
         elif kind == "set_policy":
-            assert settings_now.policy == value[0]
-    trainer = manager.trainer
-    assert trainer.status.state in ("running", "paused") and trainer.status.error is None
+            wait_until(lambda: trainer.config.policy == value[0], what="the policy")
+        if through == "run manager":  # the page shows what was asked
+            shown = target.settings
+            assert kind != "set_clip_threshold" or shown.clip_threshold == float(value)
+            assert kind != "set_learning_rate" or shown.learning_rate == float(value)
+            assert kind != "set_policy" or shown.policy == value[0]
+    status = trainer.status
+    assert status.state in ("running", "paused") and status.error is None, status.error
+    assert trainer._thread.is_alive()
     for name, knob in compiled_knobs(trainer).items():
         assert np.isfinite(knob) and knob > 0, (name, knob)
+    recent = trainer.metrics(since=max(0, status.step - 200))
+    fixed = recent[recent.policy.isin(["global_norm", "per_tensor_norm", "value", "agc"])]
+    assert np.isfinite(fixed.clip_threshold).all() and (fixed.clip_threshold > 0).all()
 
 
 SETTINGS_FIELDS = ("task", "policy", "clip_threshold", "learning_rate", "max_steps_per_second", "seed")
