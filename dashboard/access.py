@@ -20,6 +20,7 @@ its options; the widgets live with the other controls.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -33,7 +34,6 @@ OPERATOR_KEY_VARIABLE = "CLIPWATCH_OPERATOR_KEY"
 OPERATOR_KEY_SECRET = "operator_key"
 MAX_WRONG_KEYS = 5
 LOCKOUT_SECONDS = 60.0
-LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 VIEW_ONLY_NOTE = "View only: enter the operator key in the sidebar to steer this run."
 
 # The RunManager's methods a viewer may call: they read, or compute a view (the advisor's
@@ -65,7 +65,14 @@ def configured_operator_key() -> str | None:
 def server_is_local() -> bool:
     """Whether the server listens on this machine only (an empty address means every one)."""
     address = st.get_option("server.address")
-    return bool(address) and address in LOCAL_ADDRESSES
+    if not address:
+        return False
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may well resolve beyond this machine
+        return False
 
 
 @dataclass

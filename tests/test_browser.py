@@ -11,6 +11,7 @@ temporary database and is killed in teardown whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -41,14 +42,18 @@ def free_port() -> int:
 
 
 
-@pytest.fixture(scope="module")
-def server_url():
+@contextlib.contextmanager
+def streamlit_server(environment: dict[str, str] | None = None, address: str = "127.0.0.1"):
+    """`streamlit run app.py` on a free port, recording into a temporary database; yields its
+    URL and kills it (and anything it started) on the way out."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="clipwatch-streamlit-", suffix=".log", delete=False)
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    command += ["--server.port", str(port), "--server.address", address]
     database_folder = tempfile.mkdtemp(prefix="clipwatch-browser-db-")  # never the repo's runs/
-    environment = {**os.environ, "CLIPWATCH_DB": os.path.join(database_folder, "clipwatch.db")}
+    environment = {
+        **os.environ, "CLIPWATCH_DB": os.path.join(database_folder, "clipwatch.db"), **(environment or {})
+    }  # fmt: skip
     process = subprocess.Popen(
         command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -77,6 +82,12 @@ def server_url():
         log.close()
         os.unlink(log.name)
         shutil.rmtree(database_folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    with streamlit_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
