@@ -6,7 +6,7 @@ spikes, a threshold that changes now and then, a few non-finite steps, one norm 
 the `digits` CNN.
 
 What is timed is what a dashboard refresh does (`dashboard_page_charts`): read the store as
-`RunManager.snapshot` does, build the five charts `dashboard/page.py` draws with
+`RunManager.snapshot` does, build the five charts the Live tab (`dashboard/live_view.py`) draws with
 `dashboard/charts.py`, and turn each into the Vega-Lite spec the page hands to Streamlit.
 """
 
@@ -66,7 +66,7 @@ def filled_store(steps: int, seed: int = 0) -> MetricsStore:
 
 
 def dashboard_page_charts(store: MetricsStore, max_points: int = MAX_POINTS, recent_steps: int = 2000) -> list[dict]:
-    """What a refresh of `dashboard/page.py` computes: the store read as `RunManager.snapshot`
+    """What a refresh of the Live tab (`dashboard/live_view.py`) computes: the store read as `RunManager.snapshot`
     reads it, the five charts of `dashboard/charts.py` and their what-if readouts, and each chart
     as the Vega-Lite spec the page hands to `st.vega_lite_chart` (no Streamlit involved).
 

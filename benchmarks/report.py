@@ -81,6 +81,18 @@ def _at_least(name: str, value: float, limit: float) -> dict:
     return _target(name, f"{value:.2f}x", value >= limit, by, value)
 
 
+def _at_most_cost(name: str, ratio: float, ratio_range: tuple[float, float], limit: float) -> dict:
+    """A cost target: `1 - ratio` (the share of speed lost) at most `limit`, with its repeats' range."""
+    cost = 1 - ratio
+    low, high = (1 - value for value in reversed(ratio_range))
+    points = (limit - cost) * 100
+    by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
+    noisy = low < 0 < high and high - low > 2 * limit
+    if noisy:
+        by += "; the repeats disagree on the sign"
+    return _target(name, f"{cost:.1%} (repeats {low:.0%}..{high:.0%})", cost <= limit, by, cost, noisy)
+
+
 def evaluate_targets(results: dict) -> list[dict]:
     """One entry per target of issues #4 and #5 whose section ran."""
     targets = []
@@ -112,43 +124,22 @@ def evaluate_targets(results: dict) -> list[dict]:
     heavy_name = results.get("heavy_task")
     heavy = throughput.get(heavy_name, {}).get("rows", {}) if heavy_name else {}
     if MONITORED in heavy and CEILING in heavy:
-        overhead = 1 - heavy[MONITORED]["vs_ceiling"]
-        low, high = (1 - ratio for ratio in reversed(heavy[MONITORED]["vs_ceiling_range"]))
-        points = (HEAVY_MAX_OVERHEAD - overhead) * 100
-        by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
-        noisy = low < 0 < high and high - low > 2 * HEAVY_MAX_OVERHEAD
-        if noisy:
-            by += "; the repeats disagree on the sign"
         targets.append(
-            _target(
+            _at_most_cost(
                 f"{heavy_name}, monitoring overhead <= 3% vs the ceiling",
-                f"{overhead:.1%} (repeats {low:.0%}..{high:.0%})",
-                overhead <= HEAVY_MAX_OVERHEAD,
-                by,
-                overhead,
-                noisy,
+                heavy[MONITORED]["vs_ceiling"], heavy[MONITORED]["vs_ceiling_range"], HEAVY_MAX_OVERHEAD,
             )
-        )
+        )  # fmt: skip
     persistence = results.get("persistence", {})
     rows = persistence.get("rows", {})
     if WITH_DATABASE in rows and WITHOUT_DATABASE in rows:
-        cost = 1 - rows[WITH_DATABASE]["vs_without_database"]
-        low, high = (1 - ratio for ratio in reversed(rows[WITH_DATABASE]["vs_without_database_range"]))
-        points = (MAX_PERSISTENCE_COST - cost) * 100
-        by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
-        noisy = low < 0 < high and high - low > 2 * MAX_PERSISTENCE_COST
-        if noisy:
-            by += "; the repeats disagree on the sign"
         targets.append(
-            _target(
+            _at_most_cost(
                 f"persistence costs <= 5% of steps/s on {persistence['task']}",
-                f"{cost:.1%} (repeats {low:.0%}..{high:.0%})",
-                cost <= MAX_PERSISTENCE_COST,
-                by,
-                cost,
-                noisy,
+                rows[WITH_DATABASE]["vs_without_database"], rows[WITH_DATABASE]["vs_without_database_range"],
+                MAX_PERSISTENCE_COST,
             )
-        )
+        )  # fmt: skip
     control = results.get("control")
     if control:
         latency = control["latency"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -34,37 +36,17 @@ class Budget:
     heavy_even_if_xla: bool = True
 
 
+# Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
 FULL = Budget(
-    name="full",
-    repeats=7,
-    window_seconds=1.5,
-    heavy_window_seconds=3.0,
-    min_chunks=5,
-    warm_up_seconds=1.0,
-    policy_repeats=5,
-    policy_window_seconds=1.0,
-    persistence_repeats=7,
-    persistence_window_seconds=3.0,
-    latency_trials=20,
-    store_sizes=(10_000, 1_000_000),
-    chart_repeats=15,
-)
-QUICK = Budget(
-    name="quick",
-    repeats=2,
-    window_seconds=0.5,
-    heavy_window_seconds=1.0,
-    min_chunks=1,
-    warm_up_seconds=0.3,
-    policy_repeats=1,
-    policy_window_seconds=0.4,
-    persistence_repeats=2,
-    persistence_window_seconds=1.0,
-    latency_trials=6,
-    store_sizes=(10_000, 1_000_000),
-    chart_repeats=5,
-    heavy_even_if_xla=False,
-)
+    name="full", repeats=7, window_seconds=1.5, heavy_window_seconds=3.0, min_chunks=5, warm_up_seconds=1.0,
+    policy_repeats=5, policy_window_seconds=1.0, persistence_repeats=7, persistence_window_seconds=3.0,
+    latency_trials=20, store_sizes=(10_000, 1_000_000), chart_repeats=15,
+)  # fmt: skip
+QUICK = dataclasses.replace(
+    FULL, name="quick", repeats=2, window_seconds=0.5, heavy_window_seconds=1.0, min_chunks=1,
+    warm_up_seconds=0.3, policy_repeats=1, policy_window_seconds=0.4, persistence_repeats=2,
+    persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
+)  # fmt: skip
 
 
 def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:

@@ -315,6 +315,7 @@ def run_task(
         "task": task_name,
         "batch_size": batch["batch_size"],
         "batch_size_reason": batch["reason"],
+        "fit_step_ms": batch["fit_step_ms"],
         "jit_compile": task.jit_compile,
         "repeats": repeats,
         "window_seconds": window_seconds,

@@ -1,13 +1,21 @@
-"""Clipwatch's Streamlit dashboard.
+"""Clipwatch's Streamlit dashboard: one module, one job.
 
-* `charts` builds every chart of one run from DataFrames with pure functions (no Streamlit, no
-  TensorFlow); `comparison` does the same for several runs at once (Compare, the A/B race, the
-  History table), `advice` draws the threshold advisor's ghost lines, and `export` turns runs
-  and charts into CSV, Parquet, PNG, SVG and a self-contained HTML report.
-* `run_manager` is the glue: the one shared run and A/B race, held through `st.cache_resource`,
-  that every browser tab watches and steers, plus the run database and the advisor's replays.
-  It is the only module here that imports `training`.
-* `page` draws the sidebar, the header and the Live tab; `race_view` the A/B race tab;
-  `history_view` the History and Compare tabs; `panels` the widgets they share. They read
-  snapshots and send commands.
+* `page`: the page's entry point, `render()`: sidebar, header and the four tabs.
+* `controls`: the sidebar's controls: widget keys, their session state, the one callback helper.
+* `live_view`: the Live tab: the current run's charts in a timed fragment, its advisor, exports.
+* `race_view`: the A/B race tab: two runs overlaid, each steerable on its own.
+* `history_view`: the History and Compare tabs: recorded runs, read back from the database.
+* `panels`: widgets the tabs share: bordered panels, the advisor's readout, export buttons.
+* `charts`: pure builders of one run's charts from DataFrames (no Streamlit, no TensorFlow).
+* `comparison`: pure builders of charts over several runs (Compare, the race, History's table).
+* `advice`: pure builders of the threshold advisor's ghost lines and sentences.
+* `export`: runs and charts as CSV, Parquet, PNG, SVG and a self-contained HTML report.
+* `run_manager`: the one shared `RunManager` (`get_run_manager()`) composing the three below.
+* `live_run`: the live run: one trainer, its commands and its snapshot.
+* `race`: the A/B race: two trainers started at once, steered one side at a time.
+* `run_library`: the run database setting, recorded runs and the advisor's replays.
+
+`live_run`, `race` and `run_library` are the glue: the only modules that hold trainers or the
+database (and so run TensorFlow). The views import training's plain names (tasks, policies,
+validators) from where `training` defines them.
 """

@@ -712,19 +712,12 @@ def chart_rows(chart: alt.TopLevelMixin) -> int:
     return sum(len(rows) for rows in spec.get("datasets", {}).values())
 
 
-def chart_values(chart: alt.TopLevelMixin, field: str) -> list:
-    """Every value of `field` in every dataset of a built chart (for checks)."""
-    spec = chart.to_dict()
-    return [row[field] for rows in spec.get("datasets", {}).values() for row in rows if field in row]
-
-
 __all__: Sequence[str] = [
     "COLORS",
     "LINE_POINTS",
     "MAX_POINTS",
     "even_spans",
     "chart_rows",
-    "chart_values",
     "clip_rate_chart",
     "event_label",
     "events_table",

@@ -15,8 +15,9 @@ import datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, comparison, export, panels
-from dashboard.run_manager import RecordedRun, RunManager
+from dashboard import charts, comparison, controls, export, panels
+from dashboard.run_library import RecordedRun
+from dashboard.run_manager import RunManager
 
 # Session state (private to these tabs).
 _SELECTED = "_history_selected"  # the run id History shows
@@ -28,7 +29,6 @@ _COMPARED = "_compare_selected"  # the run ids Compare overlays
 _COMPARE_VERSION = "_compare_version"
 HISTORY_LOG_SCALE = "history.log_scale"
 COMPARE_LOG_SCALE = "compare.log_scale"
-EVENT_ROWS = 200
 
 
 def _errors() -> dict[str, str]:
@@ -36,9 +36,7 @@ def _errors() -> dict[str, str]:
 
 
 def _show_error(where: str) -> None:
-    message = _errors().get(where)
-    if message:
-        st.error(message, icon=":material/error:")
+    controls.show_error(where, _ERRORS)
 
 
 def _command(where: str, action) -> None:
@@ -185,43 +183,22 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
 
 
 def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale: bool) -> None:
-    with panels.panel(
-        "history_gradient_norm_panel",
-        "Gradient norm",
-        "Before and after clipping, with the threshold, clip events and the advisor's ghost "
-        "thresholds (dashed, faded).",
-    ):
-        panels.draw(figures["Gradient norm"])
-    left, right = st.columns(2)
-    with left, panels.panel("history_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule."):
-        panels.draw(figures["Loss and commands"])
-    with right, panels.panel(
-        "history_clip_rate_panel",
-        "Clip rate",
-        f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.",
-    ):
-        panels.draw(figures["Clip rate"])
-    left, right = st.columns(2)
-    with left, panels.panel(
-        "history_layer_panel", "Gradient norm per layer", "Each trainable variable's norm before clipping."
-    ):
-        panels.draw(figures["Gradient norm per layer"])
     norms = charts.recent_norms(recorded.recent)
-    with right, panels.panel(
-        "history_histogram_panel",
-        "Last gradient norms",
-        f"The run's last {len(norms):,} steps before clipping, with the proposed threshold.",
-    ):
-        panels.draw(
-            charts.gradient_norm_histogram(
-                norms, proposed, log_scale=log_scale, threshold_label="proposed"
-            )
-        )
-    table = charts.events_table(recorded.events)
-    more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
-    with panels.panel("history_events_panel", "Events", f"Every command, newest first{more}."):
-        with st.container(height=260 if len(table) > 6 else "content", border=False):
-            st.table(table.head(EVENT_ROWS).set_index("Step"))
+    histogram = charts.gradient_norm_histogram(norms, proposed, log_scale=log_scale, threshold_label="proposed")
+    panels.panel_rows((
+        (("history_gradient_norm_panel", "Gradient norm",
+          "Before and after clipping, with the threshold, clip events and the advisor's ghost "
+          "thresholds (dashed, faded).", figures["Gradient norm"]),),
+        (("history_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule.",
+          figures["Loss and commands"]),
+         ("history_clip_rate_panel", "Clip rate",
+          f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures["Clip rate"])),
+        (("history_layer_panel", "Gradient norm per layer", "Each trainable variable's norm before clipping.",
+          figures["Gradient norm per layer"]),
+         ("history_histogram_panel", "Last gradient norms",
+          f"The run's last {len(norms):,} steps before clipping, with the proposed threshold.", histogram)),
+    ))  # fmt: skip
+    panels.events_panel("history_events_panel", charts.events_table(recorded.events), "Every command, newest first")
 
 
 def _manage(manager: RunManager, recorded: RecordedRun) -> None:
@@ -338,7 +315,7 @@ def render_compare(manager: RunManager) -> None:
     )
     state[_COMPARED] = [int(run_id) for run_id in chosen]
     if not chosen:
-        st.info("Pick two or more runs above to overlay them.", icon=":material/compare_arrows:")
+        st.info("Pick runs above to draw them; two or more are overlaid.", icon=":material/compare_arrows:")
         return
     recorded = []
     for run_id in chosen:
@@ -355,19 +332,13 @@ def render_compare(manager: RunManager) -> None:
         "Loss": comparison.runs_loss_chart(long, log_scale=log_scale),
         "Clip rate": comparison.runs_clip_rate_chart(long),
     }
-    with panels.panel(
-        "compare_gradient_norm_panel",
-        "Gradient norm before clipping",
-        "The largest norm per point, with each run's threshold dashed in its colour.",
-    ):
-        panels.draw(figures["Gradient norm"])
-    left, right = st.columns(2)
-    with left, panels.panel("compare_loss_panel", "Loss", "Mean loss per point."):
-        panels.draw(figures["Loss"])
-    with right, panels.panel(
-        "compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
-    ):
-        panels.draw(figures["Clip rate"])
+    panels.panel_rows((
+        (("compare_gradient_norm_panel", "Gradient norm before clipping",
+          "The largest norm per point, with each run's threshold dashed in its colour.", figures["Gradient norm"]),),
+        (("compare_loss_panel", "Loss", "Mean loss per point.", figures["Loss"]),
+         ("compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
+          figures["Clip rate"])),
+    ))  # fmt: skip
     infos = [{**run.info, "nonfinite_steps": run.nonfinite_steps} for run in recorded]
     table = comparison.runs_config_table(infos, names)
     with panels.panel("compare_table_panel", "Configs and final numbers", "One row per run."):

@@ -8,11 +8,11 @@ then, in a thread of its own, so it reads plain data and never calls `st.*`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-
 import math
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import altair as alt
 import pandas as pd
@@ -20,7 +20,8 @@ import streamlit as st
 
 from dashboard import advice as advice_charts
 from dashboard import charts, export
-from dashboard.run_manager import Advice, RunManager
+from dashboard.run_library import Advice
+from dashboard.run_manager import RunManager
 
 
 def draw(chart: alt.TopLevelMixin) -> None:
@@ -34,6 +35,34 @@ def panel(key: str, title: str, caption: str):
     box.markdown(f"**{title}**")
     box.caption(caption)
     return box
+
+
+def panel_rows(rows: Sequence[Sequence[tuple[str, str, str, Any]]]) -> None:
+    """Panels laid out in rows: a row of one spans the page, a row of two splits it in columns.
+
+    Each panel is (key, title, caption, content): content is a built chart, or a function that
+    draws the panel's body.
+    """
+    for row in rows:
+        places = [contextlib.nullcontext()] if len(row) == 1 else st.columns(len(row))
+        for place, (key, title, caption, content) in zip(places, row):
+            with place, panel(key, title, caption):
+                if isinstance(content, alt.TopLevelMixin):
+                    draw(content)
+                else:
+                    content()
+
+
+EVENT_ROWS = 200  # newest events in a table (a plain HTML table: readable and quick)
+
+
+def events_panel(key: str, table: pd.DataFrame, caption: str) -> None:
+    """A run's events table (`charts.events_table`), its newest `EVENT_ROWS`, in a panel."""
+    more = f" (the newest {EVENT_ROWS} of {len(table):,})" if len(table) > EVENT_ROWS else ""
+    shown = table.head(EVENT_ROWS)
+    with panel(key, "Events", f"{caption}{more}."):
+        with st.container(height=260 if len(shown) > 6 else "content", border=False):
+            st.table(shown.set_index("Step"))
 
 
 def number(value: Any, pattern: str = "{:.4g}") -> str:
@@ -140,58 +169,33 @@ def export_buttons(
     Every argument that makes data is a function, called only when its button is clicked.
     """
     stem = file_stem(name)
-    first, second, third = st.columns(3)
-    first.download_button(
-        "Metrics (CSV)",
-        data=lambda: export.metrics_csv(metrics()),
-        file_name=f"{stem}.csv",
-        mime="text/csv",
-        key=f"{key}.csv",
-        on_click="ignore",
-        icon=":material/download:",
-        width="stretch",
-    )
-    second.download_button(
-        "Metrics (Parquet)",
-        data=lambda: export.metrics_parquet(metrics()),
-        file_name=f"{stem}.parquet",
-        mime="application/vnd.apache.parquet",
-        key=f"{key}.parquet",
-        on_click="ignore",
-        icon=":material/download:",
-        width="stretch",
-    )
-    third.download_button(
-        "Report (HTML)",
-        data=report,
-        file_name=f"{stem}-report.html",
-        mime="text/html",
-        key=f"{key}.html",
-        on_click="ignore",
-        icon=":material/description:",
-        width="stretch",
-    )
+    files = (
+        ("Metrics (CSV)", lambda: export.metrics_csv(metrics()), "", "csv", "text/csv", ":material/download:"),
+        ("Metrics (Parquet)", lambda: export.metrics_parquet(metrics()), "", "parquet",
+         "application/vnd.apache.parquet", ":material/download:"),
+        ("Report (HTML)", report, "-report", "html", "text/html", ":material/description:"),
+    )  # fmt: skip
+    for column, (label, data, suffix, extension, mime, icon) in zip(st.columns(3), files):
+        column.download_button(
+            label, data=data, file_name=f"{stem}{suffix}.{extension}", mime=mime, key=f"{key}.{extension}",
+            on_click="ignore", icon=icon, width="stretch",
+        )  # fmt: skip
     for index, chart_name in enumerate(chart_names):
         label, png, svg = st.columns([2, 1, 1], vertical_alignment="center")
         label.caption(chart_name)
-        png.download_button(
-            "PNG",
-            data=lambda chart_name=chart_name: export.chart_png(figures()[chart_name]),
-            file_name=f"{stem}-chart-{index + 1}.png",
-            mime="image/png",
-            key=f"{key}.png.{index}",
-            on_click="ignore",
-            width="stretch",
-        )
-        svg.download_button(
-            "SVG",
-            data=lambda chart_name=chart_name: export.chart_svg(figures()[chart_name]),
-            file_name=f"{stem}-chart-{index + 1}.svg",
-            mime="image/svg+xml",
-            key=f"{key}.svg.{index}",
-            on_click="ignore",
-            width="stretch",
-        )
+        for column, extension, mime, make in (
+            (png, "png", "image/png", export.chart_png),
+            (svg, "svg", "image/svg+xml", export.chart_svg),
+        ):
+            column.download_button(
+                extension.upper(),
+                data=lambda chart_name=chart_name, make=make: make(figures()[chart_name]),
+                file_name=f"{stem}-chart-{index + 1}.{extension}",
+                mime=mime,
+                key=f"{key}.{extension}.{index}",
+                on_click="ignore",
+                width="stretch",
+            )
 
 
 # --- one run's charts (live, recorded) -----------------------------------------------------------

@@ -8,29 +8,16 @@ only reads a `RaceSnapshot`. Controls sit outside the fragment and act through c
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any, Callable
 
 import streamlit as st
 
-from dashboard import charts, comparison, panels
-from dashboard.run_manager import (
-    POLICY_NAMES,
-    RACE_LABELS,
-    TASK_NAMES,
-    TASKS,
-    RaceSettings,
-    RaceSide,
-    RaceSnapshot,
-    RunManager,
-    default_race_settings,
-    get_run_manager,
-)
+from dashboard import charts, comparison, controls, panels
+from dashboard.race import RACE_LABELS, RaceSettings, RaceSide, RaceSnapshot, default_race_settings
+from dashboard.run_manager import RunManager, get_run_manager
+from training.policies import POLICY_NAMES
+from training.tasks import TASK_NAMES, TASKS
 
-REFRESH_SECONDS = 1.0
-SPEED_OPTIONS = (10, 30, 100, 300, 1000, 3000, "Full")
-REPEAT_SECONDS = 0.75  # a repeat of the same button command within this is dropped
 # Widget keys of the set-up (they configure the next race only).
 TASK = "race.task"
 SEED = "race.seed"
@@ -57,21 +44,15 @@ def _errors() -> dict[str, str]:
 
 
 def _show_error(where: str) -> None:
-    message = _errors().get(where)
-    if message:
-        st.error(message, icon=":material/error:")
+    controls.show_error(where, _ERRORS)
 
 
 def _action(where: str, command: str, action: Callable[[], Any]) -> None:
     """Run a button's command; show a refusal under `where`. One click is one command (a click
     landing in a timed refresh can reach its callback twice)."""
-    state = st.session_state
-    now = time.monotonic()
-    last_command, last_time = state.get(_LAST_ACTION, (None, -math.inf))
-    if command == last_command and now - last_time < REPEAT_SECONDS:
+    if not controls.first_click(command, _LAST_ACTION):
         return
-    state[_LAST_ACTION] = (command, now)
-    state[_ERRORS] = {}
+    st.session_state[_ERRORS] = {}
     try:
         action()
     except (ValueError, RuntimeError) as error:
@@ -98,7 +79,7 @@ def _settings_from_controls() -> RaceSettings:
         task=task,
         sides=tuple(sides),
         seed=int(state.get(SEED, 0)),
-        max_steps_per_second=None if speed == "Full" else float(speed),
+        max_steps_per_second=controls.speed_value(speed),
     )
 
 
@@ -171,7 +152,7 @@ def render(manager: RunManager) -> None:
         "Log-scale y axes", value=True, key=LOG_SCALE,
         help="For the gradient-norm and loss charts: a side that diverges spans many decades.",
     )  # fmt: skip
-    st.fragment(_race_live, run_every=REFRESH_SECONDS if racing else None)()
+    st.fragment(_race_live, run_every=controls.REFRESH_SECONDS if racing else None)()
 
 
 def _setup() -> None:
@@ -181,14 +162,7 @@ def _setup() -> None:
         help="Both sides train this task from the same seed.",
     )  # fmt: skip
     top[1].number_input("Seed", min_value=0, value=0, step=1, key=SEED, help="Initial weights and batch order.")
-    top[2].select_slider(
-        "Speed",
-        options=SPEED_OPTIONS,
-        value=300,
-        key=SPEED,
-        format_func=lambda option: option if option == "Full" else f"{option:,}",
-        help="A cap on each side's steps per second.",
-    )
+    controls.speed_slider(top[2], 300, SPEED, "A cap on each side's steps per second.")
     st.caption(TASKS[task].description + ".")
     defaults = default_race_settings(task)
     for column, label, default in zip(st.columns(2), RACE_LABELS, defaults.sides):
@@ -267,21 +241,14 @@ def _race_live() -> None:
         if snapshot.is_active:
             st.info("Building the models and compiling the training steps…", icon=":material/hourglass_top:")
         return
-    with panels.panel(
-        "race_gradient_norm_panel",
-        "Gradient norm before clipping, A against B",
-        "The largest norm per point, each side's threshold dashed in its colour; triangles along "
-        "the top mark NaN/inf steps.",
-    ):
-        panels.draw(figures["gradient_norm"])
-    left, right = st.columns(2)
-    with left, panels.panel("race_loss_panel", "Loss, A against B", "Mean loss per point."):
-        panels.draw(figures["loss"])
-    with right, panels.panel(
-        "race_clip_rate_panel", "Clip rate, A against B", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
-    ):
-        panels.draw(figures["clip_rate"])
-
+    panels.panel_rows((
+        (("race_gradient_norm_panel", "Gradient norm before clipping, A against B",
+          "The largest norm per point, each side's threshold dashed in its colour; triangles along "
+          "the top mark NaN/inf steps.", figures["gradient_norm"]),),
+        (("race_loss_panel", "Loss, A against B", "Mean loss per point.", figures["loss"]),
+         ("race_clip_rate_panel", "Clip rate, A against B", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
+          figures["clip_rate"])),
+    ))  # fmt: skip
 
 def _figures(snapshot: RaceSnapshot) -> dict:
     """Every chart of the race, built before anything is drawn (no half-drawn refresh)."""

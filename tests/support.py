@@ -1,16 +1,11 @@
-"""Small helpers shared by the tests."""
+"""Small helpers shared by the tests: the one wait helper and the import check."""
 
+import os
+import subprocess
+import sys
 import time
 
-
-def wait_for(predicate, timeout=60.0, interval=0.01):
-    """Poll `predicate` until it is true (returns True) or `timeout` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_until(predicate, timeout=60.0, what="condition", interval=0.05):
@@ -23,3 +18,14 @@ def wait_until(predicate, timeout=60.0, what="condition", interval=0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
+
+
+def assert_imports_neither_streamlit_nor_tensorflow(*modules: str) -> None:
+    """Import `modules` in a fresh interpreter and fail if that loaded Streamlit or TensorFlow."""
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "bad = [name for name in ('streamlit', 'tensorflow') if name in sys.modules]; "
+        "print(*bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"importing {', '.join(modules)} imported: {result.stdout} {result.stderr}"

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from support import wait_for
+from support import wait_until
 
 from training import Trainer
 from training.advisor import replay
@@ -29,7 +29,7 @@ def test_replay_of_a_fixed_threshold_is_the_share_of_norms_above_it():
 def test_replaying_a_run_reproduces_its_recorded_thresholds(policy, params):
     trainer = Trainer(task="seed", policy=policy, clip_threshold=5.0, max_steps=3000, **params)
     trainer.start()
-    assert wait_for(lambda: trainer.status.state != "running")
+    wait_until(lambda: trainer.status.state != "running", what='trainer.status.state != "running"')
     metrics = trainer.metrics()
     assert len(metrics) == 3000
     result = replay(metrics.grad_norm.to_numpy(), policy, clip_threshold=5.0, **params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 import streamlit as st
@@ -139,7 +138,8 @@ def test_a_refused_threshold_shows_the_trainers_message_and_changes_nothing(app,
         "`clip_threshold` must be a finite number greater than 0. "
         f"Received: clip_threshold={bad_value!r}"
     ]
-    time.sleep(0.5)  # long enough for a wrongly sent command to be applied
+    step = manager.trainer.status.step  # a wrongly sent command would apply at a chunk boundary:
+    wait_until(lambda: manager.trainer.status.step > step + 50, what="50 more steps")  # wait past one
     assert manager.trainer.config.clip_threshold == 0.5
     assert manager.settings.clip_threshold == 0.5
     assert clip_threshold_events(manager)["new"].tolist() == ["0.5"]

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -21,8 +17,9 @@ from dashboard import charts
 from training.policies import POLICY_NAMES
 from training.store import MetricsStore
 
+from support import assert_imports_neither_streamlit_nor_tensorflow
+
 LAYERS = ("hidden/kernel", "hidden/bias", "output/kernel", "output/bias")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fill_store(
@@ -255,25 +252,6 @@ def test_a_single_spike_in_a_million_steps_stays_visible(million_step_store):
     assert heatmap["norm"].max() == pytest.approx(1000.0)
 
 
-def test_building_every_chart_costs_the_same_for_a_million_steps_as_for_ten_thousand(
-    million_step_store,
-):
-    small = fill_store(10_000, spike_at=5_000)
-
-    def cost(store) -> float:
-        best = math.inf
-        for _ in range(3):
-            started = time.perf_counter()
-            for chart in all_charts(store).values():
-                chart.to_dict()
-            best = min(best, time.perf_counter() - started)
-        return best
-
-    cost(small)  # warm up Altair's schema validation
-    small_cost, large_cost = cost(small), cost(million_step_store)
-    assert large_cost < 2.0 * small_cost + 0.2, (small_cost, large_cost)
-
-
 # --- the numbers behind the charts ---------------------------------------------------------------
 
 
@@ -467,10 +445,4 @@ def test_headline_reads_the_newest_finite_step_and_the_last_hundred():
 
 
 def test_charts_module_imports_neither_streamlit_nor_tensorflow():
-    code = (
-        "import sys, dashboard.charts; "
-        "bad = [name for name in ('streamlit', 'tensorflow') if name in sys.modules]; "
-        "print(*bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"dashboard.charts imported: {result.stdout} {result.stderr}"
+    assert_imports_neither_streamlit_nor_tensorflow("dashboard.charts")

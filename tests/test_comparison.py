@@ -7,9 +7,6 @@ page hands the builders.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import os
 
 import numpy as np
 import pandas as pd
@@ -19,7 +16,7 @@ from dashboard import advice, charts, comparison
 from training.policies import POLICY_NAMES
 from training.store import MetricsStore
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import assert_imports_neither_streamlit_nor_tensorflow
 
 
 def run_view(
@@ -194,10 +191,4 @@ def test_the_typical_threshold_ignores_steps_without_one():
 
 
 def test_the_pure_modules_import_neither_streamlit_nor_tensorflow():
-    code = (
-        "import sys, dashboard.comparison, dashboard.advice, dashboard.export; "
-        "bad = [name for name in ('streamlit', 'tensorflow') if name in sys.modules]; "
-        "print(*bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"imported: {result.stdout} {result.stderr}"
+    assert_imports_neither_streamlit_nor_tensorflow("dashboard.comparison", "dashboard.advice", "dashboard.export")

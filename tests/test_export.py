@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import struct
-import time
 import xml.etree.ElementTree as ElementTree
 
 import pandas as pd
@@ -18,25 +17,26 @@ import pytest
 from dashboard import charts, export, panels
 from training import Trainer
 
+from support import wait_until
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def finished_run():
-    """A real 400-step run of the seed task with one threshold change: (metrics, events, view)."""
-    trainer = Trainer(task="seed", policy="global_norm", clip_threshold=0.5, max_steps=400)
-    trainer.set_max_steps_per_second(1000)  # slow enough to change the threshold mid-run
+    """A real run of the seed task of at least 400 steps with one threshold change mid-run:
+    (metrics, events, view, layer view). Unbounded and stopped by the fixture, so the change
+    can never arrive after the run has ended, however loaded the machine."""
+    trainer = Trainer(task="seed", policy="global_norm", clip_threshold=0.5)
+    trainer.set_max_steps_per_second(1000)
     trainer.start()
     try:
-        deadline = time.monotonic() + 120
-        while trainer.status.step < 100 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: trainer.status.step >= 100, timeout=120, what="100 steps")
         trainer.set_clip_threshold(0.25)
-        while trainer.status.state == "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert trainer.status.state == "stopped", trainer.status
+        wait_until(lambda: trainer.status.step >= 400, timeout=120, what="400 steps")
     finally:
         trainer.stop()
+    assert trainer.status.state == "stopped", trainer.status
     view, layer_view = trainer.store.view()
     return trainer.metrics(), trainer.events(), view, layer_view
 
@@ -50,8 +50,9 @@ def test_csv_round_trips_to_the_same_frame(finished_run):
     assert list(read.columns) == list(metrics.columns)
     # Every value comes back exactly once read into the original column types.
     pd.testing.assert_frame_equal(read.astype(expected.dtypes.to_dict()), expected)
-    assert read["policy"].tolist() == ["global_norm"] * 400
-    assert read["step"].tolist() == list(range(1, 401))
+    assert len(read) >= 400
+    assert read["policy"].tolist() == ["global_norm"] * len(read)
+    assert read["step"].tolist() == list(range(1, len(read) + 1))
 
 
 def test_parquet_round_trips_to_the_same_frame_and_types(finished_run):

@@ -19,18 +19,13 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.run_manager import RunManager, get_run_manager
-from support import wait_until as _wait_until
+from support import wait_until
 from training import Trainer
 from training.persistence import RunDatabase
 from training.tasks import TASKS
 
+RUN_TIMEOUT = 90.0  # seconds: History and race runs compile two models
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
-
-
-
-
-def wait_until(condition, timeout=90.0, what="condition"):
-    return _wait_until(condition, timeout, what)  # History and race runs compile two models
 
 
 @pytest.fixture
@@ -47,7 +42,7 @@ def record_run(database: RunDatabase, name: str, steps: int = 300, **settings) -
     trainer = Trainer(task="seed", max_steps=steps, database=database, run_name=name, **settings)
     trainer.start()
     try:
-        wait_until(lambda: trainer.status.state != "running", what=f"run {name!r} to finish")
+        wait_until(lambda: trainer.status.state != "running", timeout=RUN_TIMEOUT, what=f"run {name!r} to finish")
     finally:
         trainer.stop()
     assert trainer.status.state == "stopped", trainer.status
@@ -138,7 +133,7 @@ def test_a_run_still_training_cannot_be_deleted(manager):
     at = AppTest.from_file(APP, default_timeout=90).run()
     at.button(key="start").click().run()
     trainer = manager.trainer
-    wait_until(lambda: trainer.status.run_id is not None and trainer.status.step > 10, what="a recorded run")
+    wait_until(lambda: trainer.status.run_id is not None and trainer.status.step > 10, timeout=RUN_TIMEOUT, what="a recorded run")
     open_tab(at, "History")
     at.button(key="history.delete").click().run()
     at.button(key="history.confirm_delete").click().run()
@@ -194,9 +189,9 @@ def test_the_ab_race_starts_two_trainers_on_the_same_data_that_both_advance(mana
     assert side_a.config.seed == side_b.config.seed and side_a.config.batch_size == side_b.config.batch_size
 
     # Both advance at once: each has its own thread.
-    wait_until(lambda: side_a.status.step >= 20 and side_b.status.step >= 20, what="both sides' first steps")
+    wait_until(lambda: side_a.status.step >= 20 and side_b.status.step >= 20, timeout=RUN_TIMEOUT, what="both sides' first steps")
     seen_b = side_b.status.step
-    wait_until(lambda: side_b.status.step > seen_b + 20, what="side B to keep going")
+    wait_until(lambda: side_b.status.step > seen_b + 20, timeout=RUN_TIMEOUT, what="side B to keep going")
     # Same seed and data: the first step (before any update) is the same on both sides.
     first_a, first_b = side_a.metrics().iloc[0], side_b.metrics().iloc[0]
     assert first_a["loss"] == first_b["loss"] and first_a["grad_norm"] == first_b["grad_norm"]
@@ -216,7 +211,7 @@ def test_the_ab_race_starts_two_trainers_on_the_same_data_that_both_advance(mana
     b_threshold = next(widget for widget in at.number_input if widget.label == "Clip threshold B")
     b_threshold.set_value(0.5).run()
     assert not at.exception
-    wait_until(lambda: side_b.config.clip_threshold == 0.5, what="B's new threshold")
+    wait_until(lambda: side_b.config.clip_threshold == 0.5, timeout=RUN_TIMEOUT, what="B's new threshold")
     assert side_a.config.clip_threshold == threshold
     at.button(key="race.B.stop").click().run()
     assert side_b.status.state == "stopped"
@@ -232,7 +227,7 @@ def test_the_live_run_replays_its_norms_and_draws_ghost_thresholds(manager):
     at = AppTest.from_file(APP, default_timeout=90).run()
     at.button(key="start").click().run()
     trainer = manager.trainer
-    wait_until(lambda: trainer.status.step >= 300, what="300 steps")
+    wait_until(lambda: trainer.status.step >= 300, timeout=RUN_TIMEOUT, what="300 steps")
     at.run()
     assert "would have chosen" not in spec_of(at.get("vega_lite_chart")[0])  # no replay yet
     at.button(key="advise_live").click().run()
@@ -270,7 +265,7 @@ def test_a_corrupt_database_shows_the_error_and_runs_are_kept_in_memory(tmp_path
         # Start still works: the run trains, in memory.
         at.button(key="start").click().run()
         trainer = manager.trainer
-        wait_until(lambda: trainer.status.step >= 20, what="the run's first steps")
+        wait_until(lambda: trainer.status.step >= 20, timeout=RUN_TIMEOUT, what="the run's first steps")
         assert trainer.status.run_id is None and trainer.status.state == "running"
         assert any("no run database" in text for text in texts(open_tab(at, "History").info))
 
@@ -296,11 +291,11 @@ def test_a_failed_database_write_mid_run_shows_as_a_warning(manager):
     control.set_value("Full").run()
     at.button(key="start").click().run()
     trainer = manager.trainer
-    wait_until(lambda: trainer.status.run_id is not None and trainer.status.step > 10, what="a recorded run")
+    wait_until(lambda: trainer.status.run_id is not None and trainer.status.step > 10, timeout=RUN_TIMEOUT, what="a recorded run")
     # Another program breaks the database under the running writer.
     with sqlite3.connect(manager.database.path) as connection:
         connection.execute("DROP TABLE step_chunks")
-    wait_until(lambda: trainer.status.warning, what="the writer's failure")
+    wait_until(lambda: trainer.status.warning, timeout=RUN_TIMEOUT, what="the writer's failure")
     at.run()
     assert trainer.status.state == "running"  # training goes on in memory
     warnings = texts(at.warning)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import wait_for
+from support import wait_until
 
 from training import Trainer
 from training.persistence import DatabaseError, RunDatabase
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def finished_run(database, **kwargs):
     trainer = Trainer(database=database, **kwargs)
     trainer.start()
-    assert wait_for(lambda: trainer.status.state in ("stopped", "failed"))
+    wait_until(lambda: trainer.status.state in ("stopped", "failed"), what='trainer.status.state in ("stopped", "failed")')
     return trainer
 
 
@@ -32,10 +32,10 @@ def test_a_run_is_written_and_read_back_identically(tmp_path):
     trainer = Trainer(task="seed", policy="global_norm", clip_threshold=0.3, database=database,
                       run_name="baseline", max_steps=60_000)
     trainer.start()
-    assert wait_for(lambda: trainer.status.step >= 500)
+    wait_until(lambda: trainer.status.step >= 500, what='trainer.status.step >= 500')
     trainer.set_clip_threshold(0.1)
     trainer.set_policy("autoclip", percentile=25)
-    assert wait_for(lambda: trainer.status.state == "stopped")
+    wait_until(lambda: trainer.status.state == "stopped", what='trainer.status.state == "stopped"')
     run_id = trainer.status.run_id
     pd.testing.assert_frame_equal(
         database.metrics(run_id), trainer.metrics().assign(policy=lambda f: f.policy.astype(str))
@@ -79,8 +79,9 @@ def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(tmp
             except sqlite3.Error:
                 return 0
 
-        assert wait_for(lambda: persisted_steps() > 20_000, timeout=120)
-        time.sleep(1.5)  # mid-run, well past the first commits
+        wait_until(lambda: persisted_steps() > 20_000, timeout=120, what='persisted_steps() > 20_000')
+        committed = persisted_steps()
+        wait_until(lambda: persisted_steps() > committed, what="another commit")  # mid-run, past the first
         killed_at = time.time()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
@@ -104,7 +105,7 @@ def test_a_reader_reads_while_the_writer_writes(tmp_path):
     trainer.start()
     problems, reads = [], []
     try:
-        assert wait_for(lambda: trainer.status.step > 1000)  # past the compile
+        wait_until(lambda: trainer.status.step > 1000, what="1,000 steps")  # past the compile
         run_id = trainer.status.run_id
 
         def read():

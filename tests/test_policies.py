@@ -28,12 +28,19 @@ def run(name, gradients, clip_threshold=1.0, state=None, variables=None, **live)
 
 
 CASES = [("normal", 1.0), ("zeros", 0.0), ("huge", 1e30), ("tiny", 1e-30), ("small", 1e-3)]
+THRESHOLDS = [1e-3, 0.5, 1.0, 7.0, 1e4]
+
+
+def case_gradients(seed, scale, threshold_share):
+    """Gradients of a case (fixed seed: a failure reproduces) and a threshold at a share of its scale."""
+    return random_gradients(np.random.default_rng(seed), scale), (threshold_share * scale if scale else 1.0)
 
 
 @pytest.mark.parametrize("case,scale", CASES)
-@pytest.mark.parametrize("clip_threshold", [1e-3, 0.5, 1.0, 7.0, 1e4])
+@pytest.mark.parametrize("clip_threshold", THRESHOLDS)
 def test_global_norm_matches_tf_clip_by_global_norm(case, scale, clip_threshold):
-    rng = np.random.default_rng(hash((case, clip_threshold)) % 2**32)
+    # A fixed seed per (case, threshold), never hash(): string hashes change per process.
+    rng = np.random.default_rng([CASES.index((case, scale)), THRESHOLDS.index(clip_threshold)])
     gradients = random_gradients(rng, scale)
     clipped, _, stats = run("global_norm", gradients, clip_threshold)
     expected, expected_norm = tf.clip_by_global_norm(
@@ -53,9 +60,7 @@ def test_global_norm_matches_tf_clip_by_global_norm(case, scale, clip_threshold)
 
 @pytest.mark.parametrize("case,scale", CASES)
 def test_per_tensor_norm_matches_tf_clip_by_norm(case, scale):
-    rng = np.random.default_rng(7)
-    gradients = random_gradients(rng, scale)
-    clip_threshold = 0.8 * scale if scale else 1.0
+    gradients, clip_threshold = case_gradients(7, scale, 0.8)
     clipped, _, stats = run("per_tensor_norm", gradients, clip_threshold)
     for ours, gradient in zip(clipped, gradients):
         theirs = tf.clip_by_norm(tf.cast(gradient, tf.float64), clip_threshold)
@@ -68,9 +73,7 @@ def test_per_tensor_norm_matches_tf_clip_by_norm(case, scale):
 
 @pytest.mark.parametrize("case,scale", CASES)
 def test_value_matches_tf_clip_by_value(case, scale):
-    rng = np.random.default_rng(11)
-    gradients = random_gradients(rng, scale)
-    clip_threshold = 0.5 * scale if scale else 1.0
+    gradients, clip_threshold = case_gradients(11, scale, 0.5)
     clipped, _, stats = run("value", gradients, clip_threshold)
     for ours, gradient in zip(clipped, gradients):
         theirs = tf.clip_by_value(gradient, -clip_threshold, clip_threshold)

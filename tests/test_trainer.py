@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from support import wait_for
+from support import wait_until
 
 from training import Trainer
 from training.tasks import TASKS, seed as seed_task
@@ -35,29 +35,39 @@ def trainers():
 
 def running(trainer, min_steps=1):
     trainer.start()
-    assert wait_for(lambda: trainer.status.step >= min_steps or trainer.status.state == "failed")
+    wait_until(
+        lambda: trainer.status.step >= min_steps or trainer.status.state == "failed",
+        what=f"{min_steps} steps (or a failure)",
+    )
     assert trainer.status.state == "running", trainer.status.error
     return trainer
 
 
 def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers):
-    trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=200)
+    chunks = []  # (first step, steps) of every chunk, recorded by the training thread itself
+    record_chunk = lambda rows: chunks.append((int(rows["step"][0]), len(rows["step"])))  # noqa: E731
+    trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,)), min_steps=200)
     traces = trainer.trace_count
     for new_threshold in (0.05, 0.3, 2.0):
-        step_sent = trainer.status.step
         trainer.set_clip_threshold(new_threshold)
-        assert wait_for(lambda: (trainer.metrics()["clip_threshold"] == np.float32(new_threshold)).any())
+        # Read after sending: the chunk after this step was in flight at the send (or had not
+        # begun, and then it already runs with the new threshold).
+        step_sent = trainer.status.step
+        wait_until(
+            lambda: (trainer.metrics()["clip_threshold"] == np.float32(new_threshold)).any(),
+            what=f"threshold {new_threshold} in the metrics",
+        )
         metrics = trainer.metrics(since=step_sent)
         first_new = int(metrics.loc[metrics.clip_threshold == np.float32(new_threshold), "step"].iloc[0])
         # The command waits for the running chunk to finish, then applies to the next one.
-        chunk = max(trainer.status.chunk_steps, 1)
-        assert first_new - step_sent <= MAX_CHUNK_STEPS  # at most the one chunk in flight
+        first, steps = next((first, steps) for first, steps in list(chunks) if first <= step_sent + 1 < first + steps)
+        assert first_new <= first + steps  # at the latest, the first step after the chunk in flight
+        assert steps <= MAX_CHUNK_STEPS
         after = metrics[metrics.step >= first_new]
         assert (after.clip_threshold == np.float32(new_threshold)).all()
         event = trainer.events().iloc[-1]
         assert event.kind == "clip_threshold" and float(event.new) == pytest.approx(new_threshold)
         assert first_new == event.step + 1  # applied exactly at the chunk boundary it names
-        assert chunk <= MAX_CHUNK_STEPS
     assert trainer.trace_count == traces == 1
 
 
@@ -67,7 +77,7 @@ def test_learning_rate_and_policy_parameters_change_live_without_retracing(train
     trainer.set_policy("autoclip", percentile=30)
     trainer.set_policy("zclip", z_threshold=3.0)
     trainer.set_policy("agc", clip_factor=0.05)
-    assert wait_for(lambda: (trainer.metrics()["policy"] == "agc").any())
+    wait_until(lambda: (trainer.metrics()["policy"] == "agc").any(), what='(trainer.metrics()["policy"] == "agc").any()')
     last = trainer.metrics().iloc[-1]
     assert last.learning_rate == np.float32(0.002)
     assert last.clip_threshold == np.float32(0.05)  # agc records its clip factor
@@ -83,7 +93,7 @@ def test_bad_threshold_is_refused_and_the_run_keeps_its_threshold(trainers, bad)
     with pytest.raises(ValueError, match=f"Received: clip_threshold={bad!r}"):
         trainer.set_clip_threshold(bad)
     step = trainer.status.step
-    assert wait_for(lambda: trainer.status.step > step + 100)
+    wait_until(lambda: trainer.status.step > step + 100, what='trainer.status.step > step + 100')
     assert (trainer.metrics()["clip_threshold"] == np.float32(0.7)).all()
     assert trainer.config.clip_threshold == 0.7
     assert "clip_threshold" not in trainer.events().kind.tolist()
@@ -113,7 +123,7 @@ def test_non_finite_steps_are_skipped_and_too_many_fail_the_run(trainers, monkey
     monkeypatch.setitem(TASKS, "all_nan", nan_task("all_nan", slice(None)))
     trainer = trainers(task="all_nan", max_nonfinite_steps=20)
     trainer.start()
-    assert wait_for(lambda: trainer.status.state == "failed")
+    wait_until(lambda: trainer.status.state == "failed", what='trainer.status.state == "failed"')
     assert "20" in trainer.status.error and "consecutive non-finite" in trainer.status.error
     metrics = trainer.metrics()
     assert len(metrics) >= 20 and not metrics.finite.any()
@@ -126,7 +136,7 @@ def test_non_finite_steps_are_skipped_and_too_many_fail_the_run(trainers, monkey
 def test_occasional_non_finite_steps_do_not_stop_the_run(trainers, monkeypatch):
     monkeypatch.setitem(TASKS, "some_nan", nan_task("some_nan", [3]))
     trainer = running(trainers(task="some_nan", batch_size=4, max_steps=3000))
-    assert wait_for(lambda: trainer.status.state != "running")
+    wait_until(lambda: trainer.status.state != "running", what='trainer.status.state != "running"')
     assert trainer.status.state == "stopped"
     metrics = trainer.metrics()
     skipped = metrics[~metrics.finite]
@@ -141,7 +151,7 @@ def test_an_exception_in_the_thread_shows_in_status(trainers, monkeypatch):
     monkeypatch.setitem(TASKS, "broken", dataclasses.replace(seed_task.TASK, name="broken", build_model=broken_model))
     trainer = trainers(task="broken")
     trainer.start()
-    assert wait_for(lambda: trainer.status.state == "failed")
+    wait_until(lambda: trainer.status.state == "failed", what='trainer.status.state == "failed"')
     assert trainer.status.error == "RuntimeError: the model would not build"
     assert "broken_model" in trainer.status.traceback
     with pytest.raises(RuntimeError, match="failed"):
@@ -154,31 +164,32 @@ def test_start_twice_makes_no_second_thread_and_stop_is_quick(trainers):
     trainer.start()
     trainer.start()
     assert len(trainer_threads()) == before + 1
-    started = time.perf_counter()
     trainer.stop()
-    assert time.perf_counter() - started < 2.0
-    assert len(trainer_threads()) == before
+    assert len(trainer_threads()) == before  # stop() joined the thread
     assert trainer.status.state == "stopped"
 
 
 def test_pause_holds_the_step_and_resume_continues(trainers):
     trainer = running(trainers(task="seed"), min_steps=50)
     trainer.pause()
-    assert wait_for(lambda: trainer.status.state == "paused")
+    wait_until(lambda: trainer.status.state == "paused", what='trainer.status.state == "paused"')
     step = trainer.status.step
-    time.sleep(0.3)
-    assert trainer.status.step == step
     trainer.resume()
-    assert wait_for(lambda: trainer.status.step > step)
-    assert [k for k in trainer.events().kind if k in ("pause", "resume")] == ["pause", "resume"]
+    wait_until(lambda: trainer.status.step > step, what="steps after the resume")
+    events = trainer.events()
+    assert [k for k in events.kind if k in ("pause", "resume")] == ["pause", "resume"]
+    # No step ran while paused: none is stamped between the pause and the resume.
+    paused_at, resumed_at = (float(events.loc[events.kind == kind, "time_s"].iloc[0]) for kind in ("pause", "resume"))
+    stamps = trainer.metrics()["time_s"]
+    assert not ((stamps > paused_at) & (stamps < resumed_at)).any()
 
 
 def test_injected_spike_is_seen_and_clipped(trainers):
     trainer = running(trainers(task="seed", clip_threshold=1.0), min_steps=100)
     trainer.inject_spike(1e4)
-    assert wait_for(lambda: "spike" in trainer.events().kind.tolist())
+    wait_until(lambda: "spike" in trainer.events().kind.tolist(), what='"spike" in trainer.events().kind.tolist()')
     spike_step = int(trainer.events().query("kind == 'spike'").step.iloc[0]) + 1
-    assert wait_for(lambda: trainer.status.step > spike_step)
+    wait_until(lambda: trainer.status.step > spike_step, what='trainer.status.step > spike_step')
     metrics = trainer.metrics().set_index("step")
     row = metrics.loc[spike_step]
     assert row.grad_norm > 100 * metrics.grad_norm.drop(spike_step).median()
@@ -190,8 +201,11 @@ def test_pace_limit_slows_the_run(trainers):
     trainer.set_max_steps_per_second(50)
     running(trainer)
     step = trainer.status.step
-    time.sleep(1.0)
-    assert trainer.status.step - step <= 80
+    wait_until(lambda: trainer.status.step >= step + 50, what="50 more steps")  # it makes progress
+    metrics = trainer.metrics(since=step)
+    # ... at no more than the cap: its own step stamps, not the test's clock.
+    steps_per_second = (len(metrics) - 1) / (metrics["time_s"].iloc[-1] - metrics["time_s"].iloc[0])
+    assert steps_per_second <= 80
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
@@ -223,7 +237,7 @@ def test_reader_snapshots_while_the_trainer_writes(trainers):
 def test_stream_data_path_trains(trainers):
     trainer = trainers(task="seed", data="stream", max_steps=600)
     trainer.start()
-    assert wait_for(lambda: trainer.status.state != "running")
+    wait_until(lambda: trainer.status.state != "running", what='trainer.status.state != "running"')
     metrics = trainer.metrics()
     assert trainer.status.state == "stopped" and len(metrics) == 600
     assert metrics.loss.tail(100).mean() < metrics.loss.head(20).mean()
@@ -235,10 +249,12 @@ def test_exploding_rnn_needs_clipping(trainers):
     for policy in ("none", "global_norm"):
         trainer = trainers(task="exploding_rnn", policy=policy, clip_threshold=TASKS["exploding_rnn"].clip_threshold, max_steps=1000, seed=0)
         trainer.start()
-        assert wait_for(lambda: trainer.status.state in ("stopped", "failed"), timeout=180)
+        wait_until(lambda: trainer.status.state in ("stopped", "failed"), timeout=180, what='trainer.status.state in ("stopped", "failed")')
         results[policy] = (trainer.status, trainer.metrics())
     none_status, none_metrics = results["none"]
-    assert none_status.state == "failed" or none_status.nonfinite_steps > 0 or none_metrics.loss.tail(50).mean() > 10
+    # Unclipped, seed 0 diverges to NaN within the first hundred steps and the run fails.
+    assert none_status.state == "failed" and "consecutive non-finite" in none_status.error, none_status
+    assert not none_metrics.finite.iloc[-1]
     clipped_status, clipped_metrics = results["global_norm"]
     assert clipped_status.state == "stopped" and clipped_status.step == 1000
     assert clipped_metrics.finite.all()
@@ -266,7 +282,7 @@ def test_quick_policy_calls_do_not_undo_each_other(trainers):
     trainer.set_policy("zclip", z_threshold=3.0)
     trainer.set_policy("zclip", alpha=0.9)  # sent before the first is applied
     trainer.resume()
-    assert wait_for(lambda: trainer.config.policy_params["zclip"]["alpha"] == 0.9)
+    wait_until(lambda: trainer.config.policy_params["zclip"]["alpha"] == 0.9, what='trainer.config.policy_params["zclip"]["alpha"] == 0.9')
     assert trainer.config.policy_params["zclip"]["z_threshold"] == 3.0
 
 
@@ -275,6 +291,6 @@ def test_two_runs_built_at_once_start_from_the_same_weights(trainers):
     first, second = trainers(task="seed", policy="none"), trainers(task="seed", policy="global_norm")
     first.start()
     second.start()
-    assert wait_for(lambda: first.status.step > 0 and second.status.step > 0)
+    wait_until(lambda: first.status.step > 0 and second.status.step > 0, what='first.status.step > 0 and second.status.step > 0')
     # The first step's loss is computed on the initial weights and the same batch.
     assert first.metrics().loss.iloc[0] == second.metrics().loss.iloc[0]

@@ -1,7 +1,9 @@
 """Headless runs: `python -m training --task seed --policy global_norm --steps 2000 --csv out.csv`.
 
 Writes every step to the CSV (streamed chunk by chunk from the training thread), shows a progress
-bar on stderr when stderr is a terminal, and prints a one-line JSON summary last. Bad arguments
+bar on stderr when stderr is a terminal, and prints a one-line JSON summary last: its
+`final_loss` is the last step's loss and its `clip_rate` covers the newest 100,000 steps (the
+trainer's in-memory window); the run database's `clip_rate` covers the whole run. Bad arguments
 exit with status 2 and a message; a failed run exits with status 1.
 """
 
@@ -136,7 +138,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
 
     from training.persistence import DatabaseError, RunDatabase, default_path
-    from training.trainer import Trainer  # imports TensorFlow: after the arguments are good
+    from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
     database = None
     if not args.no_db:
@@ -154,19 +156,19 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
             parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
         sinks = (CsvSink(csv_file),)
     try:
-        trainer = Trainer(
+        trainer = trainer_from_settings(
             task=args.task,
             policy=args.policy,
             clip_threshold=args.clip_threshold,
             learning_rate=args.learning_rate,
-            batch_size=args.batch_size,
             seed=args.seed,
+            policy_params=policy_params,
+            batch_size=args.batch_size,
             max_steps=args.steps,
             max_nonfinite_steps=args.max_nonfinite_steps,
             sinks=sinks,
             database=database,
             run_name=args.name,
-            **policy_params,
         )
     except ValueError as error:
         if csv_file is not None:

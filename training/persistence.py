@@ -1,7 +1,7 @@
 """Run history in an embedded SQLite database (WAL mode).
 
 Every run's config, per-step metrics, per-layer norms, events and final state are written by a
-writer thread of the run's own, in one transaction at least once a second (never one per step),
+writer thread of the run's own, in one transaction at least every 0.5 s (`FLUSH_SECONDS`) (never one per step),
 so a SIGKILL loses at most the last second. A run whose process died while it was running shows
 as "interrupted" the next time the database is opened.
 
@@ -38,6 +38,11 @@ import pandas as pd
 
 DEFAULT_PATH = Path("runs") / "clipwatch.db"
 ENVIRONMENT_VARIABLE = "CLIPWATCH_DB"
+# The columns of `list_runs()`, in order (also the empty table shown without a database).
+RUN_LIST_COLUMNS = (
+    "run_id", "name", "task", "policy", "clip_threshold", "learning_rate", "steps",
+    "final_loss", "clip_rate", "state", "error", "created_at",
+)  # fmt: skip
 FLUSH_SECONDS = 0.5  # at most this long between commits while steps arrive (and between retries)
 # The writer waits this long for another process's write lock before it reports the wait and
 # retries (the page's own reads and renames wait up to 10 s).
@@ -238,9 +243,7 @@ class RunDatabase:
     def list_runs(self) -> pd.DataFrame:
         with self._connect() as connection:
             return pd.read_sql_query(
-                "SELECT run_id, name, task, policy, clip_threshold, learning_rate, steps,"
-                " final_loss, clip_rate, state, error, created_at FROM runs ORDER BY run_id DESC",
-                connection,
+                f"SELECT {', '.join(RUN_LIST_COLUMNS)} FROM runs ORDER BY run_id DESC", connection
             )
 
     def run_info(self, run_id: int) -> dict[str, Any]:
@@ -373,14 +376,14 @@ class RunWriter:
         return self._status.error
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
-        self._queue.put(("rows", rows, None))
+        self._queue.put(("rows", rows))
 
     def event(self, step: int, time_s: float, kind: str, old: str, new: str) -> None:
-        self._queue.put(("event", (self.run_id, step, time_s, kind, old, new), None))
+        self._queue.put(("event", (self.run_id, step, time_s, kind, old, new)))
 
     def finish(self, state: str, error: str | None = None, timeout: float = 5.0) -> None:
         """Write what is queued, record the final state, and end the writer thread."""
-        self._queue.put(("finish", (state, error), None))
+        self._queue.put(("finish", (state, error)))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -520,8 +523,8 @@ class RunWriter:
         )
 
     def _commit(self, connection, pending, finished) -> None:
-        chunks = [payload for kind, payload, _ in pending if kind == "rows"]
-        event_rows = [payload for kind, payload, _ in pending if kind == "event"]
+        chunks = [payload for kind, payload in pending if kind == "rows"]
+        event_rows = [payload for kind, payload in pending if kind == "event"]
         connection.execute("BEGIN IMMEDIATE")  # take the write lock first: waits busy_seconds
         try:
             self._write(connection, chunks, event_rows, finished)

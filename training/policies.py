@@ -268,7 +268,7 @@ def _no_state(variables) -> State:
     return ()
 
 
-def none() -> ClipPolicy:
+def no_clipping() -> ClipPolicy:
     """No clipping; still measures the norms."""
 
     def update(gradients, state, settings, variables=None):
@@ -315,7 +315,7 @@ def per_tensor_norm() -> ClipPolicy:
     return ClipPolicy("per_tensor_norm", _no_state, update)
 
 
-def value() -> ClipPolicy:
+def clip_by_value() -> ClipPolicy:
     """Clip every element to [-c, c] (Keras `clipvalue`)."""
 
     def update(gradients, state, settings, variables=None):
@@ -499,10 +499,10 @@ def zclip(alpha: float = 0.97, warmup_steps: int = 25, eps: float = 1e-6) -> Cli
 
 
 _FACTORIES = {
-    "none": none,
+    "none": no_clipping,
     "global_norm": global_norm,
     "per_tensor_norm": per_tensor_norm,
-    "value": value,
+    "value": clip_by_value,
     "autoclip": autoclip,
     "agc": agc,
     "zclip": zclip,

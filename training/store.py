@@ -38,6 +38,12 @@ STEP_COLUMNS: dict[str, np.dtype] = {
     "policy": np.dtype(np.int8),
 }
 EVENT_COLUMNS = ("step", "time_s", "kind", "old", "new")
+# The columns of `view()`'s metrics frame, one row per point of a chart.
+VIEW_COLUMNS = (
+    "step", "steps", "loss", "grad_norm", "grad_norm_min", "grad_norm_mean",
+    "clipped_grad_norm", "clipped_grad_norm_mean", "clip_threshold", "clipped",
+    "nonfinite", "learning_rate", "policy",
+)  # fmt: skip
 FOLD_STEPS = 4096  # fold new steps into the summary in batches of about this many
 
 # How each summary field combines when buckets merge.
@@ -269,12 +275,6 @@ class MetricsStore:
             summary = sum(values.nbytes for values in self._buckets.values())
             return ring + self._layer_norms.nbytes + summary
 
-    @property
-    def bytes_per_step(self) -> int:
-        return sum(dtype.itemsize for dtype in STEP_COLUMNS.values()) + 4 * len(
-            self.variable_names
-        )
-
     def _rows_since(self, since: int | None, last: int | None = None) -> np.ndarray:
         """Ring indices, oldest first, of the rows with step > since (the last `last` if set)."""
         ordered = self._ordered_indices()
@@ -358,12 +358,7 @@ class MetricsStore:
 
     def _frames(self, buckets) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not buckets:
-            columns = [
-                "step", "steps", "loss", "grad_norm", "grad_norm_min", "grad_norm_mean",
-                "clipped_grad_norm", "clipped_grad_norm_mean", "clip_threshold", "clipped",
-                "nonfinite", "learning_rate", "policy",
-            ]  # fmt: skip
-            return pd.DataFrame(columns=columns), pd.DataFrame(
+            return pd.DataFrame(columns=list(VIEW_COLUMNS)), pd.DataFrame(
                 columns=["step", *self.variable_names]
             )
         finite = np.maximum(buckets["finite_steps"], 1)

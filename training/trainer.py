@@ -21,14 +21,14 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from training import policies
 from training.persistence import RunDatabase, is_storable_text
-from training.store import MetricsStore
+from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
 from training.tasks import get_task
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
@@ -93,7 +93,8 @@ class _Command:
     params: dict = field(default_factory=dict)
 
 
-def _validate_learning_rate(value: Any) -> float:
+def validate_learning_rate(value: Any) -> float:
+    """A learning rate: a finite number > 0 (ValueError naming the value otherwise)."""
     return policies.validate_positive("learning_rate", value)
 
 
@@ -136,8 +137,9 @@ class Trainer:
         max_steps: stop after this many steps (None: run until stopped).
         max_nonfinite_steps: fail after this many consecutive non-finite steps.
         window: steps kept at full resolution in the store.
-        data: "memory" gathers batches in-graph from tensors (fast); "stream" reads a
-            `tf.data` pipeline (the path for data that does not fit in memory).
+        data: "memory" gathers batches in-graph from tensors (fast); "stream" feeds the same
+            in-memory arrays through a `tf.data` pipeline (never XLA-compiled). No CLI flag or
+            control reaches "stream" yet.
         jit_compile: XLA-compile the chunk; None takes the task's default.
         sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
@@ -190,7 +192,7 @@ class Trainer:
             clip_threshold=policies.validate_clip_threshold(clip_threshold),
             learning_rate=task_spec.learning_rate
             if learning_rate is None
-            else _validate_learning_rate(learning_rate),
+            else validate_learning_rate(learning_rate),
             batch_size=task_spec.batch_size
             if batch_size is None
             else _validate_count("batch_size", batch_size, maximum=MAX_BATCH_SIZE),
@@ -207,7 +209,6 @@ class Trainer:
         self._thread: threading.Thread | None = None
         self._status = TrainerStatus(state="idle", step=0, steps_per_second=0.0, config=self._config)
         self._store: MetricsStore | None = None
-        self._store_ready = threading.Event()
         self._trace_count = 0
         _LIVE_TRAINERS.add(self)
 
@@ -247,7 +248,7 @@ class Trainer:
         self._send("clip_threshold", policies.validate_clip_threshold(value))
 
     def set_learning_rate(self, value: Any) -> None:
-        self._send("learning_rate", _validate_learning_rate(value))
+        self._send("learning_rate", validate_learning_rate(value))
 
     def set_policy(self, name: str, **params: Any) -> None:
         """Switch policy (or change its parameters); missing parameters keep their values."""
@@ -304,9 +305,6 @@ class Trainer:
         """The run's store, once the thread has built the model (None before)."""
         return self._store
 
-    def wait_until_ready(self, timeout: float = 60.0) -> bool:
-        return self._store_ready.wait(timeout)
-
     def metrics(self, since: int | None = None):
         return self._read("metrics", since)
 
@@ -318,15 +316,13 @@ class Trainer:
         if store is None:
             import pandas as pd
 
-            return pd.DataFrame(columns=["step", "time_s", "kind", "old", "new"])
+            return pd.DataFrame(columns=list(EVENT_COLUMNS))
         return store.events()
 
     def _read(self, what: str, since):
         store = self._store
         if store is None:
             import pandas as pd
-
-            from training.store import STEP_COLUMNS
 
             columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
             return pd.DataFrame(columns=columns)
@@ -348,7 +344,6 @@ class Trainer:
         except Exception as exception:  # kept for the UI, never lost
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
-        self._store_ready.set()
         warning = self._status.warning
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
@@ -399,7 +394,6 @@ class Trainer:
             self._iterator = iter(dataset)
             self._next_batch = lambda step: next(self._iterator)
         self._build_policies()
-        self._store_ready.set()
 
     def _build_policies(self) -> None:
         """Build every policy (for the in-graph switch) and the compiled chunk; traces anew."""
@@ -671,6 +665,37 @@ class Trainer:
         for key in params:
             if params[key] != old_params[key]:
                 self._record(f"{name}.{key}", old_params[key], params[key])
+
+
+def trainer_from_settings(
+    task: str,
+    policy: str,
+    clip_threshold: float,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    policy_params: Mapping[str, Any] | None = None,
+    max_steps_per_second: float | None = None,
+    **options: Any,
+) -> Trainer:
+    """The one way a run's settings become a `Trainer` (the dashboard's run and race, the CLI).
+
+    `policy_params` are `policy`'s parameters; `max_steps_per_second` caps the pace from step 1
+    (None: full speed); `options` are the trainer's other keyword arguments (`database`,
+    `run_name`, `max_steps`, `sinks`, ...). ValueError (naming the value) for a bad setting.
+    The trainer is not started.
+    """
+    trainer = Trainer(
+        task=task,
+        policy=policy,
+        clip_threshold=clip_threshold,
+        learning_rate=learning_rate,
+        seed=seed,
+        **options,
+        **dict(policy_params or {}),
+    )
+    if max_steps_per_second is not None:
+        trainer.set_max_steps_per_second(max_steps_per_second)  # before step 1
+    return trainer
 
 
 def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:

@@ -1,0 +1,519 @@
+"""The sidebar's controls: widget keys, the session state behind them, their callbacks, the sidebar.
+
+What a control shows lives in session state (the last accepted value); a callback sends the new
+value to the shared `RunManager` through one helper (`_on_control`: validate -> send -> report),
+and a refused value shows its message under the control, which goes back to the last accepted
+value. Buttons go through `action`, which drops a repeated click (`first_click`). Nothing here
+loops, sleeps or starts a thread.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import streamlit as st
+
+from dashboard.live_run import RunSettings
+from dashboard.run_manager import RunManager
+from training.policies import POLICY_NAMES, POLICY_PARAMETERS, validate_clip_threshold, validate_policy_params
+from training.tasks import TASK_NAMES, TASKS
+from training.trainer import validate_learning_rate
+
+REFRESH_SECONDS = 1.0  # how often a timed view redraws while something trains
+SPEED_OPTIONS = (10, 30, 100, 300, 1000, 3000, "Full")  # steps per second; "Full": no cap
+SUGGEST_PERCENTILES = (50, 75, 80, 90, 95, 99)
+REPEAT_SECONDS = 0.75  # a repeat of the same button command within this is dropped
+POLICY_DESCRIPTIONS = {
+    "none": "No clipping; norms are still measured.",
+    "global_norm": "Scale all gradients together so their global L2 norm is at most the "
+    "threshold (Pascanu et al. 2013).",
+    "per_tensor_norm": "Scale each gradient tensor to L2 norm at most the threshold "
+    "(Keras `clipnorm`).",
+    "value": "Clip every element to [−threshold, threshold] (Keras `clipvalue`).",
+    "autoclip": "Threshold = a percentile of the last `Window` norms (Seetharaman et al. "
+    "2020); `Clip threshold` is not used.",
+    "agc": "Unit-wise clipping relative to the weights' norms (Brock et al. 2021); "
+    "`Clip threshold` is not used.",
+    "zclip": "Clip spikes by z-score against a running mean of norms, capped at the "
+    "threshold (Kumar et al. 2025).",
+}
+
+# Names of the controls (their widgets' keys add a version, see `widget_key`).
+TASK = "task"
+POLICY = "policy"
+CLIP_THRESHOLD = "clip_threshold"
+LEARNING_RATE = "learning_rate"
+SPEED = "speed"
+SPIKE_FACTOR = "spike_factor"
+LOG_SCALE = "log_scale"
+WHAT_IF_THRESHOLD = "what_if_threshold"
+SUGGEST_PERCENTILE = "suggest_percentile"
+RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show
+DATABASE_PATH = "database_path"
+ADVISOR = "advisor"  # where errors of the live run's replay show
+# Session state (FINGERPRINT and NEEDS_FULL_RERUN are shared with the Live tab).
+_ERRORS = "_errors"  # control name -> message, shown until the next command
+_VALUES = "_values"  # control name -> the value it shows (the last accepted)
+_VERSIONS = "_versions"  # control name -> how many times it got a new widget
+_SYNCED = "_synced"  # the run's values the controls last took
+FINGERPRINT = "_fingerprint"  # manager.fingerprint() when the page last ran in full
+NEEDS_FULL_RERUN = "_needs_full_rerun"
+_LAST_ACTION = "_last_action"  # (command, time.monotonic()) of the last button command
+
+
+def param_key(policy: str, name: str) -> str:
+    return f"param.{policy}.{name}"
+
+
+def param_label(name: str) -> str:
+    return name.replace("_", " ").capitalize()  # "z_threshold" -> "Z threshold"
+
+
+def speed_option(max_steps_per_second: float | None) -> Any:
+    """The Speed option closest to a steps-per-second cap (None: "Full")."""
+    if max_steps_per_second is None:
+        return "Full"
+    numbers = [option for option in SPEED_OPTIONS if option != "Full"]
+    return min(numbers, key=lambda option: abs(math.log(option / max_steps_per_second)))
+
+
+def speed_slider(where: Any, value: Any, key: str, help: str, **callback: Any) -> Any:
+    """The Speed control (in `where`: `st` or a column); `callback`: on_change and its args."""
+    return where.select_slider(
+        "Speed",
+        options=SPEED_OPTIONS,
+        value=value,
+        key=key,
+        format_func=lambda option: option if option == "Full" else f"{option:,}",
+        help=help,
+        **callback,
+    )
+
+
+def speed_value(option: Any) -> float | None:
+    return None if option == "Full" else float(option)
+
+
+# --- session state ------------------------------------------------------------------------------
+#
+# What a control shows lives in `_VALUES` (the last accepted value), not in the widget's own
+# state, and the page never writes into a widget's state. To show a new value (a value from
+# the run, a refused value undone, the suggested threshold) the control gets a new widget key:
+# a fresh widget starts from `_VALUES`. The browser sends every widget's value with each
+# refresh, so a widget whose value was overwritten on the server could send the old one back.
+
+
+def _defaults() -> dict[str, Any]:
+    task = TASKS["seed"]
+    values: dict[str, Any] = {
+        TASK: task.name,
+        POLICY: "global_norm",
+        CLIP_THRESHOLD: float(task.clip_threshold),
+        LEARNING_RATE: float(task.learning_rate),
+        SPEED: speed_option(300),
+    }
+    for policy, parameters in POLICY_PARAMETERS.items():
+        for name, parameter in parameters.items():
+            values[param_key(policy, name)] = parameter.kind(parameter.default)
+    return values
+
+
+def _initialize_defaults() -> None:
+    state = st.session_state
+    state.setdefault(_ERRORS, {})
+    state.setdefault(_VALUES, _defaults())
+    state.setdefault(_VERSIONS, {})
+
+
+def control_value(name: str) -> Any:
+    """The value control `name` shows (its last accepted value)."""
+    return st.session_state[_VALUES][name]
+
+
+def widget_key(name: str) -> str:
+    """The key of the widget that shows control `name` now, e.g. "clip_threshold@2"."""
+    return f"{name}@{st.session_state[_VERSIONS].get(name, 0)}"
+
+
+def show_value(name: str, value: Any) -> None:
+    """Make control `name` show `value` from the next run on (a new widget if it changed)."""
+    state = st.session_state
+    state[_VALUES][name] = value
+    state[_VERSIONS][name] = state[_VERSIONS].get(name, 0) + 1
+
+
+def _run_values(settings: RunSettings) -> dict[str, Any]:
+    values = {
+        TASK: settings.task,
+        POLICY: settings.policy,
+        CLIP_THRESHOLD: float(settings.clip_threshold),
+        LEARNING_RATE: float(settings.learning_rate),
+        SPEED: speed_option(settings.max_steps_per_second),
+    }
+    for name, value in settings.policy_params.items():
+        values[param_key(settings.policy, name)] = value
+    return values
+
+
+def _take_run_values(manager: RunManager) -> None:
+    """Show the run's settings in the controls when they changed (e.g. from another tab).
+
+    Only while a run is running or paused: between runs the controls configure the next one.
+    """
+    settings = manager.settings
+    if not manager.is_active or settings is None:
+        return
+    state = st.session_state
+    values = _run_values(settings)
+    synced = state.get(_SYNCED) or {}
+    same_run = synced.get(RUN) == manager.run_number
+    for name, value in values.items():
+        if (not same_run or synced.get(name) != value) and control_value(name) != value:
+            show_value(name, value)
+    state[_SYNCED] = {**values, RUN: manager.run_number}
+
+
+def report(name: str, error: Exception) -> None:
+    st.session_state[_ERRORS][name] = str(error)
+
+
+def show_error(name: str, errors_key: str = _ERRORS) -> None:
+    """The refusal of the last command of control `name` (in the tab's `errors_key` table)."""
+    message = st.session_state.setdefault(errors_key, {}).get(name)
+    if message:
+        st.error(message, icon=":material/error:")
+
+
+def _command(name: str, key: str, action: Callable[[Any], Any]) -> None:
+    """Send what widget `key` of control `name` now holds; on a refusal show why and undo."""
+    state = st.session_state
+    if key != widget_key(name):
+        return  # a replaced widget's late value: the control shows something newer
+    state[_ERRORS] = {}
+    value = state[key]
+    try:
+        action(value)
+    except (ValueError, RuntimeError) as error:
+        report(name, error)
+        show_value(name, control_value(name))  # a new widget, back at the accepted value
+        return
+    state[_VALUES][name] = value
+
+
+def first_click(command: str, last_action_key: str = _LAST_ACTION) -> bool:
+    """False for a repeat of `command` from this tab within `REPEAT_SECONDS` (else records it).
+
+    A click that lands while a timed refresh is running can reach its callback twice
+    (Streamlit replays button triggers of an interrupted run): one click, one command.
+    """
+    state = st.session_state
+    now = time.monotonic()
+    last_command, last_time = state.get(last_action_key, (None, -math.inf))
+    if command == last_command and now - last_time < REPEAT_SECONDS:
+        return False
+    state[last_action_key] = (command, now)
+    return True
+
+
+def action(name: str, command: str, run: Callable[[], Any]) -> None:
+    """Run a button's command (Start, Stop, Inject spike, ...); show a refusal under `name`."""
+    if not first_click(command):
+        return
+    st.session_state[_ERRORS] = {}
+    try:
+        run()
+    except (ValueError, RuntimeError) as error:
+        report(name, error)
+
+
+def send_or_check(live: bool, send: Callable[[Any], Any], check: Callable[[Any], Any], value: Any) -> None:
+    """While the run is on (`live`) send `value` to it; between runs only check it for the next."""
+    (send if live else check)(value)
+
+
+# --- callbacks (run before the script, in this session's thread) -------------------------------
+
+
+def _on_control(name: str, key: str, live: Callable[[], bool], send: Callable[[Any], Any],
+                check: Callable[[Any], Any] = lambda value: None) -> None:
+    """The one control callback: validate -> send -> report (see `send_or_check`, `_command`)."""
+    _command(name, key, lambda value: send_or_check(live(), send, check, value))
+
+
+def _on_task(manager: RunManager, key: str) -> None:
+    _command(TASK, key, lambda task: None)
+    task = TASKS[control_value(TASK)]
+    if not manager.is_active:  # the next run starts from the task's own defaults
+        show_value(CLIP_THRESHOLD, float(task.clip_threshold))
+        show_value(LEARNING_RATE, float(task.learning_rate))
+
+
+def _policy_params_from_controls(policy: str) -> dict[str, Any]:
+    return {name: control_value(param_key(policy, name)) for name in POLICY_PARAMETERS[policy]}
+
+
+def _on_policy(manager: RunManager, key: str) -> None:
+    _on_control(
+        POLICY, key, lambda: manager.is_active,
+        lambda policy: manager.set_policy(policy, **_policy_params_from_controls(policy)),
+        lambda policy: validate_policy_params(policy, _policy_params_from_controls(policy)),
+    )  # fmt: skip
+
+
+def _on_policy_param(manager: RunManager, key: str, policy: str, name: str) -> None:
+    def runs_this_policy() -> bool:
+        settings = manager.settings
+        return manager.is_active and settings is not None and settings.policy == policy
+
+    _on_control(
+        param_key(policy, name), key, runs_this_policy,
+        lambda value: manager.set_policy(policy, **{name: value}),
+        lambda value: validate_policy_params(policy, {**_policy_params_from_controls(policy), name: value}),
+    )  # fmt: skip
+
+
+def _on_clip_threshold(manager: RunManager, key: str) -> None:
+    _on_control(CLIP_THRESHOLD, key, lambda: manager.is_active, manager.set_clip_threshold, validate_clip_threshold)
+
+
+def _on_learning_rate(manager: RunManager, key: str) -> None:
+    _on_control(LEARNING_RATE, key, lambda: manager.is_active, manager.set_learning_rate, validate_learning_rate)
+
+
+def _on_speed(manager: RunManager, key: str) -> None:
+    _on_control(SPEED, key, lambda: manager.is_active, lambda option: manager.set_speed(speed_value(option)))
+
+
+def _settings_from_controls() -> RunSettings:
+    policy = control_value(POLICY)
+    return RunSettings(
+        task=control_value(TASK),
+        policy=policy,
+        policy_params=_policy_params_from_controls(policy),
+        clip_threshold=control_value(CLIP_THRESHOLD),
+        learning_rate=control_value(LEARNING_RATE),
+        max_steps_per_second=speed_value(control_value(SPEED)),
+    )
+
+
+def _on_start(manager: RunManager) -> None:
+    def start() -> None:
+        run_number = manager.start(_settings_from_controls())
+        st.session_state[_SYNCED] = {**_run_values(manager.settings), RUN: run_number}
+
+    action(RUN, "start", start)
+
+
+def _on_run_command(manager: RunManager, command: str) -> None:
+    actions = {
+        "pause": manager.pause,
+        "resume": manager.resume,
+        "stop": manager.stop,
+        "inject_spike": lambda: manager.inject_spike(st.session_state[SPIKE_FACTOR]),
+    }
+    action(RUN, command, actions[command])
+
+
+# --- sidebar -----------------------------------------------------------------------------------
+
+
+def sidebar(manager: RunManager) -> None:
+    """Set up this session's controls, take the run's values, and draw the sidebar."""
+    _initialize_defaults()
+    _take_run_values(manager)
+    with st.sidebar:
+        _run_controls(manager)
+        _view_controls()
+        _settings_controls(manager)
+
+
+def _choice(manager: RunManager, name: str, label: str, options, on_change, help_text: str) -> str:
+    """A select box for control `name`, showing its accepted value; returns what it shows."""
+    key = widget_key(name)
+    return st.selectbox(
+        label,
+        options,
+        index=options.index(control_value(name)),
+        key=key,
+        on_change=on_change,
+        args=(manager, key),
+        help=help_text,
+    )
+
+
+def _run_controls(manager: RunManager) -> None:
+    active, state = manager.is_active, manager.state
+    st.header("Run", anchor=False)
+    task = _choice(
+        manager, TASK, "Task", TASK_NAMES, _on_task, "The model and data to train. Takes effect at the next Start."
+    )
+    next_run = " Applies at the next Start." if active and task != manager.settings.task else ""
+    st.caption(TASKS[task].description + "." + next_run)
+    show_error(TASK)
+
+    policy = _choice(
+        manager, POLICY, "Policy", POLICY_NAMES, _on_policy,
+        "How gradients are clipped. Changing it during a run switches the run's policy.",
+    )  # fmt: skip
+    st.caption(POLICY_DESCRIPTIONS.get(policy, ""))
+    show_error(POLICY)
+    for name, parameter in POLICY_PARAMETERS[policy].items():
+        integer = parameter.kind is int
+        control = param_key(policy, name)
+        key = widget_key(control)
+        st.number_input(
+            param_label(name),
+            value=control_value(control),
+            key=key,
+            step=1 if integer else 10.0 ** (math.floor(math.log10(float(parameter.default))) - 1),
+            format="%d" if integer else "%g",
+            on_change=_on_policy_param,
+            args=(manager, key, policy, name),
+            help=f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
+            + ("" if parameter.live else " Changing it during a run recompiles the step."),
+        )
+        show_error(control)
+
+    for name, label, step, on_change, help_text in (
+        (CLIP_THRESHOLD, "Clip threshold", 0.01, _on_clip_threshold,
+         "c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it takes effect "
+         "at the next chunk of steps."),
+        (LEARNING_RATE, "Learning rate", 0.0001, _on_learning_rate,
+         "A finite number > 0; the task's default is filled in when you pick a task."),
+    ):  # fmt: skip
+        key = widget_key(name)
+        st.number_input(
+            label,
+            value=control_value(name),
+            key=key,
+            step=step,
+            format="%g",
+            on_change=on_change,
+            args=(manager, key),
+            help=help_text,
+        )
+        show_error(name)
+    key = widget_key(SPEED)
+    speed_slider(
+        st,
+        control_value(SPEED),
+        key,
+        "A cap on steps per second, so a demo unfolds at a pace people can follow. "
+        "Full: as fast as the machine goes.",
+        on_change=_on_speed,
+        args=(manager, key),
+    )
+    show_error(SPEED)
+
+    left, right = st.columns(2)
+    left.button(
+        "Start", key="start", type="primary", width="stretch",
+        disabled=active or manager.race_is_active, on_click=_on_start, args=(manager,),
+    )  # fmt: skip
+    for column, label, command, disabled in (
+        (right, "Stop", "stop", not active),
+        (left, "Pause", "pause", state != "running"),
+        (right, "Resume", "resume", state != "paused"),
+    ):
+        column.button(
+            label, key=command, width="stretch", disabled=disabled, on_click=_on_run_command, args=(manager, command)
+        )
+    st.number_input(
+        "Spike factor",
+        value=100.0,
+        key=SPIKE_FACTOR,
+        step=10.0,
+        format="%g",
+        help="Inject spike multiplies one step's gradients by this factor, before clipping.",
+    )
+    st.button(
+        "Inject spike",
+        key="inject_spike",
+        width="stretch",
+        disabled=not active,
+        on_click=_on_run_command,
+        args=(manager, "inject_spike"),
+    )
+    show_error(RUN)
+
+
+def _view_controls() -> None:
+    st.header("View", anchor=False)
+    st.toggle(
+        "Log-scale y axes", value=False, key=LOG_SCALE, help="For the gradient-norm and loss charts."
+    )
+    st.number_input(
+        "What-if threshold",
+        key=WHAT_IF_THRESHOLD,
+        value=None,
+        format="%g",
+        placeholder="the current threshold",
+        help="Read off the histogram how many recent steps a global-norm clip at this "
+        "threshold would have scaled down. Empty: the run's threshold.",
+    )
+    st.select_slider(
+        "Suggest at percentile",
+        options=SUGGEST_PERCENTILES,
+        value=90,
+        key=SUGGEST_PERCENTILE,
+        format_func=lambda option: f"p{option}",
+        help="The suggested threshold is this percentile of recent gradient norms: it clips "
+        "the largest (100 - p)% of steps.",
+    )
+
+
+# --- settings: the run database ----------------------------------------------------------------
+
+
+def _on_database_path(manager: RunManager, key: str) -> None:
+    state = st.session_state
+    if key != _database_path_key(manager):
+        return  # a replaced widget's late value
+    state[_ERRORS] = {}
+    try:
+        manager.set_database_path(state[key])
+    except ValueError as error:
+        report(DATABASE_PATH, error)
+        state[_VERSIONS][DATABASE_PATH] = state[_VERSIONS].get(DATABASE_PATH, 0) + 1
+
+
+def _database_path_key(manager: RunManager) -> str:
+    # A new widget whenever the path changes (from any tab) or a value is refused.
+    return f"{widget_key(DATABASE_PATH)}.{manager.database_status().generation}"
+
+
+def _settings_controls(manager: RunManager) -> None:
+    status = manager.database_status()
+    with st.expander("Settings", icon=":material/settings:", expanded=not status.available):
+        key = _database_path_key(manager)
+        st.text_input(
+            "Database path",
+            value=status.path,
+            key=key,
+            on_change=_on_database_path,
+            args=(manager, key),
+            help="The SQLite file every new run (and both sides of an A/B race) is recorded in, "
+            "for History and Compare. A run already going keeps writing where it started.",
+        )
+        if status.available:
+            st.caption("New runs are recorded here.")
+        else:
+            st.caption("This path cannot be used: new runs are kept in memory only.")
+        show_error(DATABASE_PATH)
+
+
+def database_messages(manager: RunManager) -> None:
+    status = manager.database_status()
+    if status.available:
+        return
+    st.error(status.error, icon=":material/database:")
+    st.warning(
+        "Runs are kept in memory only: new runs are not recorded, so they will not show in "
+        "History or Compare and are gone when the server stops. Everything else works. Set "
+        "another database path under **Settings** in the sidebar to record them again.",
+        icon=":material/memory:",
+    )
+
+

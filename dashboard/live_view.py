@@ -1,0 +1,391 @@
+"""The Live tab: every chart of the current run in one timed fragment, the advisor and exports under it.
+
+The fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a run is
+running or paused; no timer otherwise), computes every chart first and then draws them in one
+go. When the run, its state or its settings change (from any tab), it reruns the whole page so
+the controls follow. Nothing here loops, sleeps or starts a thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, controls, export, panels
+from dashboard.controls import (
+    ADVISOR,
+    CLIP_THRESHOLD,
+    FINGERPRINT,
+    LOG_SCALE,
+    NEEDS_FULL_RERUN,
+    POLICY,
+    RUN,
+    SUGGEST_PERCENTILE,
+    WHAT_IF_THRESHOLD,
+    control_value,
+)
+from dashboard.live_run import RunSnapshot
+from dashboard.run_manager import RunManager, get_run_manager
+from training.policies import validate_clip_threshold
+
+# The policies for which a global-norm threshold read off the histogram means what it says.
+THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
+
+
+def render(manager: RunManager) -> None:
+    """The Live tab: the timed live view, then (once there is a run) the advisor and exports."""
+    refresh = controls.REFRESH_SECONDS if manager.is_active else None
+    st.fragment(_live_view, run_every=refresh)()
+    if manager.run_number:
+        _live_tools(manager)
+
+
+def _on_apply_suggested(manager: RunManager, value: float) -> None:
+    def apply() -> None:
+        controls.send_or_check(manager.is_active, manager.set_clip_threshold, validate_clip_threshold, value)
+        controls.show_value(CLIP_THRESHOLD, value)
+
+    controls.action(RUN, "apply_suggested", apply)
+    st.session_state[NEEDS_FULL_RERUN] = True  # the button sits in the fragment: redraw all
+
+
+def _live_view() -> None:
+    manager = get_run_manager()
+    if st.session_state.pop(NEEDS_FULL_RERUN, False) or (
+        manager.fingerprint() != st.session_state.get(FINGERPRINT)
+    ):
+        st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
+    snapshot = manager.snapshot()
+    # Everything is computed first and then drawn in one go: elements still waiting after half
+    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
+    ghosts = panels.ghosts_frame(manager.live_advice())
+    figures = _figures(snapshot, ghosts) if len(snapshot.metrics_view) else None
+    _run_line(snapshot)
+    _failure(snapshot)
+    _write_warning(snapshot)
+    _headline(snapshot)
+    if snapshot.run_number == 0:
+        st.info(
+            "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "
+            "The first steps take a few seconds while TensorFlow compiles the training step.",
+            icon=":material/play_circle:",
+        )
+        return
+    if figures is None:
+        if snapshot.is_active:
+            st.info(
+                "Building the model and compiling the training step…",
+                icon=":material/hourglass_top:",
+            )
+        return
+    _charts(manager, figures)
+
+
+def _run_line(snapshot: RunSnapshot) -> None:
+    if snapshot.run_number == 0 or snapshot.settings is None:
+        return
+    settings = snapshot.settings
+    panels.run_caption(
+        f"Run {snapshot.run_number}",
+        f"task `{settings.task}` · policy `{settings.policy}` · learning rate {settings.learning_rate:g}",
+        settings.max_steps_per_second,
+        snapshot.started_at,
+    )
+
+
+def _failure(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    if status is None or status.state != "failed":
+        return
+    st.error(f"Run {snapshot.run_number} failed: {status.error}", icon=":material/error:")
+    if status.traceback:  # a run that stops itself (e.g. too many NaN steps) raised nothing
+        with st.expander("Traceback"):
+            st.code(status.traceback, language="text")
+
+
+def _threshold_text(snapshot: RunSnapshot) -> tuple[str, str]:
+    """The threshold in force as the metric shows it, and its help."""
+    status = snapshot.status
+    config = status.config if status is not None else None
+    if config is None:
+        return "–", "No run yet."
+    policy = config.policy
+    if policy == "none":
+        return "off", "Policy none clips nothing."
+    if policy == "agc":
+        return f"×{config.policy_params['agc']['clip_factor']:g}", "AGC's clip factor."
+    if policy == "autoclip":
+        recent = snapshot.recent
+        thresholds = charts.finite(recent["clip_threshold"]) if len(recent) else []
+        thresholds = [value for value in thresholds if math.isfinite(value)]
+        percentile = config.policy_params["autoclip"]["percentile"]
+        value = f"{thresholds[-1]:.3g}" if thresholds else "–"
+        return value, f"Adaptive: the p{percentile:g} of the last norms."
+    return f"{config.clip_threshold:g}", "The threshold the trainer applies now."
+
+
+def _headline(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    numbers = charts.headline(snapshot.recent)
+    threshold, threshold_help = _threshold_text(snapshot)
+
+    cells = (
+        ("State", (status.state if status else "no run").capitalize(), None),
+        ("Step", f"{status.step:,}" if status else "0", "Steps completed."),
+        ("Steps/s", f"{status.steps_per_second:,.0f}" if status else "0", "Over the last second."),
+        ("Loss", panels.number(numbers.loss), "Of the newest finite step."),
+        ("Grad norm", panels.number(numbers.grad_norm), "The newest step's global L2 norm, before clipping."),
+        (
+            "Clip rate",
+            panels.number(numbers.clip_rate, "{:.0%}"),
+            f"Share of the last {charts.CLIP_RATE_WINDOW} steps that were clipped.",
+        ),
+        (
+            "Non-finite",
+            f"{status.nonfinite_steps:,}" if status else "0",
+            "Steps whose loss or gradient was NaN or inf; they change nothing.",
+        ),
+        ("Threshold", threshold, threshold_help),
+    )
+    for column, (label, value, help_text) in zip(st.columns(len(cells)), cells):
+        column.metric(label, value, help=help_text, border=True)
+
+
+@dataclass(frozen=True)
+class _WhatIf:
+    """What the histogram panel says, worked out before anything is drawn."""
+
+    norms_count: int
+    threshold: float | None  # the what-if threshold (the run's unless one is typed)
+    threshold_error: str | None
+    readout: charts.WhatIf | None
+    percentile: int
+    suggested: float | None
+    at_suggested: charts.WhatIf | None
+    policy: str
+
+
+def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, object]:
+    state = st.session_state
+    norms = charts.recent_norms(snapshot.recent)
+    settings = snapshot.settings
+    policy = settings.policy if settings is not None else control_value(POLICY)
+    current = settings.clip_threshold if settings is not None else control_value(CLIP_THRESHOLD)
+    chosen = state.get(WHAT_IF_THRESHOLD)
+    percentile = state.get(SUGGEST_PERCENTILE, 90)
+    suggested = charts.suggest_threshold(norms, percentile)
+    threshold, error = (current if chosen is None else chosen), None
+    try:
+        threshold = validate_clip_threshold(threshold)
+    except ValueError as refused:
+        threshold, error = None, f"What-if threshold: {refused}"
+    numbers = _WhatIf(
+        norms_count=len(norms),
+        threshold=threshold,
+        threshold_error=error,
+        readout=None if threshold is None else charts.what_if(norms, threshold),
+        percentile=percentile,
+        suggested=suggested,
+        at_suggested=None if suggested is None else charts.what_if(norms, suggested),
+        policy=policy,
+    )
+    histogram = charts.gradient_norm_histogram(
+        norms,
+        threshold,
+        suggested,
+        log_scale=bool(state.get(LOG_SCALE)),
+        threshold_label="threshold" if chosen is None else "what-if",
+    )
+    return numbers, histogram
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """Every chart and number of the live view, built from one snapshot."""
+
+    gradient_norm: Any
+    loss: Any
+    clip_rate: Any
+    layers: Any
+    histogram: Any
+    what_if: _WhatIf
+    events: Any  # the events table
+    resolution: str
+
+
+def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
+    """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed)."""
+    log_scale = bool(st.session_state.get(LOG_SCALE))
+    view = snapshot.metrics_view
+    what_if, histogram = _what_if_numbers(snapshot)
+    per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
+    resolution = (
+        "one point per step"
+        if per_point <= 1
+        else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
+        "largest norm, so spikes stay visible"
+    )
+    run = panels.run_figures(view, snapshot.layer_view, snapshot.events, log_scale, ghosts)
+    return _Figures(
+        gradient_norm=run["Gradient norm"],
+        loss=run["Loss and commands"],
+        clip_rate=run["Clip rate"],
+        layers=run["Gradient norm per layer"],
+        histogram=histogram,
+        what_if=what_if,
+        events=charts.events_table(snapshot.events),
+        resolution=resolution,
+    )
+
+
+def _charts(manager: RunManager, figures: _Figures) -> None:
+    resolution = figures.resolution
+    panels.panel_rows((
+        (("gradient_norm_panel", "Gradient norm",
+          f"Before and after clipping, with the threshold and clip events ({resolution}).", figures.gradient_norm),),
+        (("loss_panel", "Loss and commands", "Mean loss per point; every command as a labelled rule.", figures.loss),
+         ("clip_rate_panel", "Clip rate",
+          f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures.clip_rate)),
+        (("layer_panel", "Gradient norm per layer",
+          "Each trainable variable's norm before clipping (largest per cell, log colour).", figures.layers),
+         ("histogram_panel", "Recent gradient norms",
+          f"The last {figures.what_if.norms_count:,} steps before clipping, with a what-if readout.",
+          lambda: _what_if_panel(manager, figures.what_if, figures.histogram))),
+    ))  # fmt: skip
+    panels.events_panel("events_panel", figures.events, "Every command, newest first, at the step it took effect")
+
+
+def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
+    if numbers.threshold_error:
+        st.warning(numbers.threshold_error, icon=":material/warning:")
+    panels.draw(histogram)
+    if numbers.readout is not None:
+        readout = numbers.readout
+        st.markdown(
+            f"At threshold **{readout.clip_threshold:g}**, **{readout.clipped_share:.1%}** of the "
+            f"last **{readout.steps:,}** steps would have been clipped."
+        )
+    suggested = numbers.suggested
+    if suggested is None:
+        st.caption("No finite gradient norms yet to suggest a threshold from.")
+        return
+    st.markdown(
+        f"Suggested threshold (p{numbers.percentile} of recent norms): **{suggested:g}**, which "
+        f"would have clipped {numbers.at_suggested.clipped_share:.1%}."
+    )
+    usable = numbers.policy in THRESHOLD_POLICIES
+    st.button(
+        "Apply suggested threshold",
+        key="apply_suggested",
+        type="primary",
+        disabled=not usable,
+        on_click=_on_apply_suggested,
+        args=(manager, suggested),
+        help=f"Set the clip threshold to {suggested:g} in one click."
+        if usable
+        else f"The {numbers.policy} policy does not clip at a norm threshold.",
+    )
+
+
+def _write_warning(snapshot: RunSnapshot) -> None:
+    status = snapshot.status
+    if status is not None and status.warning:
+        st.warning(status.warning, icon=":material/warning:")
+
+
+# --- the live run's advisor and exports ----------------------------------------------------------
+
+
+def _on_advise_live(manager: RunManager) -> None:
+    controls.action(ADVISOR, "advise_live", manager.advise_live)
+    st.session_state[NEEDS_FULL_RERUN] = True  # the live chart draws the new ghost lines
+
+
+def _live_tools(manager: RunManager) -> None:
+    settings = manager.settings
+    live_advice = manager.live_advice()
+    with st.expander("Threshold advisor", icon=":material/lightbulb:", expanded=live_advice is not None):
+        st.caption(
+            "Replays this run's newest pre-clip norms (up to 100,000 steps; a few seconds): the "
+            "clip rate a global-norm threshold would have had, and the thresholds autoclip and "
+            "zclip would have chosen, drawn as ghost lines on the gradient-norm chart. The "
+            "replay covers the steps up to the moment you press the button."
+        )
+        st.button(
+            "Replay the newest steps",
+            key="advise_live",
+            on_click=_on_advise_live,
+            args=(manager,),
+            icon=":material/replay:",
+        )
+        controls.show_error(ADVISOR)
+        if live_advice is not None and settings is not None:
+            panels.advisor_readout(
+                manager, live_advice, f"live.proposed@{manager.run_number}", settings.clip_threshold
+            )
+    log_scale = bool(st.session_state.get(LOG_SCALE))  # read now: the downloads run elsewhere
+    run_number = manager.run_number
+    ghosts = panels.ghosts_frame(live_advice)
+
+    def figures() -> dict:
+        snapshot = manager.snapshot()
+        return panels.run_figures(
+            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts
+        )
+
+    with st.expander("Export", icon=":material/download:"):
+        st.caption(
+            "The live run as it is when you click: its per-step metrics (every step the live "
+            "store holds: the newest 100,000), a self-contained HTML report, and each chart. "
+            "History exports every recorded step."
+        )
+        panels.export_buttons(
+            f"live.export.{run_number}",
+            f"run-{run_number}",
+            metrics=manager.live_metrics,
+            figures=figures,
+            report=lambda: _live_report(manager, figures()),
+            chart_names=panels.CHART_NAMES,
+        )
+
+
+def _live_report(manager: RunManager, figures: dict) -> str:
+    """The HTML report of the live run, as it is now (runs outside the script: no `st.*`)."""
+    snapshot = manager.snapshot()
+    status, settings = snapshot.status, snapshot.settings
+    config = status.config
+    numbers = charts.headline(snapshot.recent)
+    metrics = snapshot.metrics_view
+    steps = int(metrics["steps"].sum()) if len(metrics) else 0
+    clipped = int(metrics["clipped"].sum()) if len(metrics) else 0
+    started = datetime.datetime.fromtimestamp(snapshot.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    return export.html_report(
+        title=f"Clipwatch run {snapshot.run_number}",
+        config={
+            "Run": snapshot.run_number,
+            "Database run id": status.run_id,
+            "Task": config.task,
+            "Policy": config.policy,
+            "Policy parameters": config.policy_params.get(config.policy, {}),
+            "Clip threshold": config.clip_threshold,
+            "Learning rate": config.learning_rate,
+            "Batch size": config.batch_size,
+            "Seed": config.seed,
+            "Speed cap (steps/s)": settings.max_steps_per_second if settings else None,
+            "Started": started,
+        },
+        summary={
+            "State": status.state,
+            "Steps": status.step,
+            "Final loss": numbers.loss,
+            "Clip rate (whole run)": clipped / steps if steps else None,
+            "Non-finite steps": status.nonfinite_steps,
+            "Error": status.error or "",
+        },
+        charts=figures,
+        events=charts.events_table(snapshot.events),
+    )
