@@ -44,6 +44,9 @@ READ_METHODS = frozenset({
     "list_runs", "live_run_ids", "recorded_run", "recorded_metrics", "recorded_advice",
     "advise_live", "live_advice", "replayed_clip_rate",
 })  # fmt: skip
+# The manager's parts (`RunManager.live`, `.race`, `.library`) take commands of their own: a
+# viewer gets none of them (the page reads through the manager's methods).
+PARTS = frozenset({"live", "race", "library"})
 
 
 class ViewOnlyError(RuntimeError):
@@ -167,6 +170,8 @@ class GuardedRunManager:
         return self._gate.allows(self._permission)
 
     def __getattr__(self, name: str) -> Any:
+        if name in PARTS:
+            self._gate.check(self._permission, f"the run manager's {name} part")
         value = getattr(self._manager, name)
         if name in READ_METHODS or not callable(value):
             return value  # data, properties' values, and the reading methods

@@ -29,7 +29,8 @@ from dashboard.controls import (
     control_value,
 )
 from dashboard.live_run import RunSnapshot
-from dashboard.run_manager import RunManager, get_run_manager
+from dashboard.operator_controls import session_run_manager
+from dashboard.run_manager import RunManager
 from training.policies import validate_clip_threshold
 
 # The policies for which a global-norm threshold read off the histogram means what it says.
@@ -54,7 +55,7 @@ def _on_apply_suggested(manager: RunManager, value: float) -> None:
 
 
 def _live_view() -> None:
-    manager = get_run_manager()
+    manager = session_run_manager()
     if st.session_state.pop(NEEDS_FULL_RERUN, False) or (
         manager.fingerprint() != st.session_state.get(FINGERPRINT)
     ):
@@ -282,7 +283,7 @@ def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
         "Apply suggested threshold",
         key="apply_suggested",
         type="primary",
-        disabled=not usable,
+        disabled=not usable or not manager.can_steer,
         on_click=_on_apply_suggested,
         args=(manager, suggested),
         help=f"Set the clip threshold to {suggested:g} in one click."

@@ -56,13 +56,16 @@ def _on_lock() -> None:
     operator_gate().revoke(st.session_state.pop(PERMISSION_STATE, None))
 
 
+def open_server_warning() -> None:
+    """In the main area: with no key, a server reachable from other machines is open to all."""
+    if not operator_gate().key_configured and not server_is_local():
+        address = st.get_option("server.address") or "every address"
+        st.warning(OPEN_SERVER_WARNING.format(address=address), icon=":material/lock_open:")
+
+
 def operator_sidebar(manager: GuardedRunManager) -> None:
-    """Draw the operator field (with a key) or the open-server warning (without one)."""
-    gate = operator_gate()
-    if not gate.key_configured:
-        if not server_is_local():
-            address = st.get_option("server.address") or "every address"
-            st.warning(OPEN_SERVER_WARNING.format(address=address), icon=":material/lock_open:")
+    """With a key: the view-only note and the "Operator key" field, or the operator's Lock."""
+    if not operator_gate().key_configured:
         return
     with st.sidebar:
         if manager.can_steer:
@@ -71,7 +74,7 @@ def operator_sidebar(manager: GuardedRunManager) -> None:
         else:
             st.info(VIEW_ONLY_NOTE, icon=":material/visibility:")
             st.text_input("Operator key", key=KEY_WIDGET, type="password", on_change=_on_key_entered)
-        unlocked_message = st.session_state.pop(MESSAGE_STATE, None)
-        if unlocked_message is not None:
-            unlocked, message = unlocked_message
+        outcome = st.session_state.pop(MESSAGE_STATE, None)
+        if outcome is not None:
+            unlocked, message = outcome
             (st.success if unlocked else st.error)(message)

@@ -97,3 +97,20 @@ def test_a_viewer_is_refused_every_command_before_it_reaches_the_manager():
     operator = GuardedRunManager(manager, gate, gate.unlock(KeyAttempts(), KEY).permission)
     operator.set_clip_threshold(0.5)
     assert manager.calls[-1] == ("set_clip_threshold", 0.5) and operator.can_steer and not viewer.can_steer
+
+
+def test_a_viewer_cannot_start_a_real_run_manager_nor_reach_its_parts(tmp_path):
+    from dashboard.live_run import RunSettings
+    from dashboard.run_manager import RunManager
+
+    manager = RunManager(database_path=tmp_path / "runs.db")
+    viewer = GuardedRunManager(manager, OperatorGate(KEY), None)
+    with pytest.raises(ViewOnlyError, match="start needs the operator"):
+        viewer.start(RunSettings())
+    for part in ("live", "race", "library"):
+        with pytest.raises(ViewOnlyError):
+            getattr(viewer, part)
+    with pytest.raises(ViewOnlyError):
+        viewer.set_database_path(str(tmp_path / "other.db"))
+    assert manager.trainer is None and viewer.list_runs().empty and viewer.state == "idle"
+    assert manager.database_status().path == str(tmp_path / "runs.db")
