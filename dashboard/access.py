@@ -143,6 +143,11 @@ class OperatorGate:
         left = MAX_WRONG_KEYS - attempts.wrong
         return UnlockResult(None, f"Wrong operator key ({left} {'try' if left == 1 else 'tries'} left).")
 
+    def lockout_message(self, attempts: KeyAttempts) -> str | None:
+        """While `attempts`' session is locked out, what to tell it (else None)."""
+        left = attempts.locked_until - self._clock()
+        return _locked_message(left) if left > 0 else None
+
     def revoke(self, permission: str | None) -> None:
         with self._lock:
             self._permissions.discard(permission)

@@ -35,11 +35,15 @@ from training.policies import validate_clip_threshold
 
 # The policies for which a global-norm threshold read off the histogram means what it says.
 THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
+VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
 def render(manager: RunManager) -> None:
     """The Live tab: the timed live view, then (once there is a run) the advisor and exports."""
     refresh = controls.REFRESH_SECONDS if manager.is_active else None
+    if refresh is None and not manager.can_steer:
+        # A viewer cannot start a run itself: it looks now and then for the operator's.
+        refresh = VIEWER_IDLE_REFRESH_SECONDS
     st.fragment(_live_view, run_every=refresh)()
     if manager.run_number:
         _live_tools(manager)

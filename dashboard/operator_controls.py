@@ -75,6 +75,9 @@ def operator_sidebar(manager: GuardedRunManager) -> None:
             st.info(VIEW_ONLY_NOTE, icon=":material/visibility:")
             st.text_input("Operator key", key=KEY_WIDGET, type="password", on_change=_on_key_entered)
         outcome = st.session_state.pop(MESSAGE_STATE, None)
+        locked_out = operator_gate().lockout_message(st.session_state.get(ATTEMPTS_STATE, KeyAttempts()))
         if outcome is not None:
             unlocked, message = outcome
             (st.success if unlocked else st.error)(message)
+        elif locked_out:  # stays up for the whole minute, through every refresh
+            st.error(locked_out)
