@@ -29,6 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="measure nothing: print the report of a run saved with --json (targets re-evaluated)",
     )
     parser.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="leave out the browser section (viewers): for machines without /usr/bin/chromium",
+    )
+    parser.add_argument(
         "--sections",
         help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; --quick leaves "
         "out the heavier task while it XLA-compiles)",
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
             results = json.load(file)
         results["targets"] = report.evaluate_targets(results)
     else:
-        results = run_benchmark(QUICK if args.quick else FULL, args.sections, log)
+        results = run_benchmark(QUICK if args.quick else FULL, args.sections, log, browser=not args.no_browser)
     report.print_report(results)
     if args.json:
         with open(args.json, "w") as file:

@@ -65,16 +65,20 @@ def filled_store(steps: int, seed: int = 0) -> MetricsStore:
     return store
 
 
-def dashboard_page_charts(store: MetricsStore, max_points: int = MAX_POINTS, recent_steps: int = 2000) -> list[dict]:
+def dashboard_page_charts(
+    store: MetricsStore, max_points: int = MAX_POINTS, recent_steps: int = 2000, direct: bool = True
+) -> list[dict]:
     """What a refresh of the Live tab (`dashboard/live_view.py`) computes: the store read as `RunManager.snapshot`
-    reads it, the five charts of `dashboard/charts.py` and their what-if readouts, and each chart
-    as the Vega-Lite spec the page hands to `st.vega_lite_chart` (no Streamlit involved).
+    reads it, the five charts and their what-if readouts, each as the Vega-Lite spec the page
+    hands to `st.vega_lite_chart` (no Streamlit involved). `direct`: the specs filled into cached
+    templates (`dashboard/chart_specs.py`, what the page draws since issue #11); False: built
+    through Altair objects (`dashboard/charts.py` + `to_dict`, as before), for comparison.
 
     Example:
         >>> len(dashboard_page_charts(filled_store(10_000)))
         5
     """
-    from dashboard import charts
+    from dashboard import chart_specs, charts
 
     view, layer_view = store.view(max_points)
     recent, events = store.metrics(last=recent_steps), store.events()
@@ -83,6 +87,16 @@ def dashboard_page_charts(store: MetricsStore, max_points: int = MAX_POINTS, rec
     charts.what_if(norms, clip_threshold)
     if suggested is not None:
         charts.what_if(norms, suggested)
+    if direct:
+        specs = [
+            chart_specs.gradient_norm_spec(view),
+            chart_specs.loss_spec(view, events),
+            chart_specs.clip_rate_spec(view),
+            chart_specs.layer_norm_spec(layer_view),
+            chart_specs.gradient_norm_histogram_spec(norms, clip_threshold, suggested),
+        ]
+        charts.events_table(events)
+        return specs
     built = [
         charts.gradient_norm_chart(view),
         charts.loss_chart(view, events),
@@ -112,12 +126,14 @@ def run_dashboard(sizes: tuple[int, ...], repeats: int, log: Log) -> dict:
         stores[steps] = filled_store(steps)
         results[steps] = {"steps": steps, "fill_seconds": time.perf_counter() - started}
         dashboard_page_charts(stores[steps])  # the first call pays imports and caches
-    timings = {steps: {"charts": [], "view": []} for steps in sizes}
+        dashboard_page_charts(stores[steps], direct=False)
+    timings = {steps: {"charts": [], "altair": [], "view": []} for steps in sizes}
     order = list(sizes)
     for repeat in range(repeats):
         for steps in order[repeat % len(order):] + order[: repeat % len(order)]:
             store = stores[steps]
             timings[steps]["charts"].append(_timed(dashboard_page_charts, store))
+            timings[steps]["altair"].append(_timed(dashboard_page_charts, store, MAX_POINTS, 2000, False))
             timings[steps]["view"].append(_timed(store.view, MAX_POINTS))
     for steps, store in stores.items():
         results[steps].update(
@@ -125,17 +141,23 @@ def run_dashboard(sizes: tuple[int, ...], repeats: int, log: Log) -> dict:
             store_mb=store.nbytes / 1e6,
             view_rows=len(store.view(MAX_POINTS)[0]),
             charts_ms=_spread(timings[steps]["charts"]),
+            altair_charts_ms=_spread(timings[steps]["altair"]),
+            direct_vs_altair=statistics.median(
+                direct / altair for direct, altair in zip(timings[steps]["charts"], timings[steps]["altair"])
+            ),
             view_ms_median=statistics.median(timings[steps]["view"]),
         )
         log(
-            f"  {steps:,} steps: charts {results[steps]['charts_ms']['median']:.1f} ms, store "
+            f"  {steps:,} steps: charts {results[steps]['charts_ms']['median']:.1f} ms (through Altair "
+            f"{results[steps]['altair_charts_ms']['median']:.1f} ms), store "
             f"{store.nbytes / 1e6:.2f} MB (filled in {results[steps]['fill_seconds']:.1f} s)"
         )
     return {
         "timed": "dashboard_page_charts: store.view(2000), store.metrics(last=2000) and "
         "store.events() as RunManager.snapshot reads them, then the five charts dashboard/page.py "
-        "draws (dashboard/charts.py) with their what-if readouts, each as "
-        "charts.vega_lite_spec(chart), the spec the page hands to st.vega_lite_chart",
+        "draws with their what-if readouts, each as the Vega-Lite spec the page hands to "
+        "st.vega_lite_chart, filled into cached templates (dashboard/chart_specs.py); 'through "
+        "Altair': the same specs built as Altair objects and to_dict (before issue #11)",
         "max_points": MAX_POINTS,
         "variables": len(VARIABLE_NAMES),
         "window": MetricsStore(VARIABLE_NAMES, POLICY_NAMES).window,

@@ -40,8 +40,8 @@ Log = Callable[[str], None]
 class PersistedTrainerRun(TrainerRun):
     """A `TrainerRun` that writes to `database`, and after each window waits until it is written."""
 
-    def __init__(self, label: str, task_name: str, seed: int, database: RunDatabase):
-        super().__init__(label, task_name, None, seed, database=database)
+    def __init__(self, label: str, task_name: str, seed: int, database: RunDatabase, sinks: tuple = ()):
+        super().__init__(label, task_name, None, seed, database=database, sinks=sinks)
         self.database = database
         self.catch_up_seconds: list[float] = []
 

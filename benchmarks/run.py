@@ -10,7 +10,10 @@ from typing import Callable
 
 from benchmarks import report
 
-SECTIONS = ("throughput", "heavy", "policies", "persistence", "control", "dashboard")
+SECTIONS = (
+    "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
+    "startup", "viewers", "long_run",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class Budget:
     # Run the heavier task by default even if it XLA-compiles. Off for --quick: on 2 shared cores
     # that compile alone (conv inside the compiled loop) took 40-100 s.
     heavy_even_if_xla: bool = True
+    char_lstm_repeats: int = 5
+    char_lstm_window_seconds: float = 4.0  # ~100 ms steps: tens of steps per window
+    startup_rounds: int = 2  # fresh processes per case and variant (benchmarks/startup.py)
+    recording_repeats: int = 5
+    recording_window_seconds: float = 3.0
+    viewer_tabs: int = 10
+    viewer_seconds: float = 30.0  # each phase: one tab, then all tabs twice
+    long_run_steps: int = 5_000_000
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -46,31 +57,56 @@ QUICK = dataclasses.replace(
     FULL, name="quick", repeats=2, window_seconds=0.5, heavy_window_seconds=1.0, min_chunks=1,
     warm_up_seconds=0.3, policy_repeats=1, policy_window_seconds=0.4, persistence_repeats=2,
     persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
+    char_lstm_repeats=1, char_lstm_window_seconds=2.0,
+    startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
+    long_run_steps=500_000,
 )  # fmt: skip
 
 
-def default_sections(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
+def default_sections(budget: Budget, browser: bool = True) -> tuple[tuple[str, ...], list[str]]:
     """The sections to run when none are named, and a note for each one left out."""
+    import os
+
+    from benchmarks.browser import CHROMIUM
+
+    sections, notes = _sections_for_budget(budget)
+    if not browser or not os.path.exists(CHROMIUM):
+        sections = tuple(section for section in sections if section != "viewers")
+        why = "--no-browser" if not browser else f"{CHROMIUM} is missing"
+        notes = [*notes, f"the browser section (viewers) is left out: {why}"]
+    return sections, notes
+
+
+def _sections_for_budget(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
     from training.tasks import get_task
 
-    if budget.heavy_even_if_xla or not get_task(budget.heavy_task).jit_compile:
+    if budget.heavy_even_if_xla:
         return SECTIONS, []
+    # The LSTM's steps take ~100 ms on 2 shared cores: a quick run leaves it out (issue #9).
+    sections = tuple(section for section in SECTIONS if section != "char_lstm")
+    notes = ["the character LSTM is left out of a quick run; add it with --sections char_lstm"]
+    if not get_task(budget.heavy_task).jit_compile:
+        return sections, notes
     note = (
         f"the heavier task ({budget.heavy_task}) is left out of a {budget.name} run: it XLA-compiles, "
         "which takes 40-100 s on 2 shared cores; add it with --sections "
         + ",".join(SECTIONS)
     )
-    return tuple(section for section in SECTIONS if section != "heavy"), [note]
+    return tuple(section for section in sections if section != "heavy"), [*notes, note]
 
 
 def run_benchmark(
-    budget: Budget, sections=None, log: Callable[[str], None] = print, notes: list[str] | None = None
+    budget: Budget,
+    sections=None,
+    log: Callable[[str], None] = print,
+    notes: list[str] | None = None,
+    browser: bool = True,
 ) -> dict:
     """Run `sections` (a subset of SECTIONS; None: the budget's default) and return the results,
     targets included."""
     if sections is None:
-        sections, notes = default_sections(budget)
-    from benchmarks import control, dashboard_cost, persistence_cost, throughput
+        sections, notes = default_sections(budget, browser)
+    from benchmarks import control, dashboard_cost, long_run, persistence_cost, recording, startup, throughput, viewers
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -113,12 +149,34 @@ def run_benchmark(
             budget.persistence_repeats, budget.persistence_window_seconds, budget.warm_up_seconds, log,
             min_chunks=budget.min_chunks,
         )
+    if "recording" in sections:
+        log("recording every step: CSV + run database vs in memory")
+        results["recording"] = recording.run_recording(
+            budget.recording_repeats, budget.recording_window_seconds, budget.warm_up_seconds, log,
+            min_chunks=budget.min_chunks,
+        )
     if "control" in sections:
         log("control latency and traces")
         results["control"] = control.run_control(budget.latency_trials, budget.warm_up_seconds, log)
+    if "char_lstm" in sections:
+        from benchmarks.char_lstm import run_char_lstm
+
+        log("throughput: character LSTM plug-in")
+        results["char_lstm"] = run_char_lstm(
+            budget.char_lstm_repeats, budget.char_lstm_window_seconds, budget.warm_up_seconds, log
+        )
     if "dashboard" in sections:
         log("dashboard cost")
         results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
+    if "startup" in sections:
+        log("startup: Start -> first step in fresh processes")
+        results["startup"] = startup.run_startup(budget.startup_rounds, log)
+    if "viewers" in sections:
+        log(f"viewers: the page in Chromium, 1 and {budget.viewer_tabs} tabs")
+        results["viewers"] = viewers.run_viewers(budget.viewer_tabs, budget.viewer_seconds, log)
+    if "long_run" in sections:
+        log(f"long run: seed, {budget.long_run_steps:,} steps with a run database")
+        results["long_run"] = long_run.run_long(budget.long_run_steps, log)
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started

@@ -149,6 +149,9 @@ class TrainerRun:
         """Wait for the first chunk (the compile), train `seconds` more, pause; return step time."""
         self._wait(lambda status: status.step > 0, timeout, "the first chunk")
         self.compile_seconds = time.perf_counter() - self._started
+        # The first chunks run on the quick step; measure the full one (every policy, XLA).
+        if not self.trainer.wait_until_compiled(timeout):
+            raise TimeoutError(f"{self.label}: the full step did not compile in {timeout:g} s")
         time.sleep(seconds)
         self._pause(timeout)
         status = self.trainer.status

@@ -34,6 +34,9 @@ LINE_POINTS = 600  # spans of steps in the line charts: about one per two pixels
 HEATMAP_COLUMNS = 240  # time spans in the per-layer heatmap: about one per 3-4 pixels
 MAX_EVENT_RULES = 60  # the newest events drawn as rules on the loss chart
 CLIP_RATE_WINDOW = 100  # steps in the rolling clip rate
+# Rows of the per-layer heatmap: a label per row stays readable at 36 px; a model with more
+# variables is drawn per layer, and past this many layers as the largest ones plus "other".
+MAX_LAYER_ROWS = 40
 
 # One colour per meaning, shared by every chart (and the legend).
 COLORS = {
@@ -43,6 +46,7 @@ COLORS = {
     "clip_marker": "#F58518",
     "suggested": "#6F4E9C",
     "loss": "#3B3B58",
+    "validation": "#D1495B",
     "hover": "#9A9A9A",
 }
 SERIES_LABELS = {
@@ -249,6 +253,59 @@ def layer_norm_frame(layer_view: pd.DataFrame, max_points: int = MAX_POINTS) -> 
     return long.dropna(subset=["norm"]).reset_index(drop=True)
 
 
+def group_layer_view(
+    layer_view: pd.DataFrame, max_rows: int = MAX_LAYER_ROWS
+) -> tuple[pd.DataFrame, str | None]:
+    """A layer view with at most `max_rows` variable columns, and a note saying how it was cut.
+
+    Up to `max_rows` variables: unchanged (no note). More: variables are grouped by layer (the
+    first part of their name, "block0_attention/query/kernel" -> "block0_attention"); a
+    layer's norm is the root of the sum of its variables' squared norms, which is the norm of
+    the layer's whole gradient (for a point standing for several steps, an upper bound, as each
+    variable keeps its own max). Still more than `max_rows` layers: the `max_rows - 1` layers
+    with the largest norms stay, the rest become one row "other (N layers)" holding their max.
+    """
+    variables = [column for column in layer_view.columns if column != "step"]
+    if len(variables) <= max_rows:
+        return layer_view, None
+    groups: dict[str, list[str]] = {}
+    for name in variables:
+        groups.setdefault(name.split("/")[0], []).append(name)
+    columns = {"step": layer_view["step"].to_numpy()}
+    for layer, members in groups.items():
+        squares = np.square(layer_view[members].to_numpy(np.float64))
+        columns[layer] = np.sqrt(np.nansum(squares, axis=1))
+    grouped = pd.DataFrame(columns)
+    note = f"{len(variables)} variables grouped into {len(groups)} layers (norm of each layer's gradient)"
+    if len(groups) <= max_rows:
+        return grouped, note
+    peaks = grouped[list(groups)].max(axis=0).sort_values(ascending=False)
+    kept, rest = list(peaks.index[: max_rows - 1]), list(peaks.index[max_rows - 1 :])
+    reduced = grouped[["step", *kept]].copy()
+    reduced[f"other ({len(rest)} layers)"] = grouped[rest].max(axis=1)
+    note += f"; the {len(kept)} largest shown, the other {len(rest)} as their max"
+    return reduced, note
+
+
+def validation_loss_frame(evaluations: pd.DataFrame | None) -> pd.DataFrame:
+    """`step, val_loss` from `Trainer.evaluations()` rows (finite values only)."""
+    if evaluations is None or len(evaluations) == 0:
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "val_loss": pd.Series(dtype="float64")})
+    rows = evaluations[evaluations["name"] == "val_loss"]
+    frame = pd.DataFrame(
+        {"step": rows["step"].to_numpy(np.int64), "val_loss": finite(rows["value"].to_numpy(np.float64))}
+    )
+    return frame.dropna().reset_index(drop=True)
+
+
+def latest_validation(evaluations: pd.DataFrame | None) -> dict[str, float]:
+    """The last evaluation's values by name (`val_loss`, `val_<metric>`); empty without any."""
+    if evaluations is None or len(evaluations) == 0:
+        return {}
+    last = evaluations[evaluations["step"] == evaluations["step"].iloc[-1]]
+    return {str(name): float(value) for name, value in zip(last["name"], last["value"])}
+
+
 def recent_norms(recent: pd.DataFrame) -> np.ndarray:
     """The finite pre-clip gradient norms of recent raw rows."""
     if len(recent) == 0:
@@ -419,6 +476,53 @@ def event_rules_frame(events: pd.DataFrame, limit: int = MAX_EVENT_RULES) -> pd.
     )
 
 
+def loss_frame(view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS) -> pd.DataFrame:
+    """The loss chart's rows: step, steps, loss (mean per point)."""
+    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
+    loss = finite(data["loss"])
+    return pd.DataFrame(
+        {
+            "step": data["step"].astype(np.int64),
+            "steps": data["steps"].astype(np.int64),
+            "loss": _positive(loss) if log_scale else loss,
+        }
+    )
+
+
+def event_labels_frame(rules: pd.DataFrame) -> pd.DataFrame:
+    """One label per step: commands taken at the same step (pause, resume) share it."""
+    return rules.groupby("step", sort=True).agg(
+        label=("label", " · ".join), group=("group", "last")
+    ).reset_index()
+
+
+def clip_rate_frame(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW, max_points: int = LINE_POINTS) -> pd.DataFrame:
+    """The clip-rate chart's rows: the rolling clip rate merged into at most `max_points` spans."""
+    rate = rolling_clip_rate(view, window)
+    if len(view):
+        rate["steps"] = view["steps"].to_numpy(np.int64)
+    return even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
+
+
+def histogram_lines(
+    clip_threshold: float | None, suggested_threshold: float | None, threshold_label: str = "threshold"
+) -> list[tuple[str, float, str, list[int]]]:
+    """The histogram's vertical lines: (legend name, value, colour, dash) of each drawable one."""
+    return [
+        (f"{name} {value:.3g}", float(value), color, dash)
+        for value, name, color, dash in (
+            (clip_threshold, threshold_label, COLORS["threshold"], [1, 0]),
+            (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
+        )
+        if value is not None and math.isfinite(value) and value > 0
+    ]
+
+
+def histogram_lines_frame(drawn: list[tuple[str, float, str, list[int]]]) -> pd.DataFrame:
+    """The rows of the histogram's lines (from `histogram_lines`): line, value."""
+    return pd.DataFrame({"line": [line[0] for line in drawn], "value": [line[1] for line in drawn]})
+
+
 # --- charts ----------------------------------------------------------------------------------
 
 
@@ -526,17 +630,11 @@ def loss_chart(
     log_scale: bool = False,
     max_points: int = LINE_POINTS,
     height: int = 260,
+    evaluations: pd.DataFrame | None = None,
 ) -> alt.LayerChart:
-    """Loss (mean per point) with every command drawn as a labelled vertical rule."""
-    data = even_spans(view, max_points, METRIC_AGGREGATIONS)
-    loss = finite(data["loss"])
-    frame = pd.DataFrame(
-        {
-            "step": data["step"].astype(np.int64),
-            "steps": data["steps"].astype(np.int64),
-            "loss": _positive(loss) if log_scale else loss,
-        }
-    )
+    """Loss (mean per point) with every command drawn as a labelled vertical rule, and the
+    validation loss (`evaluations` rows named `val_loss`) as a dotted line beside it."""
+    frame = loss_frame(view, log_scale, max_points)
     line = (
         alt.Chart(frame)
         .transform_filter("isValid(datum.loss)")
@@ -551,6 +649,11 @@ def loss_chart(
             ],
         )
     )
+    validation = validation_loss_frame(evaluations)
+    if len(validation):
+        if log_scale:
+            validation["val_loss"] = _positive(validation["val_loss"].to_numpy())
+        line = alt.layer(line, _validation_line(validation))
     rules = event_rules_frame(events)
     if len(rules) == 0:
         return alt.layer(line).properties(height=height)
@@ -567,10 +670,7 @@ def loss_chart(
         .mark_rule(strokeDash=[4, 3], strokeWidth=1.5)
         .encode(x=alt.X("step:Q"), color=color, tooltip=event_tooltip)
     )
-    # One label per step: commands taken at the same step (pause, resume) share it.
-    labels = rules.groupby("step", sort=True).agg(
-        label=("label", " · ".join), group=("group", "last")
-    ).reset_index()
+    labels = event_labels_frame(rules)
     label = (
         alt.Chart(labels)
         .mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-3, fontSize=10)
@@ -584,6 +684,22 @@ def loss_chart(
     return alt.layer(line, rule, label).properties(height=height)
 
 
+def _validation_line(validation: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(validation)
+        .transform_filter("isValid(datum.val_loss)")
+        .mark_line(color=COLORS["validation"], strokeDash=[5, 3], strokeWidth=1.6, point=True)
+        .encode(
+            x=alt.X("step:Q"),
+            y=alt.Y("val_loss:Q"),
+            tooltip=[
+                alt.Tooltip("step:Q", title="Step", format=","),
+                alt.Tooltip("val_loss:Q", title="Validation loss", format=".4g"),
+            ],
+        )
+    )
+
+
 def clip_rate_chart(
     view: pd.DataFrame,
     window: int = CLIP_RATE_WINDOW,
@@ -591,10 +707,7 @@ def clip_rate_chart(
     height: int = 260,
 ) -> alt.Chart:
     """Share of clipped steps over a rolling window of `window` steps (mean per point)."""
-    rate = rolling_clip_rate(view, window)
-    if len(view):
-        rate["steps"] = view["steps"].to_numpy(np.int64)
-    data = even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
+    data = clip_rate_frame(view, window, max_points)
     return (
         alt.Chart(data)
         .mark_area(
@@ -620,10 +733,13 @@ def clip_rate_chart(
 def layer_norm_chart(
     layer_view: pd.DataFrame, max_points: int = MAX_POINTS, row_height: int = 36
 ) -> alt.Chart:
-    """Heatmap of each trainable variable's gradient norm (before clipping) over time."""
+    """Heatmap of each trainable variable's gradient norm (before clipping) over time; a model
+    with more than `MAX_LAYER_ROWS` variables is drawn per layer (`group_layer_view`), which
+    the chart's title says."""
+    layer_view, note = group_layer_view(layer_view)
     data = layer_norm_frame(layer_view, max_points)
     layers = [column for column in layer_view.columns if column != "step"]
-    return (
+    chart = (
         alt.Chart(data)
         .mark_rect()
         .encode(
@@ -644,6 +760,7 @@ def layer_norm_chart(
         )
         .properties(height=row_height * max(len(layers), 1) + 60)  # + the step axis
     )
+    return chart.properties(title=note) if note else chart
 
 
 def gradient_norm_histogram(
@@ -674,17 +791,10 @@ def gradient_norm_histogram(
             ],
         )
     )
-    drawn = [
-        (f"{name} {value:.3g}", float(value), color, dash)
-        for value, name, color, dash in (
-            (clip_threshold, threshold_label, COLORS["threshold"], [1, 0]),
-            (suggested_threshold, "suggested", COLORS["suggested"], [5, 3]),
-        )
-        if value is not None and math.isfinite(value) and value > 0
-    ]
+    drawn = histogram_lines(clip_threshold, suggested_threshold, threshold_label)
     if not drawn:
         return alt.layer(bars).properties(height=height)
-    lines = pd.DataFrame({"line": [line[0] for line in drawn], "value": [line[1] for line in drawn]})
+    lines = histogram_lines_frame(drawn)
     # A legend names the lines (labels on the plot would collide with each other and the bars).
     names = [line[0] for line in drawn]
     rules = (
@@ -723,10 +833,13 @@ __all__: Sequence[str] = [
     "events_table",
     "gradient_norm_chart",
     "gradient_norm_histogram",
+    "group_layer_view",
     "headline",
+    "latest_validation",
     "layer_norm_chart",
     "loss_chart",
     "rolling_clip_rate",
+    "validation_loss_frame",
     "suggest_threshold",
     "what_if",
 ]

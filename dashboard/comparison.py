@@ -205,10 +205,26 @@ def _nonfinite_markers(base: alt.Chart) -> alt.Chart:
     )
 
 
+def runs_validation_frame(evaluations: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """`run, step, val_loss` of several runs (`evaluations` maps a run's name to its
+    `Trainer.evaluations()` / `RunDatabase.evaluations()` rows)."""
+    frames = [charts.validation_loss_frame(rows).assign(**{RUN: name}) for name, rows in evaluations.items()]
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        return pd.DataFrame({RUN: pd.Series(dtype="object"), "step": pd.Series(dtype="int64"),
+                             "val_loss": pd.Series(dtype="float64")})  # fmt: skip
+    return pd.concat(frames, ignore_index=True)[[RUN, "step", "val_loss"]]
+
+
 def runs_loss_chart(
-    long: pd.DataFrame, log_scale: bool = False, max_points: int = charts.LINE_POINTS, height: int = 260
+    long: pd.DataFrame,
+    log_scale: bool = False,
+    max_points: int = charts.LINE_POINTS,
+    height: int = 260,
+    validation: pd.DataFrame | None = None,
 ) -> alt.LayerChart:
-    """Each run's loss (mean per point), by colour; NaN/inf steps marked along the top edge."""
+    """Each run's loss (mean per point), by colour; NaN/inf steps marked along the top edge;
+    each run's validation loss (`runs_validation_frame`) dashed with dots in its colour."""
     names = _run_names(long)
     data = _positive_where(run_series_frame(long, max_points), ("loss",), log_scale)
     base = alt.Chart().encode(x=charts._step_axis(data["step"]), color=_color(names))
@@ -225,7 +241,26 @@ def runs_loss_chart(
             ],
         )
     )
-    return alt.layer(line, _nonfinite_markers(base), data=data).properties(height=height)
+    layers = alt.layer(line, _nonfinite_markers(base), data=data)
+    if validation is not None and len(validation):
+        validation = _positive_where(validation.copy(), ("val_loss",), log_scale)
+        dashed = (
+            alt.Chart(validation)
+            .transform_filter("isValid(datum.val_loss)")
+            .mark_line(strokeDash=[5, 3], strokeWidth=1.6, point=True)
+            .encode(
+                x=alt.X("step:Q"),
+                y=alt.Y("val_loss:Q"),
+                color=_color(names, legend=False),
+                tooltip=[
+                    alt.Tooltip(f"{RUN}:N", title="Run"),
+                    alt.Tooltip("step:Q", title="Step", format=","),
+                    alt.Tooltip("val_loss:Q", title="Validation loss", format=".4g"),
+                ],
+            )
+        )
+        layers = alt.layer(layers, dashed)
+    return layers.properties(height=height)
 
 
 def runs_clip_rate_chart(
@@ -353,5 +388,6 @@ __all__ = [
     "runs_gradient_norm_chart",
     "runs_long_frame",
     "runs_loss_chart",
+    "runs_validation_frame",
     "unique_run_names",
 ]

@@ -15,7 +15,9 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, controls, export, panels
+from streamlit import dataframe_util
+
+from dashboard import advice, chart_specs, charts, controls, export, panels, shared_charts
 from dashboard.controls import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -38,9 +40,16 @@ THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
 VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
+FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's first step
+
+
 def render(manager: RunManager) -> None:
     """The Live tab: the timed live view, then (once there is a run) the advisor and exports."""
     refresh = controls.REFRESH_SECONDS if manager.is_active else None
+    waiting = manager.is_active and manager.snapshot().status.step == 0
+    st.session_state[FAST_REFRESH] = waiting
+    if waiting:
+        refresh = controls.FIRST_STEP_REFRESH_SECONDS
     if refresh is None and not manager.can_steer:
         # A viewer cannot start a run itself: it looks now and then for the operator's.
         refresh = VIEWER_IDLE_REFRESH_SECONDS
@@ -65,6 +74,8 @@ def _live_view() -> None:
     ):
         st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
     snapshot = manager.snapshot()
+    if st.session_state.get(FAST_REFRESH) and snapshot.status is not None and snapshot.status.step > 0:
+        st.rerun(scope="app")  # the first step is here: back to the usual refresh
     # Everything is computed first and then drawn in one go: elements still waiting after half
     # a second of a rerun fade, so spreading the drawing over the computing would flicker.
     ghosts = panels.ghosts_frame(manager.live_advice())
@@ -76,17 +87,22 @@ def _live_view() -> None:
     if snapshot.run_number == 0:
         st.info(
             "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "
-            "The first steps take a few seconds while TensorFlow compiles the training step.",
+            "The first step takes a moment while TensorFlow builds the model and traces its step.",
             icon=":material/play_circle:",
         )
         return
     if figures is None:
         if snapshot.is_active:
             st.info(
-                "Building the model and compiling the training step…",
+                "Building the model and tracing its first training step…",
                 icon=":material/hourglass_top:",
             )
         return
+    if snapshot.is_active and snapshot.status.compiling:
+        st.caption(
+            ":material/hourglass_top: Compiling the full training step in the background (every "
+            "policy, XLA); the run trains on a quick step meanwhile, losing nothing at the switch."
+        )
     _charts(manager, figures)
 
 
@@ -174,7 +190,9 @@ class _WhatIf:
     policy: str
 
 
-def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, object]:
+def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, tuple]:
+    """The what-if numbers, and the histogram's arguments after the norms (threshold, suggested,
+    log scale, label): with the snapshot, they key the shared charts."""
     state = st.session_state
     norms = charts.recent_norms(snapshot.recent)
     settings = snapshot.settings
@@ -198,13 +216,7 @@ def _what_if_numbers(snapshot: RunSnapshot) -> tuple[_WhatIf, object]:
         at_suggested=None if suggested is None else charts.what_if(norms, suggested),
         policy=policy,
     )
-    histogram = charts.gradient_norm_histogram(
-        norms,
-        threshold,
-        suggested,
-        log_scale=bool(state.get(LOG_SCALE)),
-        threshold_label="threshold" if chosen is None else "what-if",
-    )
+    histogram = (threshold, suggested, bool(state.get(LOG_SCALE)), "threshold" if chosen is None else "what-if")
     return numbers, histogram
 
 
@@ -222,11 +234,46 @@ class _Figures:
     resolution: str
 
 
+def _streamlit_ready(spec: dict) -> dict:
+    """`spec` with its datasets already in the Arrow bytes Streamlit sends (it converts each
+    dataset on every call otherwise: once per session per refresh)."""
+    datasets = {name: dataframe_util.convert_anything_to_arrow_bytes(rows) for name, rows in spec["datasets"].items()}
+    return {**spec, "datasets": datasets}
+
+
+def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple) -> dict:
+    """The charts every session with these view settings draws, built once per store change
+    (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py)."""
+    status = snapshot.status
+    # The settings hold a dict (unhashable): their repr stands for them.
+    key = (snapshot.run_number, status.step, status.state, len(snapshot.events), repr(snapshot.settings), log_scale, histogram)
+
+    def build() -> dict:
+        view = snapshot.metrics_view
+        threshold, suggested, histogram_log_scale, label = histogram
+        specs = {
+            "gradient_norm": chart_specs.gradient_norm_spec(view, log_scale=log_scale),
+            "loss": chart_specs.loss_spec(view, snapshot.events, log_scale=log_scale),
+            "clip_rate": chart_specs.clip_rate_spec(view),
+            "layers": chart_specs.layer_norm_spec(snapshot.layer_view),
+            "histogram": chart_specs.gradient_norm_histogram_spec(
+                charts.recent_norms(snapshot.recent), threshold, suggested, log_scale=histogram_log_scale,
+                threshold_label=label,
+            ),
+        }
+        shared = {name: _streamlit_ready(spec) for name, spec in specs.items()}
+        shared["events"] = charts.events_table(snapshot.events)
+        return shared
+
+    return shared_charts.LIVE.get(key, build)
+
+
 def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
     """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed)."""
     log_scale = bool(st.session_state.get(LOG_SCALE))
     view = snapshot.metrics_view
     what_if, histogram = _what_if_numbers(snapshot)
+    shared = _shared_figures(snapshot, log_scale, histogram)
     per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
     resolution = (
         "one point per step"
@@ -234,15 +281,17 @@ def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
         else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
         "largest norm, so spikes stay visible"
     )
-    run = panels.run_figures(view, snapshot.layer_view, snapshot.events, log_scale, ghosts)
+    gradient_norm = shared["gradient_norm"]
+    if ghosts is not None and len(ghosts):  # this session's advisor lines: its own chart
+        gradient_norm = advice.with_ghost_thresholds(charts.gradient_norm_chart(view, log_scale=log_scale), ghosts, log_scale)
     return _Figures(
-        gradient_norm=run["Gradient norm"],
-        loss=run["Loss and commands"],
-        clip_rate=run["Clip rate"],
-        layers=run["Gradient norm per layer"],
-        histogram=histogram,
+        gradient_norm=gradient_norm,
+        loss=shared["loss"],
+        clip_rate=shared["clip_rate"],
+        layers=shared["layers"],
+        histogram=shared["histogram"],
         what_if=what_if,
-        events=charts.events_table(snapshot.events),
+        events=shared["events"],
         resolution=resolution,
     )
 

@@ -24,9 +24,11 @@ from dashboard.run_library import Advice
 from dashboard.run_manager import RunManager
 
 
-def draw(chart: alt.TopLevelMixin) -> None:
-    """Draw a built chart across its column (the builders' output is validated by the tests)."""
-    st.vega_lite_chart(spec=charts.vega_lite_spec(chart), width="stretch")
+def draw(chart: alt.TopLevelMixin | dict) -> None:
+    """Draw a built chart (or its Vega-Lite dict) across its column (the builders' output is
+    validated by the tests)."""
+    spec = chart if isinstance(chart, dict) else charts.vega_lite_spec(chart)
+    st.vega_lite_chart(spec=spec, width="stretch")
 
 
 def panel(key: str, title: str, caption: str):
@@ -47,7 +49,7 @@ def panel_rows(rows: Sequence[Sequence[tuple[str, str, str, Any]]]) -> None:
         places = [contextlib.nullcontext()] if len(row) == 1 else st.columns(len(row))
         for place, (key, title, caption, content) in zip(places, row):
             with place, panel(key, title, caption):
-                if isinstance(content, alt.TopLevelMixin):
+                if isinstance(content, (alt.TopLevelMixin, dict)):
                     draw(content)
                 else:
                     content()
@@ -209,14 +211,16 @@ def run_figures(
     events: pd.DataFrame,
     log_scale: bool = False,
     ghosts: pd.DataFrame | None = None,
+    evaluations: pd.DataFrame | None = None,
 ) -> dict[str, alt.TopLevelMixin]:
-    """The charts of one run, by name (`CHART_NAMES`), as the live view draws them."""
+    """The charts of one run, by name (`CHART_NAMES`), as the live view draws them (the loss
+    chart with the validation loss from `evaluations`, when the run has any)."""
     gradient_norm = charts.gradient_norm_chart(metrics_view, log_scale=log_scale)
     if ghosts is not None and len(ghosts):
         gradient_norm = advice_charts.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
     return {
         "Gradient norm": gradient_norm,
-        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale),
+        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale, evaluations=evaluations),
         "Clip rate": charts.clip_rate_chart(metrics_view),
         "Gradient norm per layer": charts.layer_norm_chart(layer_view),
     }

@@ -28,6 +28,7 @@ LOG_SCALE = "race.log_scale"
 _ERRORS = "_race_errors"  # where -> message, shown until the next command
 _VERSIONS = "_race_versions"  # side -> bumps to give its threshold control a fresh widget
 _FINGERPRINT = "_race_fingerprint"  # manager.fingerprint() when this tab last ran in full
+_FAST_REFRESH = "_race_fast_refresh"  # the fragment redraws fast until both sides have a step
 _LAST_ACTION = "_race_last_action"
 
 
@@ -154,7 +155,13 @@ def render(manager: RunManager) -> None:
         "Log-scale y axes", value=True, key=LOG_SCALE,
         help="For the gradient-norm and loss charts: a side that diverges spans many decades.",
     )  # fmt: skip
-    st.fragment(_race_live, run_every=controls.REFRESH_SECONDS if racing else None)()
+    refresh = controls.REFRESH_SECONDS if racing else None
+    # Until both sides count a step, redraw fast (then one full rerun goes back to the usual pace).
+    waiting = racing and any(side.status.step == 0 for side in manager.race_snapshot().sides)
+    st.session_state[_FAST_REFRESH] = waiting
+    if waiting:
+        refresh = controls.FIRST_STEP_REFRESH_SECONDS
+    st.fragment(_race_live, run_every=refresh)()
 
 
 def _setup(locked: bool) -> None:
@@ -233,6 +240,8 @@ def _race_live() -> None:
     if manager.fingerprint() != st.session_state.get(_FINGERPRINT):
         st.rerun(scope="app")  # the controls (and the refresh timer) must follow the race
     snapshot = manager.race_snapshot()
+    if st.session_state.get(_FAST_REFRESH) and snapshot.sides and all(side.status.step > 0 for side in snapshot.sides):
+        st.rerun(scope="app")  # both sides count: back to the usual refresh
     if snapshot.race_number == 0:
         st.info(
             "No race yet. Set up both sides above, then press **Start A/B race**. The first "

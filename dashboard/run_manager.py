@@ -160,5 +160,9 @@ class RunManager:
 
 @st.cache_resource(show_spinner=False)
 def get_run_manager() -> RunManager:
-    """The one manager shared by every session of this server."""
+    """The one manager shared by every session of this server (made when the first page loads;
+    it also starts warming the default task's first steps in the background)."""
+    from training import warmup
+
+    warmup.warm_up()  # never blocks: a user's first Start then costs what later ones do
     return RunManager()

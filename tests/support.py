@@ -29,3 +29,37 @@ def assert_imports_neither_streamlit_nor_tensorflow(*modules: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"importing {', '.join(modules)} imported: {result.stdout} {result.stderr}"
+
+
+# A tiny plug-in file (a 4-8-1 regression of a sum): real code for the plug-in tests to load.
+TINY_PLUGIN = '''
+import numpy as np
+from training.tasks import Task
+
+
+def build_model(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="tanh", name="hidden"),
+        keras.layers.Dense(1, name="output"),
+    ])
+
+
+def make_data(seed):
+    inputs = np.random.default_rng(seed).normal(size=(256, 4)).astype("float32")
+    return inputs, inputs.sum(axis=1, keepdims=True)
+
+
+TASK = Task(name="{name}", description="Sum of four numbers", build_model=build_model,
+            make_data=make_data, build_loss="mse", learning_rate=0.05, clip_threshold=0.5)
+'''
+
+
+def write_plugin(folder, file_name, source=None, name="tiny_sum"):
+    """Write a plug-in file (the tiny one unless `source` is given) and return its path."""
+    path = folder / file_name
+    path.write_text(TINY_PLUGIN.format(name=name) if source is None else source)
+    return path

@@ -12,95 +12,31 @@ temporary database and is killed in teardown whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import urllib.request
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 from support import wait_until
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from benchmarks.browser import VIEWPORT, chromium, streamlit_server
+
 # Where the mid-run screenshot goes: a temporary folder, so running the tests leaves the checkout
 # clean. To refresh the README's picture: CLIPWATCH_SCREENSHOT=docs/screenshot.png python -m
 # pytest tests/test_browser.py -k second_tab
 SCREENSHOT_VARIABLE = "CLIPWATCH_SCREENSHOT"
-VIEWPORT = {"width": 1600, "height": 1000}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-
-
-@contextlib.contextmanager
-def streamlit_server(environment: dict[str, str] | None = None, address: str = "127.0.0.1"):
-    """`streamlit run app.py` on a free port, recording into a temporary database; yields its
-    URL and kills it (and anything it started) on the way out."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="clipwatch-streamlit-", suffix=".log", delete=False)
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", address]
-    database_folder = tempfile.mkdtemp(prefix="clipwatch-browser-db-")  # never the repo's runs/
-    environment = {
-        **os.environ, "CLIPWATCH_DB": os.path.join(database_folder, "clipwatch.db"), **(environment or {})
-    }  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"streamlit exited with {process.returncode}: {open(log.name).read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                return response.status == 200 and response.read().strip() == b"ok"
-        except OSError:
-            return False
-
-    try:
-        wait_until(healthy, timeout=60, what=f"{url}/_stcore/health")
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        log.close()
-        os.unlink(log.name)
-        shutil.rmtree(database_folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    with streamlit_server() as url:
-        yield url
+    with streamlit_server() as server:  # a temporary database; killed with its children after
+        yield server.url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def metric(page: Page, label: str) -> Locator:

@@ -446,3 +446,62 @@ def test_headline_reads_the_newest_finite_step_and_the_last_hundred():
 
 def test_charts_module_imports_neither_streamlit_nor_tensorflow():
     assert_imports_neither_streamlit_nor_tensorflow("dashboard.charts")
+
+
+# --- validation loss and big models (issue #9) -----------------------------------------------------
+
+
+def chart_values(chart, field: str) -> list:
+    """Every value of `field` in every dataset of a built chart."""
+    return [row[field] for values in chart.to_dict().get("datasets", {}).values() for row in values if field in row]
+
+
+def evaluations_frame(*rows) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(step, 1.7e9 + step, name, value) for step, name, value in rows], columns=["step", "time_s", "name", "value"]
+    )
+
+
+def test_loss_chart_draws_the_validation_loss_beside_the_training_loss():
+    evaluations = evaluations_frame(
+        (500, "val_loss", 0.9), (500, "val_accuracy", 0.5), (1000, "val_loss", 0.7), (1500, "val_loss", float("nan"))
+    )
+    chart = charts.loss_chart(fill_store(2_000).view(2000)[0], events_frame((0, "start", "", "none")), evaluations=evaluations)
+    assert chart_values(chart, "val_loss") == [0.9, 0.7]  # NaN dropped, accuracy not drawn
+    spec = chart.to_dict()
+    drawn = json.dumps(spec)
+    assert charts.COLORS["validation"] in drawn and "Validation loss" in drawn
+    assert charts.latest_validation(evaluations) == {"val_loss": pytest.approx(float("nan"), nan_ok=True)}
+    assert charts.latest_validation(evaluations.iloc[:2]) == {"val_loss": 0.9, "val_accuracy": 0.5}
+    assert charts.latest_validation(None) == {}
+    without = charts.loss_chart(fill_store(100).view(2000)[0], events_frame((0, "start", "", "none")))
+    assert chart_values(without, "val_loss") == []
+
+
+def big_layer_view(layers: int, steps: int = 50) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = {"step": np.arange(1, steps + 1)}
+    for index in range(layers):
+        for variable in ("kernel", "bias", "gamma"):
+            frame[f"layer{index:03d}/{variable}"] = rng.uniform(0.1, 1.0, steps) * (index + 1)
+    return pd.DataFrame(frame)
+
+
+def test_a_model_with_hundreds_of_variables_is_drawn_per_layer_and_says_so():
+    few = big_layer_view(10)  # 30 variables: drawn as they are
+    assert charts.group_layer_view(few) == (few, None)
+    many = big_layer_view(12)  # 36 variables... still under the limit
+    assert charts.group_layer_view(many)[1] is None
+    grouped, note = charts.group_layer_view(big_layer_view(14))  # 42 variables in 14 layers
+    assert note == "42 variables grouped into 14 layers (norm of each layer's gradient)"
+    view = big_layer_view(14)
+    expected = np.sqrt((view[["layer003/kernel", "layer003/bias", "layer003/gamma"]] ** 2).sum(axis=1))
+    np.testing.assert_allclose(grouped["layer003"], expected)
+    huge = big_layer_view(100)  # 300 variables in 100 layers: the 39 largest plus "other"
+    reduced, note = charts.group_layer_view(huge)
+    assert len(reduced.columns) == 1 + charts.MAX_LAYER_ROWS
+    assert reduced.columns[-1] == "other (61 layers)"
+    assert "layer099" in reduced.columns and "layer000" not in reduced.columns  # largest kept
+    assert note.endswith("the 39 largest shown, the other 61 as their max")
+    chart = charts.layer_norm_chart(huge).to_dict()
+    assert chart["title"] == note and len(chart["encoding"]["y"]["sort"]) == charts.MAX_LAYER_ROWS

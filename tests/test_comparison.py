@@ -192,3 +192,22 @@ def test_the_typical_threshold_ignores_steps_without_one():
 
 def test_the_pure_modules_import_neither_streamlit_nor_tensorflow():
     assert_imports_neither_streamlit_nor_tensorflow("dashboard.comparison", "dashboard.advice", "dashboard.export")
+
+
+def chart_values(chart, field: str) -> list:
+    """Every value of `field` in every dataset of a built chart."""
+    return [row[field] for values in chart.to_dict().get("datasets", {}).values() for row in values if field in row]
+
+
+def test_compare_loss_chart_draws_each_runs_validation_loss_in_its_colour():
+    long = comparison.runs_long_frame({"A": run_view(300, seed=1), "B": run_view(300, seed=2)})
+    evaluations = {
+        "A": pd.DataFrame({"step": [100, 200], "time_s": [0.0, 1.0], "name": ["val_loss", "val_loss"], "value": [0.9, 0.8]}),
+        "B": pd.DataFrame({"step": [100], "time_s": [0.0], "name": ["val_accuracy"], "value": [0.5]}),
+    }
+    validation = comparison.runs_validation_frame(evaluations)
+    assert validation.to_dict("list") == {"run": ["A", "A"], "step": [100, 200], "val_loss": [0.9, 0.8]}
+    chart = comparison.runs_loss_chart(long, validation=validation)
+    assert chart_values(chart, "val_loss") == [0.9, 0.8]
+    assert "Validation loss" in str(chart.to_dict())
+    assert comparison.runs_validation_frame({}).empty

@@ -19,22 +19,12 @@ def trainer_threads():
     return [t for t in threading.enumerate() if t.name == "clipwatch-trainer" and t.is_alive()]
 
 
-@pytest.fixture
-def trainers():
-    made = []
-
-    def make(**kwargs):
-        trainer = Trainer(**kwargs)
-        made.append(trainer)
-        return trainer
-
-    yield make
-    for trainer in made:
-        trainer.stop()
-
-
-def running(trainer, min_steps=1):
+def running(trainer, min_steps=1, compiled=False):
+    """Start `trainer` and wait for `min_steps`; with `compiled`, first wait until it trains on
+    its full step (every policy, XLA), not the quick one it starts on (training/step_compiler.py)."""
     trainer.start()
+    if compiled:
+        assert trainer.wait_until_compiled()
     wait_until(
         lambda: trainer.status.step >= min_steps or trainer.status.state == "failed",
         what=f"{min_steps} steps (or a failure)",
@@ -44,9 +34,9 @@ def running(trainer, min_steps=1):
 
 
 def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers):
-    chunks = []  # (first step, steps) of every chunk, recorded by the training thread itself
+    chunks = []  # (first step, steps) of every chunk, as the sinks receive them
     record_chunk = lambda rows: chunks.append((int(rows["step"][0]), len(rows["step"])))  # noqa: E731
-    trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,)), min_steps=200)
+    trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,)), min_steps=200, compiled=True)
     traces = trainer.trace_count
     for new_threshold in (0.05, 0.3, 2.0):
         trainer.set_clip_threshold(new_threshold)
@@ -72,7 +62,7 @@ def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retr
 
 
 def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers):
-    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100)
+    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100, compiled=True)
     trainer.set_learning_rate(0.002)
     trainer.set_policy("autoclip", percentile=30)
     trainer.set_policy("zclip", z_threshold=3.0)
@@ -209,7 +199,7 @@ def test_pace_limit_slows_the_run(trainers):
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
-    trainer = running(trainers(task="seed", window=5_000), min_steps=10)
+    trainer = running(trainers(task="seed", window=5_000), min_steps=10, compiled=True)
     problems = []
 
     def read():

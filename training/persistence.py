@@ -19,6 +19,7 @@ The schema (see also README.md):
         runs.variable_names_json). Binding a dozen values per step cost the writer a quarter of
         a core at 75k steps/s; a blob per column costs about a twentieth of that.
     events(run_id, step, time_s, kind, old, new)
+    evaluations(run_id, step, time_s, name, value)     validation results (val_loss, val_<metric>)
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ CREATE TABLE IF NOT EXISTS events (
     new TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, step);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time_s REAL NOT NULL,
+    name TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_run ON evaluations (run_id, step);
 """
 STEP_DTYPES = {
     "step": "<i8", "time_s": "<f8", "loss": "<f4", "grad_norm": "<f4",
@@ -234,7 +243,7 @@ class RunDatabase:
     def delete_run(self, run_id: int) -> None:
         with self._connect() as connection:
             connection.execute("BEGIN")
-            for table in ("step_chunks", "events", "runs"):
+            for table in ("step_chunks", "events", "evaluations", "runs"):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute("COMMIT")
 
@@ -291,6 +300,15 @@ class RunDatabase:
         with self._connect() as connection:
             return pd.read_sql_query(
                 "SELECT step, time_s, kind, old, new FROM events WHERE run_id = ? ORDER BY rowid",
+                connection,
+                params=(run_id,),
+            )
+
+    def evaluations(self, run_id: int) -> pd.DataFrame:
+        """The run's validation results: `step, time_s, name, value`."""
+        with self._connect() as connection:
+            return pd.read_sql_query(
+                "SELECT step, time_s, name, value FROM evaluations WHERE run_id = ? ORDER BY rowid",
                 connection,
                 params=(run_id,),
             )
@@ -380,6 +398,11 @@ class RunWriter:
 
     def event(self, step: int, time_s: float, kind: str, old: str, new: str) -> None:
         self._queue.put(("event", (self.run_id, step, time_s, kind, old, new)))
+
+    def evaluations(self, rows: list[tuple[int, float, str, float]]) -> None:
+        """Queue validation results `(step, time_s, name, value)`."""
+        for row in rows:
+            self._queue.put(("evaluation", (self.run_id, *row)))
 
     def finish(self, state: str, error: str | None = None, timeout: float = 5.0) -> None:
         """Write what is queued, record the final state, and end the writer thread."""
@@ -528,6 +551,11 @@ class RunWriter:
         connection.execute("BEGIN IMMEDIATE")  # take the write lock first: waits busy_seconds
         try:
             self._write(connection, chunks, event_rows, finished)
+            evaluation_rows = [payload for kind, payload in pending if kind == "evaluation"]
+            connection.executemany(
+                "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
+                evaluation_rows,
+            )
         except BaseException:
             try:
                 connection.execute("ROLLBACK")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import queue
 import threading
 import time
@@ -26,10 +27,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from training import policies
-from training.persistence import RunDatabase, is_storable_text
+from training import plugins, policies, streaming, xla_cache
+from training.evaluation import Evaluator, empty_evaluations
+from training.recorder import Recorder
+from training.step_compiler import BackgroundCompile
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
-from training.tasks import get_task
+from training.xla_fallback import FallbackFunction
+from training.persistence import RunDatabase, is_storable_text
+from training.tasks import Task, get_task
+from training.tasks.base import make_optimizer, resolve_loss
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
 TARGET_CHUNK_SECONDS = 0.02  # keeps control latency to a few tens of milliseconds
@@ -84,6 +90,9 @@ class TrainerStatus:
     chunk_steps: int = 0  # size of the last chunk
     run_id: int | None = None  # the run's id in the database, when it is persisted
     warning: str | None = None  # e.g. the database could not be written (the run goes on)
+    # The full step (every policy, XLA) is still compiling in the background; meanwhile the run
+    # trains on the quick step (the policy in force only, no XLA). See training/step_compiler.py.
+    compiling: bool = False
 
 
 @dataclass
@@ -129,7 +138,8 @@ class Trainer:
     """Trains `task` in a background thread with live-steerable gradient clipping.
 
     Args:
-        task: a name from `training.tasks.TASK_NAMES`.
+        task: a name from `training.tasks.TASK_NAMES`, a `Task`, or the name of a plug-in
+            loaded earlier (`training.plugins.load_task`).
         policy: a name from `training.policies.POLICY_NAMES`.
         clip_threshold: c, a finite number > 0 (the cap for `zclip`).
         learning_rate, batch_size: None takes the task's default.
@@ -137,21 +147,26 @@ class Trainer:
         max_steps: stop after this many steps (None: run until stopped).
         max_nonfinite_steps: fail after this many consecutive non-finite steps.
         window: steps kept at full resolution in the store.
-        data: "memory" gathers batches in-graph from tensors (fast); "stream" feeds the same
-            in-memory arrays through a `tf.data` pipeline (never XLA-compiled). No CLI flag or
-            control reaches "stream" yet.
-        jit_compile: XLA-compile the chunk; None takes the task's default.
-        sinks: callables that get every chunk's rows (in the training thread), e.g. a CSV writer.
+        data: None takes the data as the task gives it: arrays stay in memory and batches
+            are gathered in-graph (fast); a `tf.data.Dataset` is streamed. "stream" sends a
+            task's arrays through the same streamed pipeline (to compare the two).
+        jit_compile: XLA-compile the chunk; None takes the task's default (whose None tries
+            XLA and falls back once, recording an `xla_fallback` event, if it cannot compile).
+        sinks: callables that get every chunk's rows, in order, on the recorder thread (e.g. a CSV
+            writer; training/recorder.py). A sink that raises fails the run.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
             benchmark's ceiling); the store then stays empty.
         database: a `persistence.RunDatabase` to write the run to (None: memory only).
         run_name: the run's name in the database (default: "run N: task / policy").
+        quick_start: start on the quick step (the policy in force, no XLA) while the full step
+            compiles in the background (training/step_compiler.py); False waits for the full
+            step before the first step (the benchmark's side-by-side baseline).
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
     """
 
     def __init__(
         self,
-        task: str = "seed",
+        task: "str | Task" = "seed",
         policy: str = "global_norm",
         clip_threshold: float = 1.0,
         learning_rate: float | None = None,
@@ -161,25 +176,26 @@ class Trainer:
         max_steps: int | None = None,
         max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
         window: int = 100_000,
-        data: str = "memory",
+        data: str | None = None,
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
         monitoring: bool = True,
         database: RunDatabase | None = None,
         run_name: str | None = None,
+        quick_start: bool = True,
         **policy_params: Any,
     ):
         task_spec = get_task(task)
         policies.validate_policy_name(policy)
         all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
         all_params[policy] = policies.validate_policy_params(policy, policy_params)
-        if not isinstance(data, str) or data not in ("memory", "stream"):
-            raise ValueError(f"`data` must be 'memory' or 'stream'. Received: data={data!r}")
+        if not (data is None or (isinstance(data, str) and data == "stream")):
+            raise ValueError(f"`data` must be None or 'stream'. Received: data={data!r}")
         self._task = task_spec
         self._data = data
+        # None: try XLA, fall back once if the model does not compile (xla_fallback.py).
         self._jit_compile = task_spec.jit_compile if jit_compile is None else bool(jit_compile)
-        if data == "stream":
-            self._jit_compile = False  # an iterator inside the loop cannot be XLA-compiled
+        self._evaluator = None
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
@@ -187,7 +203,7 @@ class Trainer:
         self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
-            task=task,
+            task=task_spec.name,
             policy=policy,
             clip_threshold=policies.validate_clip_threshold(clip_threshold),
             learning_rate=task_spec.learning_rate
@@ -209,7 +225,17 @@ class Trainer:
         self._thread: threading.Thread | None = None
         self._status = TrainerStatus(state="idle", step=0, steps_per_second=0.0, config=self._config)
         self._store: MetricsStore | None = None
+        self._store_ready = threading.Event()  # the model, store and steps are built
         self._trace_count = 0
+        self._full_step_compile: BackgroundCompile | None = None
+        self._full_step_wanted = False
+        self._quick_start = bool(quick_start)
+        self._steps_done = 0  # steps the training thread has run (status.step shows them)
+        # The last step the recorder thread has filed: `metrics()` waits until it reaches the
+        # `status.step` it was called at, so a reader that saw step N finds step N.
+        self._recorded_step = 0
+        self._recorded = threading.Condition()
+        self._recorder: Recorder | None = None
         _LIVE_TRAINERS.add(self)
 
     # --- commands (any thread) -------------------------------------------------------------------
@@ -305,11 +331,32 @@ class Trainer:
         """The run's store, once the thread has built the model (None before)."""
         return self._store
 
+    def wait_until_ready(self, timeout: float = 60.0) -> bool:
+        return self._store_ready.wait(timeout)
+
+    def wait_until_compiled(self, timeout: float = 300.0) -> bool:
+        """Wait until the run trains on its full step (every policy, XLA), or, if it ended
+        before swapping it in, until that step's compile is over; True unless timed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, compile_job = self._status, self._full_step_compile
+            if not status.compiling and self._store_ready.is_set():
+                return True
+            if status.state not in ("idle", "running", "paused"):
+                return compile_job is None or compile_job.wait(max(0.0, deadline - time.monotonic()))
+            time.sleep(0.01)
+        return False
+
     def metrics(self, since: int | None = None):
         return self._read("metrics", since)
 
     def layer_norms(self, since: int | None = None):
         return self._read("layer_norms", since)
+
+    def evaluations(self):
+        """Validation results: `step, time_s, name, value` (`val_loss`, `val_<metric>`)."""
+        evaluator = self._evaluator
+        return empty_evaluations() if evaluator is None else evaluator.frame()
 
     def events(self):
         store = self._store
@@ -326,7 +373,18 @@ class Trainer:
 
             columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
             return pd.DataFrame(columns=columns)
+        self._wait_until_recorded(self._status.step)
         return getattr(store, what)(since)
+
+    def _wait_until_recorded(self, step: int, timeout: float = 10.0) -> None:
+        """Until the recorder has filed `step` (a chunk or two behind the training thread)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        with self._recorded:
+            self._recorded.wait_for(
+                lambda: self._recorded_step >= step or recorder.error is not None or recorder.closed, timeout
+            )
 
     # --- the training thread ---------------------------------------------------------------------
 
@@ -344,6 +402,13 @@ class Trainer:
         except Exception as exception:  # kept for the UI, never lost
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
+        self._store_ready.set()
+        if self._recorder is not None:
+            self._recorder.close()  # every step is in the store, the writer's queue and the sinks
+            with self._recorded:
+                self._recorded.notify_all()
+            if self._recorder.error is not None and state != "failed":
+                state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
         warning = self._status.warning
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
@@ -356,11 +421,11 @@ class Trainer:
         config, task = self._config, self._task
         with _BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
             model = task.build_model(config.seed)
-        optimizer_class = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[task.optimizer]
-        optimizer = optimizer_class(learning_rate=config.learning_rate)
+        optimizer = make_optimizer(task.optimizer, config.learning_rate)
         variables = model.trainable_variables
         optimizer.build(variables)
-        inputs, targets = task.make_data(config.seed)
+        data = task.make_data(config.seed)
+        plugins.check_data_matches_model(task, model, data)
 
         self._model, self._optimizer, self._variables = model, optimizer, variables
         self._variable_names = [_short_name(v) for v in variables]
@@ -370,6 +435,9 @@ class Trainer:
                 config, self._variable_names, self._run_name, policies.POLICY_NAMES
             )
             self._set_status(run_id=self._writer.run_id)
+        if self._monitoring:
+            writer = (self._writer.append,) if self._writer is not None else ()
+            self._recorder = Recorder((self._store.append, *writer, *self._sinks, self._publish_recorded))
         self._clip_threshold = tf.Variable(config.clip_threshold, dtype=tf.float32, trainable=False)
         live = config.policy_params
         self._percentile = tf.Variable(live["autoclip"]["percentile"], dtype=tf.float32, trainable=False)
@@ -380,27 +448,84 @@ class Trainer:
         )
         self._spike = tf.Variable(1.0, dtype=tf.float32, trainable=False)
         self._spike_pending = False
-        if self._data == "memory":
+        if streaming.is_dataset(data) or self._data == "stream":
+            self._iterator = iter(
+                streaming.training_batches(
+                    streaming.as_dataset(data), config.seed, config.batch_size, task.shuffle_buffer
+                )
+            )
+            self._next_batch = lambda step: next(self._iterator)
+            self._jit_compile = False  # the iterator's ops have no XLA kernels
+        else:
+            inputs, targets = data
             self._inputs, self._targets = tf.constant(inputs), tf.constant(targets)
             self._next_batch = self._gather_batch
-        else:
-            dataset = (
-                tf.data.Dataset.from_tensor_slices((inputs, targets))
-                .shuffle(len(inputs), seed=config.seed)
-                .repeat()
-                .batch(config.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE)
+        if task.make_validation_data is not None:
+            validation = task.make_validation_data(config.seed)
+            plugins.check_data_matches_model(task, model, validation, "make_validation_data")
+            self._evaluator = Evaluator(
+                task, model, resolve_loss(task.build_loss), validation, config.batch_size
             )
-            self._iterator = iter(dataset)
-            self._next_batch = lambda step: next(self._iterator)
         self._build_policies()
+        self._store_ready.set()
 
     def _build_policies(self) -> None:
-        """Build every policy (for the in-graph switch) and the compiled chunk; traces anew."""
+        """Build every policy (for the in-graph switch) and the steps; traces anew.
+
+        The run starts on the quick step at once; the full step compiles in the background
+        after the quick step's first chunk (see `_swap_in_full_step`).
+        """
         params = self._config.policy_params
         self._policies = [policies.make_policy(name, **params[name]) for name in policies.POLICY_NAMES]
         self._policy_states = [self._state_variables(policy) for policy in self._policies]
-        self._chunk = tf.function(self._train_chunk, jit_compile=self._jit_compile)
+        self._full_step_compile = None  # a compile still running for the old policies is dropped
+        if not self._quick_start:
+            self._chunk = self._full_step()
+            return
+        self._full_step_wanted = True
+        self._chunk = self._quick_step()
+        self._set_status(compiling=True)
+
+    def _quick_step(self):
+        """The step for the policy in force alone, not XLA-compiled: it traces and runs its first
+        chunk in ~0.4 s where the full step takes 1.3-3.5 s (training/step_compiler.py)."""
+        only_policy = int(self._policy_index.numpy())
+        return tf.function(functools.partial(self._train_chunk, only_policy=only_policy))
+
+    def _swap_in_full_step(self) -> None:
+        """Between two chunks: start compiling the full step, or swap it in once it is ready."""
+        if self._full_step_wanted:
+            full_step = self._full_step()
+            # Trace here, between two chunks (0.6-0.9 s): a trace on another thread fights this
+            # one for the GIL. The XLA compile then runs in the background (GIL released); if
+            # XLA cannot compile the step, its fallback runs there too (training/xla_fallback.py).
+            full_step.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64))
+            self._full_step_compile = BackgroundCompile(
+                full_step,
+                self._full_step,
+                lambda: (tf.constant(0, tf.int32), tf.constant(self._steps_done, tf.int64)),
+            )
+            self._full_step_wanted = False
+        compile_job = self._full_step_compile
+        if compile_job is None or not compile_job.ready():
+            return
+        if compile_job.error is not None:
+            raise compile_job.error
+        self._chunk = compile_job.function
+        self._full_step_compile = None
+        self._set_status(compiling=False)
+
+    def _full_step(self):
+        """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
+        return FallbackFunction(self._train_chunk, self._jit_compile, self._on_xla_fallback, self._drop_xla)
+
+    def _drop_xla(self) -> None:
+        self._jit_compile = False
+
+    def _on_xla_fallback(self, reason: str) -> None:
+        self._record("xla_fallback", "xla", reason)
+        # One of the persistent cache's entries may be what failed: the next run compiles afresh.
+        xla_cache.recover()
 
     def _state_variables(self, policy) -> tuple:
         return tuple(tf.Variable(value, trainable=False) for value in policy.init(self._variables))
@@ -419,11 +544,15 @@ class Trainer:
         )
         return tf.gather(self._inputs, index), tf.gather(self._targets, index)
 
-    def _train_chunk(self, num_steps, first_step):
-        """Run `num_steps` (<= MAX_CHUNK_STEPS) training steps; return every step's metrics."""
-        self._trace_count += 1  # Python side effect: runs once per trace
+    def _train_chunk(self, num_steps, first_step, only_policy: int | None = None):
+        """Run `num_steps` (<= MAX_CHUNK_STEPS) training steps; return every step's metrics.
+
+        `only_policy`: the quick step, which applies that policy alone instead of switching.
+        """
+        if only_policy is None:
+            self._trace_count += 1  # Python side effect: runs once per trace of the full step
         model, optimizer, variables = self._model, self._optimizer, self._variables
-        loss_function = self._task.build_loss()
+        loss_function = resolve_loss(self._task.build_loss)
         settings = policies.ClipSettings(
             self._clip_threshold.read_value(),
             self._percentile.read_value(),
@@ -432,7 +561,7 @@ class Trainer:
         )
         states = tuple(tuple(v.read_value() for v in state) for state in self._policy_states)
         policy_index = self._policy_index.read_value()
-        buffer_size = MAX_CHUNK_STEPS if self._jit_compile else num_steps
+        buffer_size = num_steps if self._jit_compile is False or only_policy is not None else MAX_CHUNK_STEPS
         buffers = {
             # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper
             # to stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
@@ -462,8 +591,11 @@ class Trainer:
                 )
                 return clipped, states[:index] + (state,) + states[index + 1 :], stats
 
-            branches = [lambda index=index: apply_policy(index) for index in range(len(states))]
-            clipped, new_states, stats = tf.switch_case(policy_index, branches)
+            if only_policy is None:
+                branches = [lambda index=index: apply_policy(index) for index in range(len(states))]
+                clipped, new_states, stats = tf.switch_case(policy_index, branches)
+            else:
+                clipped, new_states, stats = apply_policy(only_policy)
 
             # A non-finite step changes nothing: no update, and no adaptive history either.
             finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(stats.grad_norm))
@@ -489,9 +621,15 @@ class Trainer:
             (tf.constant(0), states, buffers),
             maximum_iterations=MAX_CHUNK_STEPS,
         )
-        for variables_of_policy, state in zip(self._policy_states, states):
-            for variable, value in zip(variables_of_policy, state):
-                variable.assign(value)
+
+        def write_back_states():
+            for variables_of_policy, state in zip(self._policy_states, states):
+                for variable, value in zip(variables_of_policy, state):
+                    variable.assign(value)
+
+        # A zero-step call (the background compile) must not write back states it read while the
+        # quick step was updating them.
+        tf.cond(num_steps > 0, write_back_states, lambda: None)
         return {name: buffer.stack() for name, buffer in buffers.items()}
 
     def _loop(self) -> tuple[str, str | None]:
@@ -505,19 +643,20 @@ class Trainer:
             paced_before = self._config.max_steps_per_second
             steered = self._apply_commands()
             if self._config.max_steps_per_second != paced_before:
-                pace_start_time, pace_start_step = time.perf_counter(), self._status.step
+                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
             if self._stop_requested.is_set():
                 self._record("stop", None, None)
                 return "stopped", None
             if self._status.state == "paused":
                 self._wake.wait(0.5)
                 self._wake.clear()
-                pace_start_time, pace_start_step = time.perf_counter(), self._status.step
+                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
                 recent.clear()
                 continue
-            step = self._status.step
+            step = self._steps_done
             max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
             if max_steps is not None and step >= max_steps:
+                self._evaluate(step)  # once at the end
                 self._record("finished", None, step)
                 return "stopped", None
             steps = chunk_steps
@@ -529,25 +668,31 @@ class Trainer:
                 steps = min(steps, max(1, int(pace * 0.1), behind))
             if max_steps is not None:
                 steps = min(steps, max_steps - step)
+            if self._evaluator is not None:  # a chunk ends exactly where an evaluation is due
+                steps = min(steps, self._evaluator.steps_until_due(step))
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
+            # The quick step has run: start compiling the full one, or swap it in for the next chunk.
+            self._swap_in_full_step()
             if self._monitoring:
-                rows = self._rows(out, step, steps, started)
+                rows = {"finite": out["finite"].numpy()[:steps]}  # the host sync
+                # The rest of the rows, the store, the database queue and the sinks: on the
+                # recorder thread, overlapping the next chunk (training/recorder.py).
+                self._recorder.submit(
+                    functools.partial(
+                        self._rows, out, step, steps, time.time(), time.perf_counter() - started,
+                        self._config.learning_rate, self._config.policy,
+                    )
+                )
+                if self._writer is not None and self._writer.status.warning != self._status.warning:
+                    self._set_status(warning=self._writer.status.warning)  # a fault, or its end
             else:
                 rows = {"finite": np.ones(steps, bool)}  # eager calls return when the chunk is done
             elapsed = time.perf_counter() - started
             if self._spike_pending:
                 self._spike.assign(1.0)
                 self._spike_pending = False
-            if self._monitoring:
-                self._store.append(rows)
-                if self._writer is not None:
-                    self._writer.append(rows)
-                    if self._writer.status.warning != self._status.warning:  # a fault, or its end
-                        self._set_status(warning=self._writer.status.warning)
-                for sink in self._sinks:
-                    sink(rows)
 
             # Adapt the chunk so it stays near TARGET_CHUNK_SECONDS (and never over the buffer).
             per_step = elapsed / steps
@@ -558,11 +703,14 @@ class Trainer:
             first_time, first_step = window[0] if len(window) > 1 else (started, step)
             speed = (step + steps - first_step) / max(now - first_time, 1e-9)
 
+            if self._evaluator is not None and self._evaluator.due(step, step + steps):
+                self._evaluate(step + steps)
             finite = rows["finite"]
             nonfinite_total += int((~finite).sum())
             longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
+            self._steps_done = step + steps
             self._set_status(
-                step=step + steps,
+                step=self._steps_done,
                 steps_per_second=speed,
                 nonfinite_steps=nonfinite_total,
                 trace_count=self._trace_count,
@@ -585,20 +733,35 @@ class Trainer:
                     if self._wake.wait(min(delay, 0.05)):
                         break  # a command arrived: apply it now
 
-    def _rows(self, out, first_step: int, steps: int, started: float) -> dict[str, np.ndarray]:
-        rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}  # the host sync
-        now = time.time()
-        duration = time.perf_counter() - started
+    @staticmethod
+    def _rows(
+        out, first_step: int, steps: int, now: float, duration: float, learning_rate: float, policy: str
+    ) -> dict[str, np.ndarray]:
+        """One chunk's per-step columns (runs on the recorder thread; arguments as of the chunk)."""
+        rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}
         rows["step"] = np.arange(first_step + 1, first_step + steps + 1, dtype=np.int64)
         # Steps inside a chunk are not timed one by one: spread the chunk's wall time evenly.
         rows["time_s"] = now - duration + duration * np.arange(1, steps + 1) / steps
-        rows["learning_rate"] = np.full(steps, self._config.learning_rate, np.float32)
-        rows["policy"] = np.full(steps, policies.POLICY_NAMES.index(self._config.policy), np.int8)
+        rows["learning_rate"] = np.full(steps, learning_rate, np.float32)
+        rows["policy"] = np.full(steps, policies.POLICY_NAMES.index(policy), np.int8)
         return rows
+
+    def _publish_recorded(self, rows: dict[str, np.ndarray]) -> None:
+        """The recorder's last consumer: every sink has the chunk, so `metrics()` may return it."""
+        with self._recorded:
+            self._recorded_step = int(rows["step"][-1])
+            self._recorded.notify_all()
+
+    def _evaluate(self, step: int) -> None:
+        if self._evaluator is None:
+            return
+        rows = self._evaluator.evaluate(step)
+        if self._writer is not None and rows:
+            self._writer.evaluations(rows)
 
     def _record(self, kind: str, old: Any, new: Any) -> None:
         if self._store is not None:
-            event = self._store.record_event(self._status.step, kind, old, new)
+            event = self._store.record_event(self._steps_done, kind, old, new)
             if self._writer is not None:
                 self._writer.event(*event)
 
@@ -617,6 +780,8 @@ class Trainer:
     def _apply(self, command: _Command) -> None:
         config, kind, value = self._config, command.kind, command.value
         if kind == "pause" and self._status.state == "running":
+            if self._recorder is not None:
+                self._recorder.flush()  # a paused run shows every step it trained
             self._set_status(state="paused", steps_per_second=0.0)
             self._record("pause", None, None)
         elif kind == "resume" and self._status.state == "paused":
@@ -651,11 +816,13 @@ class Trainer:
             not spec[key].live and params[key] != old_params[key] for key in params
         )
         index = policies.POLICY_NAMES.index(name)
+        self._policy_index.assign(index)
         if structural_changed:
             self._build_policies()  # a new buffer size or constant: this one retraces
         elif name != config.policy:
             self._reset_policy_state(index)
-        self._policy_index.assign(index)
+            if self._full_step_compile is not None or self._full_step_wanted:
+                self._chunk = self._quick_step()  # still on the quick step: now for this policy
         live = {"percentile": self._percentile, "clip_factor": self._clip_factor, "z_threshold": self._z_threshold}
         for key, variable in live.items():
             if key in params:
@@ -668,7 +835,7 @@ class Trainer:
 
 
 def trainer_from_settings(
-    task: str,
+    task: "str | Task",
     policy: str,
     clip_threshold: float,
     learning_rate: float | None = None,
@@ -719,3 +886,9 @@ def _short_name(variable) -> str:
 def _stop_all_trainers() -> None:
     for trainer in list(_LIVE_TRAINERS):
         trainer.stop(timeout=1.0)
+    for trainer in list(_LIVE_TRAINERS):
+        # A compile still running when the interpreter shuts down aborts the process
+        # ("terminate called after throwing"): let it finish first.
+        compile_job = trainer._full_step_compile
+        if compile_job is not None:
+            compile_job.wait(60.0)

@@ -1,6 +1,7 @@
 """Task registry: a task is a model, its data and its defaults. A new task is one small module.
 
-Tasks generate their data or load it from a package that ships it; nothing is downloaded.
+Built-in tasks generate their data or load it from a package that ships it; nothing is
+downloaded. Users' own tasks come from plug-in files or modules (`training.plugins`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ TASKS: dict[str, Task] = {task.name: task for task in (seed.TASK, exploding_rnn.
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
-def get_task(name: str) -> Task:
-    if not isinstance(name, str) or name not in TASKS:
-        raise ValueError(f"Unknown task {name!r}. Valid tasks: {', '.join(TASK_NAMES)}")
-    return TASKS[name]
+def get_task(task: "str | Task") -> Task:
+    """A `Task` as given, a built-in task by name, or a plug-in loaded earlier by its name."""
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, str) and task in TASKS:  # a list would raise TypeError
+        return TASKS[task]
+    from training import plugins
+
+    loaded = plugins.registered(task) if isinstance(task, str) else None
+    if loaded is None:
+        raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASK_NAMES)}")
+    return loaded
 
 
 __all__ = ["Task", "TASKS", "TASK_NAMES", "get_task"]

@@ -1,0 +1,149 @@
+"""Driving the real page: a `streamlit run app.py` server on a free port, Debian's Chromium, and
+the page's numbers as a viewer reads them. Used by `benchmarks.viewers` and the browser tests.
+
+The server records into a temporary database and XLA cache (never the checkout's `runs/`), runs
+in its own process group, and is killed with everything it started when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: str
+
+    def health_seconds(self, timeout: float = 10.0) -> float | None:
+        """How long `/_stcore/health` took to answer ok (None: no answer within `timeout`)."""
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=timeout) as response:
+                ok = response.status == 200 and response.read().strip() == b"ok"
+        except OSError:
+            return None
+        return time.perf_counter() - started if ok else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextlib.contextmanager
+def streamlit_server(start_timeout: float = 90.0):
+    """A fresh `streamlit run app.py` on a free port; yields a `Server` once it is healthy."""
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="clipwatch-server-")
+    log_path = os.path.join(folder, "streamlit.log")
+    environment = {
+        **os.environ,
+        "CLIPWATCH_DB": os.path.join(folder, "clipwatch.db"),
+        "CLIPWATCH_XLA_CACHE": os.path.join(folder, "xla-cache"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    environment.pop("TF_XLA_FLAGS", None)
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1"]  # fmt: skip
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while server.health_seconds(timeout=1.0) is None:
+            if process.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {process.returncode}: {open(log_path).read()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{server.url}/_stcore/health did not answer in {start_timeout:g} s")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's Chromium through Playwright (never `playwright install`)."""
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        raise FileNotFoundError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def metric_text(page, label: str) -> str:
+    """The text of the header metric labelled exactly `label` ("" when it is not drawn)."""
+    card = page.get_by_test_id("stMetric").filter(
+        has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    )
+    value = card.get_by_test_id("stMetricValue")
+    return value.first.inner_text(timeout=5_000) if value.count() else ""
+
+
+def counted_steps(page, label: str = "Step") -> int:
+    """The step counter a viewer reads (0 until it shows a number)."""
+    text = metric_text(page, label).replace(",", "").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def open_page(browser, url: str):
+    """A new tab on `url`, once the page has drawn its title."""
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.goto(url)
+    page.get_by_role("heading", name="Clipwatch").wait_for(timeout=120_000)
+    return page
+
+
+def time_until(predicate, timeout: float, poll: float = 0.02) -> float:
+    """Seconds until `predicate()` is true; raises TimeoutError after `timeout`."""
+    started = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"not within {timeout:g} s")
+        time.sleep(poll)
+    return time.perf_counter() - started

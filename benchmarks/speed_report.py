@@ -1,0 +1,203 @@
+"""The report's lines and targets for issue #11's sections: startup, recording, viewers.
+
+Pure functions of the results dict, like `benchmarks.report` (which calls them).
+"""
+
+from __future__ import annotations
+
+from benchmarks.recording import IN_MEMORY, RECORDING
+
+FIRST_STEP_FRESH_S = 3.0  # the first run of a freshly started server
+FIRST_STEP_LATER_S = 1.0  # every run after it
+MIN_RECORDING_SHARE = 0.90  # CSV + database vs in memory
+MAX_STALL_S = 3.0  # every tab's step counter advances at least this often
+MAX_HEALTH_MS = 250.0
+MIN_RATE_WITH_TABS = 0.75
+MAX_CPU_RATIO = 1.5
+MAX_RSS_GROWTH_MB = 50.0
+SHIPPED_VARIANT = "quick start + warm-up"
+
+
+def _target(name, measured, passed, by, value, noisy=False) -> dict:
+    from benchmarks.report import _target as make
+
+    return make(name, measured, passed, by, value, noisy)
+
+
+def _seconds_target(name: str, value: float, limit: float, extra: str = "") -> dict:
+    by = f"{limit - value:.2f} s to spare" if value <= limit else f"over by {value - limit:.2f} s"
+    return _target(name, f"{value:.2f} s{extra}", value <= limit, by, value)
+
+
+def targets(results: dict) -> list[dict]:
+    found = []
+    startup = results.get("startup", {}).get("results", {})
+    for case, variants in startup.items():
+        shipped = variants.get(SHIPPED_VARIANT)
+        if not shipped:
+            continue
+        baseline = variants.get("full step first (before #11)")
+        note = f" (before #11: {baseline['first_run']['first_step_s']:.2f} s)" if baseline else ""
+        found.append(
+            _seconds_target(
+                f"{case}: Start -> first step, first run of a fresh process <= 3 s",
+                shipped["first_run"]["first_step_s"], FIRST_STEP_FRESH_S, note,
+            )
+        )
+        note = f" (before #11: {baseline['later_run']['first_step_s']:.2f} s)" if baseline else ""
+        found.append(
+            _seconds_target(
+                f"{case}: Start -> first step, later runs <= 1 s",
+                shipped["later_run"]["first_step_s"], FIRST_STEP_LATER_S, note,
+            )
+        )
+    rows = results.get("recording", {}).get("rows", {})
+    if RECORDING in rows:
+        from benchmarks.report import share_at_least
+
+        found.append(
+            share_at_least(
+                "CLI recording (CSV + database) >= 90% of the in-memory monitored rate",
+                rows[RECORDING]["vs_in_memory"],
+                rows[RECORDING]["vs_in_memory_range"],
+                MIN_RECORDING_SHARE,
+            )
+        )
+    viewers = results.get("viewers")
+    if viewers:
+        for key, label, limit in (
+            ("first_run_first_step_s", "page: Start -> first step counted, fresh server <= 3 s", FIRST_STEP_FRESH_S),
+            ("later_run_first_step_s", "page: Start -> first step counted, later run <= 1 s", FIRST_STEP_LATER_S),
+            ("race_first_step_s", "page: A/B race, Start -> both sides counting <= 3 s", FIRST_STEP_FRESH_S),
+        ):
+            found.append(_seconds_target(label, viewers[key], limit))
+        many = viewers["phases"][1:]
+        stall = max(phase["longest_stall_s"] for phase in many)
+        found.append(_seconds_target(f"{viewers['tabs']} tabs: every step counter advances at least every 3 s", stall, MAX_STALL_S))
+        health = max(phase["health_p95_ms"] for phase in many)
+        worst = max(phase["health_max_ms"] for phase in many)
+        found.append(
+            _target(
+                f"{viewers['tabs']} tabs: /_stcore/health p95 <= 250 ms",
+                f"{health:.0f} ms (worst {worst:.0f} ms)",
+                health <= MAX_HEALTH_MS,
+                f"{MAX_HEALTH_MS - health:.0f} ms to spare" if health <= MAX_HEALTH_MS else f"over by {health - MAX_HEALTH_MS:.0f} ms",
+                health,
+            )
+        )
+        rate = viewers["rate_ratio"]
+        found.append(
+            _target(
+                f"{viewers['tabs']} tabs: training rate >= 75% of one tab's",
+                f"{rate:.0%}",
+                rate >= MIN_RATE_WITH_TABS,
+                f"{(rate - MIN_RATE_WITH_TABS) * 100:.0f} points to spare" if rate >= MIN_RATE_WITH_TABS else f"short by {(MIN_RATE_WITH_TABS - rate) * 100:.0f} points",
+                rate,
+            )
+        )
+        cpu = viewers["cpu_ratio"]
+        found.append(
+            _target(
+                f"{viewers['tabs']} tabs: server CPU per second <= 1.5x one tab's",
+                f"{cpu:.2f}x",
+                cpu <= MAX_CPU_RATIO,
+                f"{MAX_CPU_RATIO - cpu:.2f}x to spare" if cpu <= MAX_CPU_RATIO else f"over by {cpu - MAX_CPU_RATIO:.2f}x",
+                cpu,
+            )
+        )
+    long = results.get("long_run")
+    if long:
+        growth = long["rss_growth_after_window_mb"]
+        found.append(
+            _target(
+                f"long run ({long['steps']:,} steps): RSS growth after the window filled < 50 MB",
+                f"{growth:+.1f} MB",
+                growth < MAX_RSS_GROWTH_MB,
+                f"{MAX_RSS_GROWTH_MB - growth:.1f} MB to spare" if growth < MAX_RSS_GROWTH_MB else f"over by {growth - MAX_RSS_GROWTH_MB:.1f} MB",
+                growth,
+            )
+        )
+    return found
+
+
+def long_run_lines(long: dict) -> list[str]:
+    from benchmarks.report import _table
+
+    rows = [
+        [f"{sample['step']:,}", f"{sample['seconds']:.0f}", f"{sample['rss_mb']:.0f}",
+         "-" if sample["charts_ms"] is None else f"{sample['charts_ms']:.0f}", f"{sample['database_mb']:.0f}"]
+        for sample in long["samples"]
+    ]  # fmt: skip
+    return [
+        f"Long run (seed, {long['steps']:,} steps at full speed with a run database, {long['steps_per_second']:,.0f} "
+        f"steps/s; state {long['state']})",
+        *_table(["step", "s", "RSS MB", "charts ms", "database MB"], rows, right=set(range(5))),
+        f"  RSS growth after the window ({long['window']:,} steps) filled: {long['rss_growth_after_window_mb']:+.1f} MB; "
+        f"database {long['database_mb_per_million_steps']:.0f} MB per million steps",
+    ]
+
+
+def startup_lines(startup: dict) -> list[str]:
+    from benchmarks.report import _table
+
+    header = ["case", "variant", "import s", "warm-up s", "first run: built", "first step", "full step",
+              "later run: built", "first step", "full step"]  # fmt: skip
+    rows = []
+    for case, variants in startup["results"].items():
+        for variant, row in variants.items():
+            first, later = row["first_run"], row["later_run"]
+            rows.append(
+                [case, variant, f"{row['import_s']:.2f}", f"{row['warm_up_s']:.2f}"]
+                + [f"{first[key]:.2f}" for key in ("built_s", "first_step_s", "full_step_s")]
+                + [f"{later[key]:.2f}" for key in ("built_s", "first_step_s", "full_step_s")]
+            )
+    return [
+        f"Start -> first step (fresh process per sample, empty XLA cache; seconds from Trainer.start(), "
+        f"medians of {startup['rounds']} interleaved rounds; 'full step': trains on every policy + XLA)",
+        *_table(header, rows, right=set(range(2, 10))),
+    ]
+
+
+def recording_lines(recording: dict) -> list[str]:
+    from benchmarks.report import _table
+
+    rows = [
+        [label, f"{row['median']:,.0f}", f"{row['min']:,.0f}", f"{row['max']:,.0f}", f"{row['vs_in_memory']:.3f}"]
+        for label, row in recording["rows"].items()
+    ]
+    return [
+        f"Recording every step (seed; {recording['repeats']} interleaved repeats x {recording['window_seconds']:g} s)",
+        *_table(["contender", "median steps/s", "min", "max", f"x {IN_MEMORY}"], rows, right={1, 2, 3, 4}),
+        f"  Recorded: {recording['csv_rows']:,} CSV rows and {recording['steps_in_database']:,} database steps "
+        f"of {recording['steps_trained']:,} trained.",
+    ]
+
+
+def viewer_lines(viewers: dict) -> list[str]:
+    from benchmarks.report import _table
+
+    rows = [
+        [
+            str(phase["tabs"]),
+            f"{phase['seconds']:.0f}",
+            f"{phase['longest_stall_s']:.1f}",
+            f"{phase['health_p95_ms']:.0f}",
+            f"{phase['health_max_ms']:.0f}",
+            f"{phase['steps_per_second']:,.0f}",
+            f"{phase['server_cpu_per_second']:.2f}",
+            f"{phase['rss_mb_start']:.0f} -> {phase['rss_mb_end']:.0f}",
+        ]
+        for phase in viewers["phases"]
+    ]
+    return [
+        "The page in Chromium (fresh server; run at full speed)",
+        f"  Start -> first step counted on the page: first run {viewers['first_run_first_step_s']:.2f} s, "
+        f"later run {viewers['later_run_first_step_s']:.2f} s, A/B race {viewers['race_first_step_s']:.2f} s",
+        *_table(
+            ["tabs", "s", "longest stall s", "health p95 ms", "health max ms", "steps/s", "server CPU s/s", "RSS MB"],
+            rows,
+            right=set(range(8)),
+        ),
+        f"  {viewers['tabs']} tabs vs 1: training rate x{viewers['rate_ratio']:.2f}, server CPU x{viewers['cpu_ratio']:.2f}; "
+        f"RSS growth in the last phase {viewers['rss_growth_mb']:+.0f} MB",
+    ]
