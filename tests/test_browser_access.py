@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 from support import wait_until
-from test_browser import VIEWPORT, browser, metric, stale_elements, streamlit_server  # noqa: F401 (a fixture)
+from test_browser import browser, metric, stale_elements  # noqa: F401 (a fixture)
+
+from benchmarks.browser import VIEWPORT, streamlit_server
 
 KEY = "a browser-test key"
 VIEW_ONLY_NOTE = "View only: enter the operator key in the sidebar to steer this run."
@@ -26,8 +28,8 @@ def settled(page) -> bool:
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    with streamlit_server({"CLIPWATCH_OPERATOR_KEY": KEY}) as url:
-        yield url
+    with streamlit_server(environment={"CLIPWATCH_OPERATOR_KEY": KEY}) as server:
+        yield server.url
 
 
 def test_viewers_watch_and_only_the_unlocked_tab_steers(keyed_server, browser):  # noqa: F811
