@@ -6,7 +6,7 @@ disk), so `page_database_path` accepts only files inside the runs folder: the fo
 `CLIPWATCH_DB` if it is set, else `runs/` under the working directory.
 
 Refused, with the reason and the value received:
-    * anything that is not text, empty text, or text with a NUL character;
+    * anything that is not text, empty text, text with a NUL character or a lone surrogate;
     * any `..` component (even one that would come back inside);
     * a path that is, or resolves (through symbolic links) to, a place outside the folder;
     * the folder itself.
@@ -52,6 +52,10 @@ def page_database_path(text: Any, folder: str | os.PathLike | None = None) -> Pa
         raise refuse("a path must be non-empty text")
     if "\x00" in raw:
         raise refuse("a path cannot contain a NUL character")
+    try:
+        os.fsencode(raw)
+    except UnicodeEncodeError:  # a lone surrogate: found by tests/test_inputs.py
+        raise refuse("the file system cannot hold that name") from None
     path = Path(raw.strip()).expanduser()
     if ".." in path.parts:
         raise refuse("'..' is not allowed")
