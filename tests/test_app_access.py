@@ -158,39 +158,29 @@ def test_the_key_can_come_from_the_secrets_file(monkeypatch):
 
 
 @pytest.fixture
-def listening_on():
+def without_a_key_listening_on(monkeypatch):
+    """No operator key, and the server's address set by the test (restored after)."""
+    monkeypatch.delenv(OPERATOR_KEY_VARIABLE, raising=False)
     before = streamlit_config.get_option("server.address")
-
-    def listen(address):
-        streamlit_config.set_option("server.address", address)
-
-    yield listen
+    st.cache_resource.clear()
+    yield lambda address: streamlit_config.set_option("server.address", address)
+    get_run_manager().stop_all()
+    st.cache_resource.clear()
     streamlit_config.set_option("server.address", before)
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.20", ""])
-def test_no_key_and_an_open_server_shows_a_warning(monkeypatch, listening_on, address):
-    monkeypatch.delenv(OPERATOR_KEY_VARIABLE, raising=False)
-    st.cache_resource.clear()
-    listening_on(address)
-    try:
-        at = session()
-        assert any("Anyone who can open this page can steer the run" in t for t in texts(at.warning))
-        assert not at.button(key="start").disabled  # and it still works as before
-    finally:
-        get_run_manager().stop_all()
-        st.cache_resource.clear()
+def test_no_key_and_an_open_server_shows_a_warning(without_a_key_listening_on, address):
+    without_a_key_listening_on(address)
+    at = session()
+    assert any("Anyone who can open this page can steer the run" in t for t in texts(at.warning))
+    assert not at.button(key="start").disabled  # and it still works as before
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "localhost", "::1"])
-def test_no_key_on_localhost_works_as_before_with_no_warning(monkeypatch, listening_on, address):
-    monkeypatch.delenv(OPERATOR_KEY_VARIABLE, raising=False)
-    st.cache_resource.clear()
-    listening_on(address)
-    try:
-        at = session()
-        assert not any("Anyone who can open" in t for t in texts(at.warning))
-        assert not at.button(key="start").disabled and not at.sidebar.info
-        assert not [w for w in changing_widgets(at) if w.label == "Operator key"]
-    finally:
-        st.cache_resource.clear()
+def test_no_key_on_localhost_works_as_before_with_no_warning(without_a_key_listening_on, address):
+    without_a_key_listening_on(address)
+    at = session()
+    assert not any("Anyone who can open" in t for t in texts(at.warning))
+    assert not at.button(key="start").disabled and not at.sidebar.info
+    assert not [w for w in changing_widgets(at) if w.label == "Operator key"]
