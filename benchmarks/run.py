@@ -12,7 +12,7 @@ from benchmarks import report
 
 SECTIONS = (
     "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
-    "startup", "viewers", "long_run",
+    "startup", "viewers", "long_run", "attach",
 )  # fmt: skip
 
 
@@ -37,6 +37,9 @@ class Budget:
     # Run the heavier task by default even if it XLA-compiles. Off for --quick: on 2 shared cores
     # that compile alone (conv inside the compiled loop) took 40-100 s.
     heavy_even_if_xla: bool = True
+    attach_repeats: int = 5  # LiveClipping on a user's fit vs Keras' own clipping (issue #10)
+    attach_window_seconds: float = 2.0
+    attach_latency_trials: int = 20
     char_lstm_repeats: int = 5
     char_lstm_window_seconds: float = 4.0  # ~100 ms steps: tens of steps per window
     startup_rounds: int = 2  # fresh processes per case and variant (benchmarks/startup.py)
@@ -57,6 +60,7 @@ QUICK = dataclasses.replace(
     FULL, name="quick", repeats=2, window_seconds=0.5, heavy_window_seconds=1.0, min_chunks=1,
     warm_up_seconds=0.3, policy_repeats=1, policy_window_seconds=0.4, persistence_repeats=2,
     persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
+    attach_repeats=2, attach_window_seconds=0.5, attach_latency_trials=6,
     char_lstm_repeats=1, char_lstm_window_seconds=2.0,
     startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
     long_run_steps=500_000,
@@ -106,7 +110,7 @@ def run_benchmark(
     targets included."""
     if sections is None:
         sections, notes = default_sections(budget, browser)
-    from benchmarks import control, dashboard_cost, long_run, persistence_cost, recording, startup, throughput, viewers
+    from benchmarks import attach_cost, control, dashboard_cost, long_run, persistence_cost, recording, startup, throughput, viewers
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -177,6 +181,11 @@ def run_benchmark(
     if "long_run" in sections:
         log(f"long run: seed, {budget.long_run_steps:,} steps with a run database")
         results["long_run"] = long_run.run_long(budget.long_run_steps, log)
+    if "attach" in sections:
+        log("attaching to fit: LiveClipping vs Keras' own clipping")
+        results["attach"] = attach_cost.run_attach_section(
+            budget.attach_repeats, budget.attach_window_seconds, budget.attach_latency_trials, log
+        )
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started

@@ -17,7 +17,7 @@ import streamlit as st
 
 from streamlit import dataframe_util
 
-from dashboard import advice, chart_specs, charts, controls, export, panels, shared_charts
+from dashboard import advice, attached_view, chart_specs, charts, controls, export, panels, shared_charts
 from dashboard.controls import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -44,7 +44,15 @@ FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's
 
 
 def render(manager: RunManager) -> None:
-    """The Live tab: the timed live view, then (once there is a run) the advisor and exports."""
+    """The Live tab: the timed live view, then (once there is a run) the advisor and exports.
+
+    When another process records a live run in the database, a selector above offers it; an
+    attached run is drawn from the database and steered through it (`attached_view`).
+    """
+    attached = attached_view.select_live_run(manager)
+    if attached is not None:
+        attached_view.render_attached(manager, attached)
+        return
     refresh = controls.REFRESH_SECONDS if manager.is_active else None
     waiting = manager.is_active and manager.snapshot().status.step == 0
     st.session_state[FAST_REFRESH] = waiting

@@ -23,7 +23,12 @@ from training import POLICY_NAMES
 from training.advisor import replay
 from training.page_paths import page_database_path
 from training.persistence import RUN_LIST_COLUMNS, DatabaseError, RunDatabase
-from training.policies import validate_clip_threshold
+from training.policies import (
+    validate_clip_threshold,
+    validate_policy_name,
+    validate_policy_params,
+    validate_positive,
+)
 from training.store import STEP_COLUMNS, MetricsStore
 
 ADVISOR_STEPS = 100_000  # the newest steps a replay covers: a replay of 100k steps takes seconds
@@ -278,6 +283,59 @@ class RunLibrary:
             while len(self._replayed_clip_rates) > 64:
                 self._replayed_clip_rates.popitem(last=False)
         return rate
+
+    # --- runs another process records (a user's script with training.keras.LiveClipping) ------
+
+    def live_runs(self) -> pd.DataFrame:
+        """The database's live runs (newest first) with `attached`: True when another process
+        records it. Runs whose process died are marked interrupted first, so they drop out."""
+        database = self._database
+        if database is not None:
+            database.mark_interrupted()
+        runs = self.list_runs()
+        runs = runs[runs["state"].isin(("running", "paused"))].copy()
+        runs["attached"] = ~runs["run_id"].isin(self._live_run_ids())
+        return runs.reset_index(drop=True)
+
+    def attached_run_settings(self, run_id: int) -> dict[str, Any]:
+        """An attached run's clip threshold, learning rate and policy now (after its commands)."""
+        recorded = self.recorded_run(run_id)
+        events, info = recorded.events, recorded.info
+
+        def last(kind: str, default: Any) -> Any:
+            changes = events[events["kind"] == kind] if len(events) else events
+            return changes["new"].iloc[-1] if len(changes) else default
+
+        return {
+            "clip_threshold": recorded.clip_threshold,
+            "learning_rate": float(last("learning_rate", info["learning_rate"])),
+            "policy": str(last("policy", info["policy"])),
+        }
+
+    def send_command(self, run_id: int, kind: str, value: Any = None, **params: Any) -> int:
+        """Send a command to an attached run through the database; returns the command's id.
+
+        Checked here first, as every control is: a bad value raises ValueError and sends nothing
+        (the script checks again: it knows which parameters it can change).
+        """
+        database = self._require_database("steer an attached run")
+        if kind in _COMMAND_CHECKS:
+            value = _COMMAND_CHECKS[kind](value)
+        if kind == "policy":
+            validate_policy_params(value, params)
+        return database.send_command(int(run_id), kind, value, **params)
+
+    def command_status(self, command_id: int) -> dict[str, Any]:
+        """A sent command's row: `applied_step` and `applied_time` once applied, or `error`."""
+        return self._require_database("read a command").command(int(command_id))
+
+
+_COMMAND_CHECKS = {
+    "clip_threshold": validate_clip_threshold,
+    "learning_rate": lambda value: validate_positive("learning_rate", value),
+    "spike": lambda value: validate_positive("factor", value),
+    "policy": validate_policy_name,
+}
 
 
 def _last_threshold(info: Mapping[str, Any], events: pd.DataFrame) -> float:

@@ -156,6 +156,11 @@ class RunManager:
     delete_run = _Forward("library")
     recorded_advice = _Forward("library")
     replayed_clip_rate = _Forward("library")
+    # Runs other processes record, steered through the database (`RunLibrary`).
+    live_runs = _Forward("library")
+    attached_run_settings = _Forward("library")
+    send_command = _Forward("library")
+    command_status = _Forward("library")
 
 
 @st.cache_resource(show_spinner=False)

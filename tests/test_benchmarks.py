@@ -162,3 +162,25 @@ def test_quick_leaves_out_an_xla_compiled_heavier_task_and_says_so():
 def test_cli_refuses_an_unknown_section():
     with pytest.raises(SystemExit):
         main(["--sections", "throughput,warp_drive"])
+
+
+def test_attach_section_measures_both_models_with_and_without_steps_per_execution():
+    from benchmarks import attach_cost
+
+    budget = dataclasses.replace(TINY, attach_repeats=1, attach_window_seconds=0.05, attach_latency_trials=2)
+    results = run_benchmark(budget, sections=("attach",), log=lambda _: None)
+    rows = results["attach"]["rows"]
+    assert [(row["model"], row["steps_per_execution"]) for row in rows.values()] == [
+        (model, steps) for model in attach_cost.MODELS for steps in attach_cost.STEPS_PER_EXECUTION
+    ]
+    for row in rows.values():
+        assert finite_positive(row["ratio"]) and row["steps_per_window"] % row["steps_per_execution"] == 0
+        assert set(row["steps_per_second"]) == {attach_cost.KERAS_CLIPPING, attach_cost.ATTACHED}
+    targets = [target for target in results["targets"] if "attached fit" in target["target"]]
+    assert len(targets) == 2 and all(target["target"].startswith(attach_cost.MID_SIZE) for target in targets)
+    latency = results["attach"]["latency"]
+    assert latency["trials"] == 2
+    for key in ("applied_ms", "visible_ms"):
+        assert 0 < latency[key]["median"] <= latency[key]["p95"] <= latency[key]["max"]
+    assert latency["applied_ms"]["max"] <= latency["visible_ms"]["max"]  # applied before written
+    assert "Attaching to fit" in report.format_report(results)

@@ -149,3 +149,26 @@ def test_the_environment_variable_sets_the_default_path(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPWATCH_DB", str(tmp_path / "from_env.db"))
     assert RunDatabase().path == tmp_path / "from_env.db"
     assert (tmp_path / "from_env.db").exists()
+
+
+def test_send_command_checks_the_kind_and_the_run_and_queues_in_order(tmp_path):
+    database = RunDatabase(tmp_path / "runs.db")
+    run_id = finished_run(database, task="seed", max_steps=20).status.run_id
+    with pytest.raises(ValueError, match="Unknown command kind 'explode'. Allowed: clip_threshold"):
+        database.send_command(run_id, "explode", 1.0)
+    with pytest.raises(ValueError, match="No run with run_id=999"):
+        database.send_command(999, "clip_threshold", 0.5)
+    with pytest.raises(ValueError, match=r"value=\[1\]"):
+        database.send_command(run_id, "clip_threshold", [1])
+    first = database.send_command(run_id, "clip_threshold", 0.5)
+    second = database.send_command(run_id, "policy", "autoclip", percentile=20)
+    assert [c["id"] for c in database.pending_commands(run_id)] == [first, second]
+    assert database.pending_commands(run_id, after_id=first)[0]["parameters"] == {"percentile": 20}
+    database.acknowledge_commands([(first, 41, 123.0, None), (second, None, 124.0, "refused")])
+    assert database.pending_commands(run_id) == []
+    frame = database.commands(run_id)
+    assert list(frame.columns) == ["id", "run", "kind", "value", "parameters", "created",
+                                   "applied_step", "applied_time", "error"]
+    assert frame.applied_step.tolist()[0] == 41 and frame.error.isna().tolist() == [True, False]
+    database.delete_run(run_id)
+    assert database.commands(run_id).empty

@@ -19,6 +19,8 @@ The schema (see also README.md):
         runs.variable_names_json). Binding a dozen values per step cost the writer a quarter of
         a core at 75k steps/s; a blob per column costs about a twentieth of that.
     events(run_id, step, time_s, kind, old, new)
+    commands(id, run, kind, value, parameters, created, applied_step, applied_time, error)
+        The command channel to a run recorded by another process (see `send_command`).
     evaluations(run_id, step, time_s, name, value)     validation results (val_loss, val_<metric>)
 """
 
@@ -93,6 +95,18 @@ CREATE TABLE IF NOT EXISTS events (
     new TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, step);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value,
+    parameters TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    applied_step INTEGER,
+    applied_time REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run, id);
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id INTEGER NOT NULL,
     step INTEGER NOT NULL,
@@ -102,6 +116,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_by_run ON evaluations (run_id, step);
 """
+# What `send_command` accepts; the process that applies a command checks its value (it knows
+# the run's state, e.g. which policy parameters can change without a rebuild).
+COMMAND_KINDS = ("clip_threshold", "policy", "learning_rate", "pause", "resume", "stop", "spike")
+COMMAND_COLUMNS = (
+    "id", "run", "kind", "value", "parameters", "created", "applied_step", "applied_time", "error",
+)  # fmt: skip
 STEP_DTYPES = {
     "step": "<i8", "time_s": "<f8", "loss": "<f4", "grad_norm": "<f4",
     "clipped_grad_norm": "<f4", "clip_threshold": "<f4", "clipped": "|b1", "finite": "|b1",
@@ -179,6 +199,12 @@ class RunDatabase:
         connection.execute(f"PRAGMA max_page_count={int(self.max_pages or NO_PAGE_CAP)}")
         return connection
 
+    def mark_interrupted(self) -> None:
+        """Mark as interrupted the live runs whose process has died (also done on opening), so
+        a script killed while the app watches stops showing as live."""
+        with self._connect() as connection:
+            self._mark_interrupted(connection)
+
     @staticmethod
     def _mark_interrupted(connection: sqlite3.Connection) -> None:
         rows = connection.execute(
@@ -245,7 +271,79 @@ class RunDatabase:
             connection.execute("BEGIN")
             for table in ("step_chunks", "events", "evaluations", "runs"):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            connection.execute("DELETE FROM commands WHERE run = ?", (run_id,))
             connection.execute("COMMIT")
+
+    # --- the command channel (another process applies what is sent here) ----------------------
+
+    def send_command(self, run_id: int, kind: str, value: Any = None, **params: Any) -> int:
+        """Queue a command for the process recording run `run_id`; return the command's id.
+
+        The recording process polls this table, applies commands in order between steps and
+        acknowledges each one (`applied_step`: the first step that uses it, `applied_time`), or
+        fills `error` and changes nothing (a bad value). Kinds: COMMAND_KINDS.
+        """
+        if kind not in COMMAND_KINDS:
+            raise ValueError(
+                f"Unknown command kind {kind!r}. Allowed: {', '.join(COMMAND_KINDS)}"
+            )
+        if isinstance(value, (bool, np.bool_)) or not (
+            value is None or isinstance(value, (str, int, float, np.integer, np.floating))
+        ):
+            raise ValueError(
+                f"A command's value must be a number, a text or None. Received: value={value!r}"
+            )
+        value = value.item() if isinstance(value, np.generic) else value
+        with self._connect() as connection:
+            if connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise ValueError(f"No run with run_id={run_id!r} in {str(self.path)!r}")
+            cursor = connection.execute(
+                "INSERT INTO commands (run, kind, value, parameters, created) VALUES (?, ?, ?, ?, ?)",
+                (run_id, kind, value, json.dumps(params), time.time()),
+            )
+            return cursor.lastrowid
+
+    def pending_commands(self, run_id: int, after_id: int = 0) -> list[dict[str, Any]]:
+        """Commands for `run_id` with id > `after_id` that are not yet applied nor refused."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT id, kind, value, parameters, created FROM commands WHERE run = ? AND id > ?"
+                " AND applied_time IS NULL AND error IS NULL ORDER BY id",
+                (run_id, after_id),
+            ).fetchall()
+        return [
+            {"id": id_, "kind": kind, "value": value, "parameters": json.loads(parameters),
+             "created": created}
+            for id_, kind, value, parameters, created in rows
+        ]  # fmt: skip
+
+    def acknowledge_commands(self, acknowledgements: list[tuple]) -> None:
+        """Record (id, applied_step, applied_time, error) for each applied or refused command."""
+        with self._connect() as connection:
+            connection.executemany(
+                "UPDATE commands SET applied_step = ?, applied_time = ?, error = ? WHERE id = ?",
+                [(step, applied_time, error, id_) for id_, step, applied_time, error in acknowledgements],
+            )
+
+    def command(self, command_id: int) -> dict[str, Any]:
+        """One command's row (COMMAND_COLUMNS), e.g. to wait for its acknowledgement."""
+        with self._connect() as connection:
+            row = connection.execute(
+                f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands WHERE id = ?", (command_id,)
+            ).fetchone()
+        if row is None:
+            raise ValueError(f"No command with id={command_id!r} in {str(self.path)!r}")
+        command = dict(zip(COMMAND_COLUMNS, row))
+        command["parameters"] = json.loads(command["parameters"])
+        return command
+
+    def commands(self, run_id: int) -> pd.DataFrame:
+        with self._connect() as connection:
+            return pd.read_sql_query(
+                f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands WHERE run = ? ORDER BY id",
+                connection,
+                params=(run_id,),
+            )
 
     # --- reading -------------------------------------------------------------------------------
 

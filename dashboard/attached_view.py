@@ -1,0 +1,164 @@
+"""The Live view of a run that another process records: a user's script with LiveClipping.
+
+The Live tab's selector lists the live runs in the database (this app's own and attached ones).
+For an attached run, the charts are read from the database as the script's writer commits them
+(the manager caches the loaded run until the database moves on) and redrawn every
+`REFRESH_SECONDS`; the controls send commands through the database's `commands` table, and the
+last command's acknowledgement (the step from which the script applies it, or its error) shows.
+
+Streamlit only: every number comes from the `RunManager`, every chart from the pure builders.
+Nothing here loops, sleeps or starts a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, panels
+from dashboard.run_manager import RunManager
+from training.policies import POLICY_NAMES
+
+REFRESH_SECONDS = 0.5  # with the writer's 0.5 s commits: a change is on the charts within ~1 s
+OWN_RUN = "own"  # the selector's value for this app's own live run
+SELECTED = "live.run"
+_LAST_COMMAND = "_attached_last_command"  # (run id, command id, what was sent)
+_ERROR = "_attached_error"
+_VERSION = "_attached_version"  # bumps to give the controls fresh widgets (a new value shown)
+
+
+def select_live_run(manager: RunManager) -> int | None:
+    """The selector of live runs; returns the attached run's id to show, or None (the app's own)."""
+    runs = manager.live_runs()
+    attached = runs[runs.attached]
+    if attached.empty:
+        st.session_state.pop(SELECTED, None)
+        return None
+    labels = {OWN_RUN: "This app's run"}
+    for row in attached.itertuples():
+        labels[int(row.run_id)] = f"#{int(row.run_id)} {row.name} (attached script)"  # stable: a changing label makes a new widget
+    if st.session_state.get(SELECTED) not in labels:
+        st.session_state.pop(SELECTED, None)
+    choice = st.selectbox(
+        "Live run",
+        list(labels),
+        format_func=labels.get,
+        key=SELECTED,
+        help="This app's own run, or a run another process records with training.keras.LiveClipping.",
+    )
+    return None if choice == OWN_RUN else int(choice)
+
+
+def render_attached(manager: RunManager, run_id: int) -> None:
+    """Controls (outside the timed fragment) and the charts (inside it) of an attached run."""
+    _controls(manager, run_id)
+    st.fragment(_live_charts, run_every=REFRESH_SECONDS)(manager, run_id)
+
+
+def _send(manager: RunManager, run_id: int, kind: str, value: Any = None, label: str = "", **params: Any) -> None:
+    st.session_state.pop(_ERROR, None)
+    try:
+        command_id = manager.send_command(run_id, kind, value, **params)
+    except (ValueError, RuntimeError) as error:
+        st.session_state[_ERROR] = str(error)
+        st.session_state[_VERSION] = st.session_state.get(_VERSION, 0) + 1  # undo the typed value
+        return
+    st.session_state[_LAST_COMMAND] = (run_id, command_id, label or kind)
+
+
+def _on_input(manager: RunManager, run_id: int, kind: str, key: str, label: str) -> None:
+    _send(manager, run_id, kind, st.session_state[key], f"{label} {st.session_state[key]:g}")
+
+
+def _controls(manager: RunManager, run_id: int) -> None:
+    info = manager.attached_run_settings(run_id)
+    version = st.session_state.get(_VERSION, 0)
+    with st.container(border=True, key="attached_controls_panel"):
+        st.markdown("**Steer the attached script**")
+        st.caption(
+            "Each change is a command in the run database; the script applies it between two of "
+            "its batches and acknowledges it with the first step that uses it."
+        )
+        threshold, rate, policy = st.columns(3)
+        key = f"attached.clip_threshold.{run_id}.{version}"
+        threshold.number_input(
+            "Clip threshold", value=float(info["clip_threshold"]), key=key, format="%g", step=0.01,
+            on_change=_on_input, args=(manager, run_id, "clip_threshold", key, "Clip threshold"),
+        )  # fmt: skip
+        key = f"attached.learning_rate.{run_id}.{version}"
+        rate.number_input(
+            "Learning rate", value=float(info["learning_rate"]), key=key, format="%g", step=0.0001,
+            on_change=_on_input, args=(manager, run_id, "learning_rate", key, "Learning rate"),
+        )  # fmt: skip
+        key = f"attached.policy.{run_id}.{version}"
+        policy.selectbox(
+            "Policy", POLICY_NAMES, index=POLICY_NAMES.index(info["policy"]), key=key,
+            on_change=lambda: _send(manager, run_id, "policy", st.session_state[key], f"Policy {st.session_state[key]}"),
+        )  # fmt: skip
+        buttons = st.columns(4)
+        for column, (label, kind, value) in zip(
+            buttons, (("Pause", "pause", None), ("Resume", "resume", None), ("Stop", "stop", None), ("Inject spike", "spike", 100.0))
+        ):
+            column.button(label, key=f"attached.{kind}.{run_id}", on_click=_send, args=(manager, run_id, kind, value, label),
+                          width="stretch")  # fmt: skip
+        if st.session_state.get(_ERROR):
+            st.error(st.session_state[_ERROR], icon=":material/error:")
+
+
+def _acknowledgement(manager: RunManager, run_id: int) -> None:
+    last = st.session_state.get(_LAST_COMMAND)
+    if not last or last[0] != run_id:
+        return
+    _, command_id, label = last
+    command = manager.command_status(command_id)
+    if command["error"]:
+        st.error(f"{label}: refused by the script: {command['error']}", icon=":material/error:")
+    elif command["applied_time"] is None:
+        st.info(f"{label}: sent, waiting for the script…", icon=":material/hourglass_top:")
+    else:
+        delay = command["applied_time"] - command["created"]
+        st.success(
+            f"{label}: applied by the script from step {int(command['applied_step']):,} "
+            f"({delay:.2f} s after it was sent)",
+            icon=":material/check_circle:",
+        )
+
+
+def _live_charts(manager: RunManager, run_id: int) -> None:
+    try:
+        recorded = manager.recorded_run(run_id)
+    except (ValueError, RuntimeError) as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    info = recorded.info
+    _acknowledgement(manager, run_id)
+    cells = (
+        ("State", str(info["state"]).capitalize()),
+        ("Step", f"{int(info['steps'] or 0):,}"),
+        ("Threshold", panels.number(recorded.clip_threshold, "{:g}")),
+        ("Loss", panels.number(info["final_loss"])),
+        ("Clip rate", panels.number(info["clip_rate"], "{:.1%}")),
+    )
+    for column, (label, value) in zip(st.columns(len(cells)), cells):
+        column.metric(label, value, border=True)
+    if len(recorded.metrics_view) == 0:
+        st.info("Waiting for the script's first recorded steps…", icon=":material/hourglass_top:")
+        return
+    figures = panels.run_figures(recorded.metrics_view, recorded.layer_view, recorded.events, False, None)
+    with panels.panel(
+        "attached_gradient_norm_panel", "Gradient norm", "Before and after clipping, with the threshold and clip events."
+    ):
+        panels.draw(figures["Gradient norm"])
+    left, right = st.columns(2)
+    with left, panels.panel("attached_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule."):
+        panels.draw(figures["Loss and commands"])
+    with right, panels.panel(
+        "attached_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
+    ):
+        panels.draw(figures["Clip rate"])
+    left, right = st.columns(2)
+    with left, panels.panel("attached_layer_panel", "Gradient norm per layer", "Each variable's norm before clipping."):
+        panels.draw(figures["Gradient norm per layer"])
+    with right, panels.panel("attached_events_panel", "Events", "Every command the script applied, newest first."):
+        st.table(charts.events_table(recorded.events).head(50).set_index("Step"))
