@@ -62,16 +62,20 @@ class Server:
 
 
 @contextlib.contextmanager
-def streamlit_server(start_timeout: float = 90.0):
-    """A fresh `streamlit run app.py` on a free port; yields a `Server` once it is healthy."""
+def streamlit_server(start_timeout: float = 90.0, environment: dict[str, str] | None = None):
+    """A fresh `streamlit run app.py` on a free port; yields a `Server` once it is healthy.
+
+    `environment`: extra variables for the server (e.g. CLIPWATCH_OPERATOR_KEY)."""
     port = free_port()
     folder = tempfile.mkdtemp(prefix="clipwatch-server-")
     log_path = os.path.join(folder, "streamlit.log")
+    extra = environment or {}
     environment = {
         **os.environ,
         "CLIPWATCH_DB": os.path.join(folder, "clipwatch.db"),
         "CLIPWATCH_XLA_CACHE": os.path.join(folder, "xla-cache"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        **extra,
     }
     environment.pop("TF_XLA_FLAGS", None)
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",

@@ -74,6 +74,7 @@ def _on_input(manager: RunManager, run_id: int, kind: str, key: str, label: str)
 def _controls(manager: RunManager, run_id: int) -> None:
     info = manager.attached_run_settings(run_id)
     version = st.session_state.get(_VERSION, 0)
+    locked = not manager.can_steer  # a viewer (dashboard.access): commands are disabled
     with st.container(border=True, key="attached_controls_panel"):
         st.markdown("**Steer the attached script**")
         st.caption(
@@ -84,24 +85,25 @@ def _controls(manager: RunManager, run_id: int) -> None:
         key = f"attached.clip_threshold.{run_id}.{version}"
         threshold.number_input(
             "Clip threshold", value=float(info["clip_threshold"]), key=key, format="%g", step=0.01,
-            on_change=_on_input, args=(manager, run_id, "clip_threshold", key, "Clip threshold"),
+            on_change=_on_input, args=(manager, run_id, "clip_threshold", key, "Clip threshold"), disabled=locked,
         )  # fmt: skip
         key = f"attached.learning_rate.{run_id}.{version}"
         rate.number_input(
             "Learning rate", value=float(info["learning_rate"]), key=key, format="%g", step=0.0001,
-            on_change=_on_input, args=(manager, run_id, "learning_rate", key, "Learning rate"),
+            on_change=_on_input, args=(manager, run_id, "learning_rate", key, "Learning rate"), disabled=locked,
         )  # fmt: skip
         key = f"attached.policy.{run_id}.{version}"
         policy.selectbox(
             "Policy", POLICY_NAMES, index=POLICY_NAMES.index(info["policy"]), key=key,
             on_change=lambda: _send(manager, run_id, "policy", st.session_state[key], f"Policy {st.session_state[key]}"),
+            disabled=locked,
         )  # fmt: skip
         buttons = st.columns(4)
         for column, (label, kind, value) in zip(
             buttons, (("Pause", "pause", None), ("Resume", "resume", None), ("Stop", "stop", None), ("Inject spike", "spike", 100.0))
         ):
             column.button(label, key=f"attached.{kind}.{run_id}", on_click=_send, args=(manager, run_id, kind, value, label),
-                          width="stretch")  # fmt: skip
+                          width="stretch", disabled=locked)  # fmt: skip
         if st.session_state.get(_ERROR):
             st.error(st.session_state[_ERROR], icon=":material/error:")
 

@@ -359,11 +359,13 @@ def _choice(manager: RunManager, name: str, label: str, options, on_change, help
         on_change=on_change,
         args=(manager, key),
         help=help_text,
+        disabled=not manager.can_steer,
     )
 
 
 def _run_controls(manager: RunManager) -> None:
     active, state = manager.is_active, manager.state
+    locked = not manager.can_steer  # a viewer (dashboard.access): every control is disabled
     st.header("Run", anchor=False)
     catalogue = task_catalogue()
     options = list(catalogue)
@@ -397,6 +399,7 @@ def _run_controls(manager: RunManager) -> None:
             format="%d" if integer else "%g",
             on_change=_on_policy_param,
             args=(manager, key, policy, name),
+            disabled=locked,
             help=f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
             + ("" if parameter.live else " Changing it during a run recompiles the step."),
         )
@@ -419,6 +422,7 @@ def _run_controls(manager: RunManager) -> None:
             on_change=on_change,
             args=(manager, key),
             help=help_text,
+            disabled=locked,
         )
         show_error(name)
     key = widget_key(SPEED)
@@ -430,13 +434,14 @@ def _run_controls(manager: RunManager) -> None:
         "Full: as fast as the machine goes.",
         on_change=_on_speed,
         args=(manager, key),
+        disabled=locked,
     )
     show_error(SPEED)
 
     left, right = st.columns(2)
     left.button(
         "Start", key="start", type="primary", width="stretch",
-        disabled=active or manager.race_is_active, on_click=_on_start, args=(manager,),
+        disabled=locked or active or manager.race_is_active, on_click=_on_start, args=(manager,),
     )  # fmt: skip
     for column, label, command, disabled in (
         (right, "Stop", "stop", not active),
@@ -444,7 +449,8 @@ def _run_controls(manager: RunManager) -> None:
         (right, "Resume", "resume", state != "paused"),
     ):
         column.button(
-            label, key=command, width="stretch", disabled=disabled, on_click=_on_run_command, args=(manager, command)
+            label, key=command, width="stretch", disabled=locked or disabled, on_click=_on_run_command,
+            args=(manager, command),
         )
     st.number_input(
         "Spike factor",
@@ -453,12 +459,13 @@ def _run_controls(manager: RunManager) -> None:
         step=10.0,
         format="%g",
         help="Inject spike multiplies one step's gradients by this factor, before clipping.",
+        disabled=locked,
     )
     st.button(
         "Inject spike",
         key="inject_spike",
         width="stretch",
-        disabled=not active,
+        disabled=locked or not active,
         on_click=_on_run_command,
         args=(manager, "inject_spike"),
     )
@@ -500,7 +507,7 @@ def _on_database_path(manager: RunManager, key: str) -> None:
     state[_ERRORS] = {}
     try:
         manager.set_database_path(state[key])
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:  # RuntimeError: a viewer (dashboard.access)
         report(DATABASE_PATH, error)
         state[_VERSIONS][DATABASE_PATH] = state[_VERSIONS].get(DATABASE_PATH, 0) + 1
 
@@ -521,7 +528,9 @@ def _settings_controls(manager: RunManager) -> None:
             on_change=_on_database_path,
             args=(manager, key),
             help="The SQLite file every new run (and both sides of an A/B race) is recorded in, "
-            "for History and Compare. A run already going keeps writing where it started.",
+            "for History and Compare: a file in the runs folder. A run already going keeps "
+            "writing where it started.",
+            disabled=not manager.can_steer,
         )
         if status.available:
             st.caption("New runs are recorded here.")

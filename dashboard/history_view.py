@@ -207,16 +207,17 @@ def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale:
 def _manage(manager: RunManager, recorded: RecordedRun) -> None:
     run_id, name = recorded.run_id, str(recorded.info["name"])
     state = st.session_state
+    locked = not manager.can_steer  # a viewer (dashboard.access): rename and delete are disabled
     with st.container(border=True, key="history_manage_panel"):
         st.markdown("**Rename or delete**")
         name_key = f"history.name@{run_id}:{name}"
         left, right = st.columns([3, 1], vertical_alignment="bottom")
-        left.text_input("Run name", value=name, key=name_key, max_chars=200)
+        left.text_input("Run name", value=name, key=name_key, max_chars=200, disabled=locked)
 
         def rename() -> None:
             _command("manage", lambda: manager.rename_run(run_id, state[name_key]))
 
-        right.button("Rename", key="history.rename", on_click=rename, width="stretch")
+        right.button("Rename", key="history.rename", on_click=rename, width="stretch", disabled=locked)
 
         def ask() -> None:
             state[_ERRORS] = {}
@@ -242,7 +243,10 @@ def _manage(manager: RunManager, recorded: RecordedRun) -> None:
                 icon=":material/warning:",
             )
             yes, no = st.columns(2)
-            yes.button("Yes, delete", key="history.confirm_delete", type="primary", on_click=delete, width="stretch")
+            yes.button(
+                "Yes, delete", key="history.confirm_delete", type="primary", on_click=delete, width="stretch",
+                disabled=locked,
+            )
             no.button("Cancel", key="history.cancel_delete", on_click=cancel, width="stretch")
         else:
             st.button(
@@ -251,6 +255,7 @@ def _manage(manager: RunManager, recorded: RecordedRun) -> None:
                 on_click=ask,
                 icon=":material/delete:",
                 help="Asks for confirmation first.",
+                disabled=locked,
             )
         _show_error("manage")
 

@@ -31,11 +31,13 @@ from dashboard.controls import (
     control_value,
 )
 from dashboard.live_run import RunSnapshot
-from dashboard.run_manager import RunManager, get_run_manager
+from dashboard.operator_controls import session_run_manager
+from dashboard.run_manager import RunManager
 from training.policies import validate_clip_threshold
 
 # The policies for which a global-norm threshold read off the histogram means what it says.
 THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
+VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
 FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's first step
@@ -56,6 +58,9 @@ def render(manager: RunManager) -> None:
     st.session_state[FAST_REFRESH] = waiting
     if waiting:
         refresh = controls.FIRST_STEP_REFRESH_SECONDS
+    if refresh is None and not manager.can_steer:
+        # A viewer cannot start a run itself: it looks now and then for the operator's.
+        refresh = VIEWER_IDLE_REFRESH_SECONDS
     st.fragment(_live_view, run_every=refresh)()
     if manager.run_number:
         _live_tools(manager)
@@ -71,7 +76,7 @@ def _on_apply_suggested(manager: RunManager, value: float) -> None:
 
 
 def _live_view() -> None:
-    manager = get_run_manager()
+    manager = session_run_manager()
     if st.session_state.pop(NEEDS_FULL_RERUN, False) or (
         manager.fingerprint() != st.session_state.get(FINGERPRINT)
     ):
@@ -344,7 +349,7 @@ def _what_if_panel(manager: RunManager, numbers: _WhatIf, histogram) -> None:
         "Apply suggested threshold",
         key="apply_suggested",
         type="primary",
-        disabled=not usable,
+        disabled=not usable or not manager.can_steer,
         on_click=_on_apply_suggested,
         args=(manager, suggested),
         help=f"Set the clip threshold to {suggested:g} in one click."

@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import controls, history_view, live_view, race_view
-from dashboard.run_manager import get_run_manager
+from dashboard.operator_controls import open_server_warning, operator_sidebar, session_run_manager
 
 TITLE = "Clipwatch"
 SUBTITLE = (
@@ -23,11 +23,13 @@ TABS = ("Live", "A/B race", "History", "Compare")
 
 def render() -> None:
     """Draw the whole page for this session (call after st.set_page_config)."""
-    manager = get_run_manager()
+    manager = session_run_manager()  # the shared run, as this session may steer it
     st.session_state[controls.FINGERPRINT] = manager.fingerprint()
+    operator_sidebar(manager)
     controls.sidebar(manager)
     st.title(TITLE, anchor=False)
     st.markdown(SUBTITLE)
+    open_server_warning()
     controls.database_messages(manager)
     views = (live_view.render, race_view.render, history_view.render_history, history_view.render_compare)
     for tab, view in zip(st.tabs(TABS, key=SECTION, on_change="rerun"), views):

@@ -14,7 +14,8 @@ import streamlit as st
 
 from dashboard import charts, comparison, controls, panels
 from dashboard.race import RACE_LABELS, RaceSettings, RaceSide, RaceSnapshot, default_race_settings
-from dashboard.run_manager import RunManager, get_run_manager
+from dashboard.operator_controls import session_run_manager
+from dashboard.run_manager import RunManager
 from training.policies import POLICY_NAMES
 from training.tasks import TASK_NAMES, TASKS
 
@@ -124,15 +125,16 @@ def render(manager: RunManager) -> None:
         "batches), with two clipping set-ups. Both train side by side, each in its own thread, "
         "and draw on the same charts."
     )
+    locked = not manager.can_steer  # a viewer (dashboard.access): every control is disabled
     with st.expander("Set up the next race", expanded=not racing, icon=":material/tune:"):
-        _setup()
+        _setup(locked)
     left, right = st.columns(2)
     left.button(
         "Start A/B race",
         key="start_race",
         type="primary",
         width="stretch",
-        disabled=racing or manager.is_active,
+        disabled=locked or racing or manager.is_active,
         on_click=_on_start,
         args=(manager,),
         help="Starts both sides at once."
@@ -142,7 +144,7 @@ def render(manager: RunManager) -> None:
         "Stop race",
         key="stop_race",
         width="stretch",
-        disabled=not racing,
+        disabled=locked or not racing,
         on_click=_on_stop_race,
         args=(manager,),
     )
@@ -162,21 +164,24 @@ def render(manager: RunManager) -> None:
     st.fragment(_race_live, run_every=refresh)()
 
 
-def _setup() -> None:
+def _setup(locked: bool) -> None:
     top = st.columns(3)
     task = top[0].selectbox(
         "Task", TASK_NAMES, index=TASK_NAMES.index("exploding_rnn"), key=TASK,
-        help="Both sides train this task from the same seed.",
+        help="Both sides train this task from the same seed.", disabled=locked,
     )  # fmt: skip
-    top[1].number_input("Seed", min_value=0, value=0, step=1, key=SEED, help="Initial weights and batch order.")
-    controls.speed_slider(top[2], 300, SPEED, "A cap on each side's steps per second.")
+    top[1].number_input(
+        "Seed", min_value=0, value=0, step=1, key=SEED, help="Initial weights and batch order.", disabled=locked
+    )
+    controls.speed_slider(top[2], 300, SPEED, "A cap on each side's steps per second.", disabled=locked)
     st.caption(TASKS[task].description + ".")
     defaults = default_race_settings(task)
     for column, label, default in zip(st.columns(2), RACE_LABELS, defaults.sides):
         with column.container(border=True):
             st.markdown(f"**Side {label}**")
             st.selectbox(
-                "Policy", POLICY_NAMES, index=POLICY_NAMES.index(default.policy), key=_policy_key(label)
+                "Policy", POLICY_NAMES, index=POLICY_NAMES.index(default.policy), key=_policy_key(label),
+                disabled=locked,
             )
             st.number_input(
                 "Clip threshold",
@@ -185,12 +190,14 @@ def _setup() -> None:
                 format="%g",
                 step=0.01,
                 help=f"The task's own threshold is {default.clip_threshold:g}.",
+                disabled=locked,
             )
 
 
 def _side_controls(manager: RunManager) -> None:
     settings = manager.race_settings
     trainers = manager.race_trainers
+    locked = not manager.can_steer
     versions = st.session_state.setdefault(_VERSIONS, {})
     for column, label, side, trainer in zip(st.columns(2), RACE_LABELS, settings.sides, trainers):
         state = trainer.status.state
@@ -205,7 +212,7 @@ def _side_controls(manager: RunManager) -> None:
                 key=key,
                 format="%g",
                 step=0.01,
-                disabled=state not in ("running", "paused"),
+                disabled=locked or state not in ("running", "paused"),
                 on_change=_on_side_threshold,
                 args=(manager, label, key),
                 help="Takes effect at the side's next chunk of steps."
@@ -213,23 +220,23 @@ def _side_controls(manager: RunManager) -> None:
             )
             buttons = st.columns(3)
             buttons[0].button(
-                "Pause", key=f"race.{label}.pause", width="stretch", disabled=state != "running",
+                "Pause", key=f"race.{label}.pause", width="stretch", disabled=locked or state != "running",
                 on_click=_on_side_command, args=(manager, label, "pause"),
             )  # fmt: skip
             buttons[1].button(
-                "Resume", key=f"race.{label}.resume", width="stretch", disabled=state != "paused",
+                "Resume", key=f"race.{label}.resume", width="stretch", disabled=locked or state != "paused",
                 on_click=_on_side_command, args=(manager, label, "resume"),
             )  # fmt: skip
             buttons[2].button(
                 "Stop", key=f"race.{label}.stop", width="stretch",
-                disabled=state not in ("running", "paused"),
+                disabled=locked or state not in ("running", "paused"),
                 on_click=_on_side_command, args=(manager, label, "stop"),
             )  # fmt: skip
             _show_error(label)
 
 
 def _race_live() -> None:
-    manager = get_run_manager()
+    manager = session_run_manager()
     if manager.fingerprint() != st.session_state.get(_FINGERPRINT):
         st.rerun(scope="app")  # the controls (and the refresh timer) must follow the race
     snapshot = manager.race_snapshot()

@@ -14,7 +14,6 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -22,6 +21,7 @@ import pandas as pd
 
 from training import POLICY_NAMES
 from training.advisor import replay
+from training.page_paths import page_database_path
 from training.persistence import RUN_LIST_COLUMNS, DatabaseError, RunDatabase
 from training.policies import (
     validate_clip_threshold,
@@ -136,16 +136,16 @@ class RunLibrary:
             return DatabaseStatus(self._database_path, self._database_error, self._database_generation)
 
     def set_database_path(self, path: Any) -> DatabaseStatus:
-        """Record new runs in the database at `path` from now on.
+        """Record new runs in the database at `path` from now on (the page's Settings).
 
         The current run (and race) keep writing where they started. If the database cannot be
-        opened, new runs are kept in memory only and the returned status says why; a path that
-        is not text (or is empty) is refused with ValueError.
+        opened, new runs are kept in memory only and the returned status says why. The page may
+        only choose a file inside the runs folder (`training.page_paths`): anything else (not
+        text, empty, outside, `..`, a symbolic link leading out) is refused with ValueError.
         """
-        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-            raise ValueError(f"The database path must be a file path. Received: path={path!r}")
+        resolved = page_database_path(path)
         with self._lock:
-            self._open_database(Path(str(path).strip()).expanduser())
+            self._open_database(resolved)
             return self.database_status()
 
     @property

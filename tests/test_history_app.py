@@ -299,4 +299,4 @@ def test_a_failed_database_write_mid_run_shows_as_a_warning(manager):
     at.run()
     assert trainer.status.state == "running"  # training goes on in memory
     warnings = texts(at.warning)
-    assert any("Writing the run database" in text and "no such table: step_chunks" in text for text in warnings), warnings
+    assert any("Cannot write the run database" in text and "no such table: step_chunks" in text for text in warnings), warnings

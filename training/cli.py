@@ -19,13 +19,18 @@ import csv
 import json
 import sys
 import time
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from training.policies import POLICY_NAMES, POLICY_PARAMETERS
 from training.store import STEP_COLUMNS
 from training.tasks import TASK_NAMES
+
+if TYPE_CHECKING:
+    from training.persistence import RunDatabase
+    from training.trainer import Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +113,24 @@ def _progress(step: int, total: int, speed: float) -> None:
     sys.stderr.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class PreparedRun:
+    """A run built from the command line, not started yet."""
+
+    trainer: Trainer
+    database: RunDatabase | None
+    csv_file: IO[str] | None
+
+    def close(self) -> None:
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def prepare(argv: list[str] | None = None) -> PreparedRun:
+    """Parse and check the arguments, open the database and the CSV, and build the `Trainer`.
+
+    Bad arguments exit (SystemExit 2) with a message naming the value, before anything runs.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     policy_params = {
@@ -140,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--task {args.task!r} is not a built-in task ({', '.join(TASK_NAMES)}). {error}")
 
     from training.persistence import DatabaseError, RunDatabase, default_path
-    from training.plugins import PluginError
     from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
     database = None
@@ -151,31 +172,40 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
 
     csv_file = None
-    try:
-        sinks = ()
-        if args.csv:
-            try:
-                csv_file = open(args.csv, "w", newline="")
-            except OSError as error:
-                parser.error(f"cannot write --csv {args.csv!r}: {error.strerror}")
-            sinks = (CsvSink(csv_file),)
+    sinks = ()
+    if args.csv:
         try:
-            trainer = trainer_from_settings(
-                task=task,
-                policy=args.policy,
-                clip_threshold=args.clip_threshold,
-                learning_rate=args.learning_rate,
-                seed=args.seed,
-                policy_params=policy_params,
-                batch_size=args.batch_size,
-                max_steps=args.steps,
-                max_nonfinite_steps=args.max_nonfinite_steps,
-                sinks=sinks,
-                database=database,
-                run_name=args.name,
-            )
-        except ValueError as error:
-            parser.error(str(error))
+            csv_file = open(args.csv, "w", newline="")
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+            parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
+        sinks = (CsvSink(csv_file),)
+    try:
+        trainer = trainer_from_settings(
+            task=task,
+            policy=args.policy,
+            clip_threshold=args.clip_threshold,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            policy_params=policy_params,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            max_nonfinite_steps=args.max_nonfinite_steps,
+            sinks=sinks,
+            database=database,
+            run_name=args.name,
+        )
+    except ValueError as error:
+        if csv_file is not None:
+            csv_file.close()
+        parser.error(str(error))
+    return PreparedRun(trainer, database, csv_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = prepare(argv)
+    trainer, database = run.trainer, run.database
+    steps = trainer.config.max_steps
+    try:
         show_progress = sys.stderr.isatty()
         started = time.perf_counter()
         trainer.start()
@@ -183,20 +213,21 @@ def main(argv: list[str] | None = None) -> int:
             while trainer.status.state in ("idle", "running"):
                 time.sleep(0.1)
                 if show_progress:
-                    _progress(trainer.status.step, args.steps, trainer.status.steps_per_second)
+                    _progress(trainer.status.step, steps, trainer.status.steps_per_second)
         except KeyboardInterrupt:
             trainer.stop()
         elapsed = time.perf_counter() - started
         if show_progress:
             sys.stderr.write("\n")
     finally:
-        if csv_file is not None:
-            csv_file.close()
+        run.close()
 
     status = trainer.status
+    from training.plugins import PluginError
+
     plugin_failure = f"{PluginError.__name__}: "
     if status.state == "failed" and (status.error or "").startswith(plugin_failure):
-        parser.error(status.error[len(plugin_failure):])  # the plug-in's data does not fit its model
+        build_parser().error(status.error[len(plugin_failure):])  # the plug-in's data does not fit its model
     metrics = trainer.metrics()
     summary = {
         "steps": status.step,

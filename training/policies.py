@@ -29,6 +29,7 @@ import math
 import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 State = tuple  # a tuple of tensors; () for stateless policies
@@ -111,18 +112,44 @@ MISSING_VARIABLES_MESSAGE = (
 # --- validation (plain Python, used wherever a value enters) ----------------------------------
 
 
+# The compiled step holds every knob as float32, and XLA on CPU flushes subnormals to zero:
+# a float64 value outside [FLOAT32_SMALLEST_NORMAL, FLOAT32_MAX] would reach it as 0 or inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
+FLOAT32_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)  # 1.2e-38
+_FLOAT32_RANGE = f"between {FLOAT32_SMALLEST_NORMAL:.2g} and {FLOAT32_MAX:.2g} (float32)"
+
+
 def _as_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float64, e.g. 10**400
+        raise ValueError(
+            f"`{name}` must be a number {_FLOAT32_RANGE}. Received: {name}={value!r}"
+        ) from None
+
+
+def _in_float32_range(number: float) -> bool:
+    """Whether the compiled step sees `number` (a finite float) as neither 0 nor inf."""
+    return number == 0 or FLOAT32_SMALLEST_NORMAL <= abs(number) <= FLOAT32_MAX
 
 
 def validate_positive(name: str, value: Any) -> float:
-    """Return `value` as a float if it is a finite number > 0, else raise ValueError."""
+    """Return `value` as a float if it is a finite number > 0, else raise ValueError.
+
+    Numbers the compiled step cannot hold in float32 (below 1.2e-38 or above 3.4e38) are
+    refused too: they would reach it as 0 or inf.
+    """
     number = _as_number(name, value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError(
             f"`{name}` must be a finite number greater than 0. Received: {name}={value!r}"
+        )
+    if not _in_float32_range(number):
+        raise ValueError(
+            f"`{name}` must be a finite number greater than 0, {_FLOAT32_RANGE}. "
+            f"Received: {name}={value!r}"
         )
     return number
 
@@ -133,17 +160,23 @@ def validate_clip_threshold(value: Any) -> float:
 
 
 def validate_policy_name(name: Any) -> str:
-    if name not in POLICY_PARAMETERS:
+    if not isinstance(name, str) or name not in POLICY_PARAMETERS:
         raise ValueError(
             f"Unknown clipping policy {name!r}. Valid policies: {', '.join(POLICY_NAMES)}"
         )
     return name
 
 
+def _within(parameter: Parameter, number: float) -> bool:
+    above = number >= parameter.low if parameter.low_inclusive else number > parameter.low
+    below = number <= parameter.high if parameter.high_inclusive else number < parameter.high
+    return math.isfinite(number) and above and below
+
+
 def validate_policy_params(name: str, params: dict[str, Any]) -> dict[str, float]:
     """Check `params` against policy `name`; return them with defaults filled in."""
     spec = POLICY_PARAMETERS[validate_policy_name(name)]
-    unknown = sorted(set(params) - set(spec))
+    unknown = sorted(map(repr, set(params) - set(spec)))
     if unknown:
         valid = ", ".join(spec) or "none (it takes only the clip threshold)"
         raise ValueError(
@@ -153,11 +186,17 @@ def validate_policy_params(name: str, params: dict[str, Any]) -> dict[str, float
     for key, parameter in spec.items():
         value = params.get(key, parameter.default)
         number = _as_number(key, value)
-        if parameter.kind is int and number != int(number):
-            raise ValueError(f"`{key}` must be {parameter.allowed()}. Received: {key}={value!r}")
-        above = number >= parameter.low if parameter.low_inclusive else number > parameter.low
-        below = number <= parameter.high if parameter.high_inclusive else number < parameter.high
-        if not (math.isfinite(number) and above and below):
+        if parameter.kind is int:  # in range first: int(nan) and int(inf) raise their own errors
+            good = _within(parameter, number) and number == int(number)
+        else:
+            # Checked as the float32 the compiled step computes with: alpha=1-1e-9 is below 1
+            # in float64 but exactly 1 in float32.
+            good = (
+                _within(parameter, number)
+                and _in_float32_range(number)
+                and _within(parameter, float(np.float32(number)))
+            )
+        if not good:
             raise ValueError(f"`{key}` must be {parameter.allowed()}. Received: {key}={value!r}")
         checked[key] = int(number) if parameter.kind is int else number
     return checked

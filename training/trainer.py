@@ -22,7 +22,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -33,9 +33,7 @@ from training.recorder import Recorder
 from training.step_compiler import BackgroundCompile
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
 from training.xla_fallback import FallbackFunction
-
-if TYPE_CHECKING:
-    from training.persistence import RunDatabase
+from training.persistence import RunDatabase, is_storable_text
 from training.tasks import Task, get_task
 from training.tasks.base import make_optimizer, resolve_loss
 
@@ -43,6 +41,10 @@ STATES = ("idle", "running", "paused", "stopped", "failed")
 TARGET_CHUNK_SECONDS = 0.02  # keeps control latency to a few tens of milliseconds
 MAX_CHUNK_STEPS = 2048  # the size of the in-graph metric buffers
 DEFAULT_MAX_NONFINITE_STEPS = 50
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed seeds numpy, whose seeds stop here
+MAX_BATCH_SIZE = 65_536
+# Above this the pace cannot be told from full speed, and pace x seconds would overflow to inf.
+MAX_STEPS_PER_SECOND = 1e9
 Sink = Callable[[dict[str, np.ndarray]], None]
 
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
@@ -105,14 +107,31 @@ def validate_learning_rate(value: Any) -> float:
     return policies.validate_positive("learning_rate", value)
 
 
-def _validate_optional_positive(name: str, value: Any) -> float | None:
-    return None if value is None else policies.validate_positive(name, value)
+def _validate_pace(value: Any) -> float | None:
+    if value is None:
+        return None
+    pace = policies.validate_positive("max_steps_per_second", value)
+    if pace > MAX_STEPS_PER_SECOND:
+        raise ValueError(
+            f"`max_steps_per_second` must be None (full speed) or a number in (0, "
+            f"{MAX_STEPS_PER_SECOND:g}]. Received: max_steps_per_second={value!r}"
+        )
+    return pace
 
 
-def _validate_count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+def _validate_count(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    whole = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an integer {allowed}. Received: {name}={value!r}")
     return int(value)
+
+
+def _validate_run_name(value: Any) -> str | None:
+    """None or "" (the default name), or text SQLite can store."""
+    if value is None or is_storable_text(value):
+        return value
+    raise ValueError(f"`run_name` must be text or None. Received: run_name={value!r}")
 
 
 class Trainer:
@@ -161,7 +180,7 @@ class Trainer:
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
         monitoring: bool = True,
-        database: "RunDatabase | None" = None,
+        database: RunDatabase | None = None,
         run_name: str | None = None,
         quick_start: bool = True,
         **policy_params: Any,
@@ -170,7 +189,7 @@ class Trainer:
         policies.validate_policy_name(policy)
         all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
         all_params[policy] = policies.validate_policy_params(policy, policy_params)
-        if data not in (None, "stream"):
+        if not (data is None or (isinstance(data, str) and data == "stream")):
             raise ValueError(f"`data` must be None or 'stream'. Received: data={data!r}")
         self._task = task_spec
         self._data = data
@@ -180,7 +199,7 @@ class Trainer:
         self._max_nonfinite_steps = _validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
-        self._database, self._run_name = database, run_name
+        self._database, self._run_name = database, _validate_run_name(run_name)
         self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
@@ -192,8 +211,8 @@ class Trainer:
             else validate_learning_rate(learning_rate),
             batch_size=task_spec.batch_size
             if batch_size is None
-            else _validate_count("batch_size", batch_size),
-            seed=_validate_count("seed", seed, minimum=0),
+            else _validate_count("batch_size", batch_size, maximum=MAX_BATCH_SIZE),
+            seed=_validate_count("seed", seed, minimum=0, maximum=MAX_SEED),
             policy_params=all_params,
             max_steps=None if max_steps is None else _validate_count("max_steps", max_steps),
         )
@@ -273,7 +292,7 @@ class Trainer:
 
     def set_max_steps_per_second(self, value: Any) -> None:
         """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
-        self._send("max_steps_per_second", _validate_optional_positive("max_steps_per_second", value))
+        self._send("max_steps_per_second", _validate_pace(value))
 
     def _send(self, kind: str, value: Any, params: dict | None = None) -> None:
         with self._lock:
@@ -297,6 +316,11 @@ class Trainer:
     @property
     def config(self) -> RunConfig:
         return self._config
+
+    @property
+    def writer(self):
+        """The run's `persistence.RunWriter` (its `status` says what reached the database), or None."""
+        return self._writer
 
     @property
     def trace_count(self) -> int:
@@ -385,9 +409,11 @@ class Trainer:
                 self._recorded.notify_all()
             if self._recorder.error is not None and state != "failed":
                 state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
+        warning = self._status.warning
         if self._writer is not None:
             self._writer.finish(state, error)  # the record is complete before the state shows
-        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0)
+            warning = self._writer.status.warning
+        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
 
     def _build(self) -> None:
         import keras
@@ -661,8 +687,8 @@ class Trainer:
                         self._config.learning_rate, self._config.policy,
                     )
                 )
-                if self._writer is not None and self._writer.error and self._status.warning is None:
-                    self._set_status(warning=self._writer.error)
+                if self._writer is not None and self._writer.status.warning != self._status.warning:
+                    self._set_status(warning=self._writer.status.warning)  # a fault, or its end
             else:
                 rows = {"finite": np.ones(steps, bool)}  # eager calls return when the chunk is done
             elapsed = time.perf_counter() - started

@@ -17,7 +17,7 @@ def get_task(task: "str | Task") -> Task:
     """A `Task` as given, a built-in task by name, or a plug-in loaded earlier by its name."""
     if isinstance(task, Task):
         return task
-    if task in TASKS:
+    if isinstance(task, str) and task in TASKS:  # a list would raise TypeError
         return TASKS[task]
     from training import plugins
 
