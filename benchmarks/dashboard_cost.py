@@ -87,25 +87,20 @@ def dashboard_page_charts(
     charts.what_if(norms, clip_threshold)
     if suggested is not None:
         charts.what_if(norms, suggested)
-    if direct:
-        specs = [
-            chart_specs.gradient_norm_spec(view),
-            chart_specs.loss_spec(view, events),
-            chart_specs.clip_rate_spec(view),
-            chart_specs.layer_norm_spec(layer_view),
-            chart_specs.gradient_norm_histogram_spec(norms, clip_threshold, suggested),
-        ]
-        charts.events_table(events)
-        return specs
+    module = chart_specs if direct else charts
+    names = ("gradient_norm_spec", "loss_spec", "clip_rate_spec", "layer_norm_spec", "gradient_norm_histogram_spec")
+    if not direct:
+        names = ("gradient_norm_chart", "loss_chart", "clip_rate_chart", "layer_norm_chart", "gradient_norm_histogram")
+    gradient_norm, loss, clip_rate, layer_norm, histogram = (getattr(module, name) for name in names)
     built = [
-        charts.gradient_norm_chart(view),
-        charts.loss_chart(view, events),
-        charts.clip_rate_chart(view),
-        charts.layer_norm_chart(layer_view),
-        charts.gradient_norm_histogram(norms, clip_threshold, suggested),
+        gradient_norm(view),
+        loss(view, events),
+        clip_rate(view),
+        layer_norm(layer_view),
+        histogram(norms, clip_threshold, suggested),
     ]
     charts.events_table(events)
-    return [charts.vega_lite_spec(chart) for chart in built]
+    return built if direct else [charts.vega_lite_spec(chart) for chart in built]
 
 
 def _timed(function, *args) -> float:

@@ -14,8 +14,9 @@ sanitising), for specs whose only changes between refreshes are the data and the
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import pandas as pd
@@ -118,15 +119,28 @@ def _step_domain(steps: pd.Series, end: float | None = None) -> list[float] | No
     return [float(np.min(steps)), float(end if end is not None else np.max(steps))]
 
 
+# The histogram's keyword options and their defaults, read from the chart it mirrors (one source).
+_HISTOGRAM_OPTIONS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(charts.gradient_norm_histogram).parameters.items()
+    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    and parameter.default is not inspect.Parameter.empty
+    and name != "suggested_threshold"
+}
+
+
+def _one_frame_spec(key: tuple, data: pd.DataFrame, build: Callable[[], object]) -> dict:
+    """A chart drawn from one frame over the steps: its template also depends on the frame's columns."""
+    domain = _step_domain(data["step"])
+    return _filled((*key, domain is None, tuple(data.columns)), build, [data], domain)
+
+
 def gradient_norm_spec(view: pd.DataFrame, log_scale: bool = False, max_points: int = charts.LINE_POINTS, height: int = 340) -> dict:
     """`charts.gradient_norm_chart(...)` as a Vega-Lite dict."""
-    data = charts.gradient_norm_frame(view, log_scale=log_scale, max_points=max_points)
-    domain = _step_domain(data["step"])
-    return _filled(
-        ("gradient_norm", log_scale, height, domain is None, tuple(data.columns)),
+    return _one_frame_spec(
+        ("gradient_norm", log_scale, height),
+        charts.gradient_norm_frame(view, log_scale=log_scale, max_points=max_points),
         lambda: charts.gradient_norm_chart(view, log_scale=log_scale, max_points=max_points, height=height),
-        [data],
-        domain,
     )
 
 
@@ -159,13 +173,10 @@ def loss_spec(
 
 def clip_rate_spec(view: pd.DataFrame, window: int = charts.CLIP_RATE_WINDOW, max_points: int = charts.LINE_POINTS, height: int = 260) -> dict:
     """`charts.clip_rate_chart(...)` as a Vega-Lite dict."""
-    data = charts.clip_rate_frame(view, window, max_points)
-    domain = _step_domain(data["step"])
-    return _filled(
-        ("clip_rate", window, height, domain is None, tuple(data.columns)),
+    return _one_frame_spec(
+        ("clip_rate", window, height),
+        charts.clip_rate_frame(view, window, max_points),
         lambda: charts.clip_rate_chart(view, window=window, max_points=max_points, height=height),
-        [data],
-        domain,
     )
 
 
@@ -184,15 +195,15 @@ def layer_norm_spec(layer_view: pd.DataFrame, max_points: int = charts.MAX_POINT
 
 
 def gradient_norm_histogram_spec(
-    norms: np.ndarray,
-    clip_threshold: float | None,
-    suggested_threshold: float | None = None,
-    log_scale: bool = False,
-    bins: int = 40,
-    height: int = 260,
-    threshold_label: str = "threshold",
+    norms: np.ndarray, clip_threshold: float | None, suggested_threshold: float | None = None, **options: Any
 ) -> dict:
-    """`charts.gradient_norm_histogram(...)` as a Vega-Lite dict."""
+    """`charts.gradient_norm_histogram(...)` as a Vega-Lite dict (the same options and defaults)."""
+    unknown = sorted(set(options) - set(_HISTOGRAM_OPTIONS))
+    if unknown:
+        raise TypeError(f"Unknown histogram options {unknown}. Allowed: {sorted(_HISTOGRAM_OPTIONS)}")
+    options = {**_HISTOGRAM_OPTIONS, **options}
+    log_scale, bins, height = options["log_scale"], options["bins"], options["height"]
+    threshold_label = options["threshold_label"]
     counts = charts.histogram_frame(norms, bins=bins, log_scale=log_scale)
     drawn = charts.histogram_lines(clip_threshold, suggested_threshold, threshold_label)
     frames = [counts]
