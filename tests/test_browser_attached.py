@@ -2,8 +2,10 @@
 the page opens it as a live run, a threshold typed there reaches the script, and the script's
 acknowledgement and the new threshold show on the page.
 
-Uses the server and browser fixtures of test_browser.py (a temporary database; Chromium from
-/usr/bin). The page is pointed at the script's database through its Settings, as a user would.
+Uses the browser fixture of test_browser.py (Chromium from /usr/bin) and a server of its own
+with a temporary runs folder. The script records into a database inside that folder (the page
+may only open databases under its runs folder), and the page is pointed at it through its
+Settings, as a user would.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from playwright.sync_api import expect
 from support import wait_until
-from test_browser import VIEWPORT, browser, metric, server_url  # noqa: F401  (fixtures)
+from test_browser import VIEWPORT, browser, metric  # noqa: F401  (fixtures)
+
+from benchmarks.browser import streamlit_server
 
 from training.persistence import RunDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_an_attached_script_is_steered_from_the_page(server_url, browser, tmp_path):  # noqa: F811
-    database = RunDatabase(tmp_path / "attached.db")
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as started:  # its runs folder is the temporary folder of its CLIPWATCH_DB
+        yield started
+
+
+def test_an_attached_script_is_steered_from_the_page(server, browser, tmp_path):  # noqa: F811
+    runs_folder = Path(server.log_path).parent
+    database = RunDatabase(runs_folder / "attached.db")
     script = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "attach_fit.py"), "--steps", "100000000",
          "--db", str(database.path), "--run-name", "my script"],
@@ -40,7 +52,7 @@ def test_an_attached_script_is_steered_from_the_page(server_url, browser, tmp_pa
 
         run_id = wait_until(recording, timeout=120, what="the script's first recorded steps")
         page = context.new_page()
-        page.goto(server_url)
+        page.goto(server.url)
         expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
         path_input = page.get_by_role("textbox", name="Database path")
         if not path_input.is_visible():
