@@ -140,7 +140,10 @@ class LiveRun(TrainerHost):
                 )
             events = store.events()
             evaluations = trainer.evaluations()
-            key = (run_number, status.step, status.state, len(events), len(evaluations), settings)
+            # The store's own count, not status.step: the recorder thread fills the store a chunk
+            # or two after the status counts the steps, and a key on the status would keep a view
+            # built before those rows landed (an empty chart while the trainer traces its full step).
+            key = (run_number, store.total_steps, status.state, len(events), len(evaluations), settings)
             if key == self._snapshot_key and self._snapshot is not None:
                 return replace(self._snapshot, status=status)
             metrics_view, layer_view = store.view(max_points=self.max_points)

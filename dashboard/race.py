@@ -178,7 +178,7 @@ class Race(TrainerHost):
                     )
                     continue
                 events = store.events()
-                key = (self.number, status.step, status.state, len(events), side)
+                key = (self.number, store.total_steps, status.state, len(events), side)  # see live_run
                 cached = self._cache.get(label)
                 if cached is not None and cached[0] == key:
                     sides.append(replace(cached[1], status=status))
