@@ -87,11 +87,16 @@ def dashboard_page_charts(
     charts.what_if(norms, clip_threshold)
     if suggested is not None:
         charts.what_if(norms, suggested)
-    module = chart_specs if direct else charts
-    names = ("gradient_norm_spec", "loss_spec", "clip_rate_spec", "layer_norm_spec", "gradient_norm_histogram_spec")
-    if not direct:
-        names = ("gradient_norm_chart", "loss_chart", "clip_rate_chart", "layer_norm_chart", "gradient_norm_histogram")
-    gradient_norm, loss, clip_rate, layer_norm, histogram = (getattr(module, name) for name in names)
+    if direct:
+        gradient_norm, loss, clip_rate, layer_norm, histogram = (
+            chart_specs.gradient_norm_spec, chart_specs.loss_spec, chart_specs.clip_rate_spec,
+            chart_specs.layer_norm_spec, chart_specs.gradient_norm_histogram_spec,
+        )  # fmt: skip
+    else:
+        gradient_norm, loss, clip_rate, layer_norm, histogram = (
+            charts.gradient_norm_chart, charts.loss_chart, charts.clip_rate_chart,
+            charts.layer_norm_chart, charts.gradient_norm_histogram,
+        )  # fmt: skip
     built = [
         gradient_norm(view),
         loss(view, events),
