@@ -48,9 +48,10 @@ def run(task, **kwargs):
 
 
 def test_a_model_xla_cannot_compile_falls_back_once_runs_and_says_why(tmp_path):
+    """On the full step from the first chunk (no quick start): the fallback is step 0's."""
     task = plugins.load_task(str(write_plugin(tmp_path, "no_xla.py", NO_XLA_MODEL)))
     assert task.jit_compile is None
-    trainer = run(task)
+    trainer = run(task, quick_start=False)
     assert trainer.status.state == "stopped", trainer.status.error
     assert len(trainer.metrics()) == 300
     events = trainer.events()
@@ -61,9 +62,30 @@ def test_a_model_xla_cannot_compile_falls_back_once_runs_and_says_why(tmp_path):
     assert trainer.trace_count == 2  # the XLA attempt, then the plain graph; never again
 
 
+def test_with_a_quick_start_the_fallback_happens_in_the_background_and_is_recorded_at_the_swap(tmp_path):
+    """The quick step trains while the full step fails XLA on the compile thread and falls back;
+    the training thread records the reason when it swaps that step in, and trains on."""
+    task = plugins.load_task(str(write_plugin(tmp_path, "no_xla.py", NO_XLA_MODEL)))
+    trainer = Trainer(task=task)
+    trainer.start()
+    try:
+        assert trainer.wait_until_compiled()
+        wait_until(lambda: "xla_fallback" in trainer.events().kind.tolist(), what="the fallback event")
+        swapped_at = trainer.status.step
+        wait_until(lambda: trainer.status.step > swapped_at + 100, what="steps on the swapped-in step")
+    finally:
+        trainer.stop()
+    assert trainer.status.state == "stopped", trainer.status.error
+    events = trainer.events()
+    fallbacks = events[events.kind == "xla_fallback"]
+    assert len(fallbacks) == 1 and "PyFunc" in fallbacks.new.iloc[0]
+    assert not trainer._chunk.uses_xla and trainer.trace_count == 2
+    assert np.isfinite(trainer.metrics().loss).all()
+
+
 def test_forcing_xla_on_such_a_model_fails_the_run_with_the_reason(tmp_path):
     task = plugins.load_task(str(write_plugin(tmp_path, "no_xla.py", NO_XLA_MODEL)))
-    trainer = run(dataclasses.replace(task, jit_compile=True))
+    trainer = run(dataclasses.replace(task, jit_compile=True), quick_start=False)
     assert trainer.status.state == "failed"
     assert "PyFunc" in trainer.status.error
     assert "xla_fallback" not in trainer.events().kind.tolist()
@@ -71,7 +93,7 @@ def test_forcing_xla_on_such_a_model_fails_the_run_with_the_reason(tmp_path):
 
 def test_a_model_that_compiles_keeps_xla_and_records_no_fallback(tmp_path):
     task = plugins.load_task(str(write_plugin(tmp_path, "tiny.py")))
-    trainer = run(task)
+    trainer = run(task, quick_start=False)
     assert trainer.status.state == "stopped"
     assert "xla_fallback" not in trainer.events().kind.tolist()
     assert trainer.trace_count == 1 and trainer._chunk.uses_xla

@@ -407,7 +407,7 @@ class Trainer:
             self._recorder.close()  # every step is in the store, the writer's queue and the sinks
             with self._recorded:
                 self._recorded.notify_all()
-            if self._recorder.error is not None and state != "failed":
+            if self._recorder.error is not None:  # the sink's own error, not the hand-off's wrapper
                 state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
         warning = self._status.warning
         if self._writer is not None:
@@ -479,6 +479,7 @@ class Trainer:
         self._policies = [policies.make_policy(name, **params[name]) for name in policies.POLICY_NAMES]
         self._policy_states = [self._state_variables(policy) for policy in self._policies]
         self._full_step_compile = None  # a compile still running for the old policies is dropped
+        self._fallback_reasons: list[str] = []  # XLA fallbacks of the compile thread, not yet recorded
         if not self._quick_start:
             self._chunk = self._full_step()
             return
@@ -495,14 +496,19 @@ class Trainer:
     def _swap_in_full_step(self) -> None:
         """Between two chunks: start compiling the full step, or swap it in once it is ready."""
         if self._full_step_wanted:
-            full_step = self._full_step()
+            # Its XLA fallback, if any, happens on the compile thread: keep the reason and record
+            # it here, on the training thread, when the step is swapped in.
+            def full_step_later_reporting_fallback():
+                return self._full_step(on_fallback=self._fallback_reasons.append)
+
+            full_step = full_step_later_reporting_fallback()
             # Trace here, between two chunks (0.6-0.9 s): a trace on another thread fights this
             # one for the GIL. The XLA compile then runs in the background (GIL released); if
             # XLA cannot compile the step, its fallback runs there too (training/xla_fallback.py).
             full_step.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64))
             self._full_step_compile = BackgroundCompile(
                 full_step,
-                self._full_step,
+                full_step_later_reporting_fallback,
                 lambda: (tf.constant(0, tf.int32), tf.constant(self._steps_done, tf.int64)),
             )
             self._full_step_wanted = False
@@ -513,11 +519,14 @@ class Trainer:
             raise compile_job.error
         self._chunk = compile_job.function
         self._full_step_compile = None
+        while self._fallback_reasons:
+            self._on_xla_fallback(self._fallback_reasons.pop(0))
         self._set_status(compiling=False)
 
-    def _full_step(self):
+    def _full_step(self, on_fallback: Callable[[str], None] | None = None):
         """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
-        return FallbackFunction(self._train_chunk, self._jit_compile, self._on_xla_fallback, self._drop_xla)
+        on_fallback = on_fallback or self._on_xla_fallback
+        return FallbackFunction(self._train_chunk, self._jit_compile, on_fallback, self._drop_xla)
 
     def _drop_xla(self) -> None:
         self._jit_compile = False
