@@ -10,5 +10,7 @@ st.set_page_config(
 )
 
 from dashboard.page import render  # noqa: E402  (page config comes first)
+from dashboard.runtime import keep_training_state_across_reruns  # noqa: E402
 
+keep_training_state_across_reruns()  # no Keras clean-up after each run (dashboard/runtime.py)
 render()

@@ -273,3 +273,20 @@ def test_a_run_that_raises_shows_the_message_and_the_traceback(app, manager):
     expander = app.expander[0]
     assert expander.label == "Traceback"
     assert "broken_sink" in expander.code[0].value
+
+
+def test_a_rerun_leaves_keras_global_state_alone_and_the_config_skips_the_full_collection(manager):
+    """Streamlit would clear Keras' session (a full collection, a new global-state tracker, an
+    empty kernel cache) and run `gc.collect(2)` after every run, fragment reruns included: each
+    holds the GIL ~0.3 s and starved a trainer tracing its step (dashboard/runtime.py)."""
+    import tomllib
+
+    from keras.src.backend.common import global_state
+
+    keras_state = global_state.GLOBAL_STATE_TRACKER
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert not app.exception
+    app.run()  # a second run: the clean-up would have followed the first
+    assert global_state.GLOBAL_STATE_TRACKER is keras_state
+    with open(os.path.join(os.path.dirname(APP), ".streamlit", "config.toml"), "rb") as config:
+        assert tomllib.load(config)["runner"]["postScriptGC"] is False
