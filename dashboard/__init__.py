@@ -14,6 +14,7 @@
 * `live_run`: the live run: one trainer, its commands and its snapshot.
 * `race`: the A/B race: two trainers started at once, steered one side at a time.
 * `run_library`: the run database setting, recorded runs and the advisor's replays.
+* `runtime`: keeps Streamlit's after-each-run Keras/GC clean-up off the training threads.
 
 `live_run`, `race` and `run_library` are the glue: the only modules that hold trainers or the
 database (and so run TensorFlow). The views import training's plain names (tasks, policies,
