@@ -2,11 +2,16 @@
 
 * `page`: the page's entry point, `render()`: sidebar, header and the four tabs.
 * `controls`: the sidebar's controls: widget keys, their session state, the one callback helper.
+* `operator_controls`: the sidebar's operator-key field, the view-only note, the open-server warning.
+* `access`: who may steer the shared run: viewers, and an operator when a key is configured.
 * `live_view`: the Live tab: the current run's charts in a timed fragment, its advisor, exports.
+* `attached_view`: the Live view of a run another process records (a script with LiveClipping).
 * `race_view`: the A/B race tab: two runs overlaid, each steerable on its own.
 * `history_view`: the History and Compare tabs: recorded runs, read back from the database.
 * `panels`: widgets the tabs share: bordered panels, the advisor's readout, export buttons.
 * `charts`: pure builders of one run's charts from DataFrames (no Streamlit, no TensorFlow).
+* `chart_specs`: the live charts as Vega-Lite dicts filled into cached templates (no Altair per refresh).
+* `shared_charts`: the live charts built once per store change and shared by every session.
 * `comparison`: pure builders of charts over several runs (Compare, the race, History's table).
 * `advice`: pure builders of the threshold advisor's ghost lines and sentences.
 * `export`: runs and charts as CSV, Parquet, PNG, SVG and a self-contained HTML report.
