@@ -120,13 +120,23 @@ def chromium():
             browser.close()
 
 
+# Read in one round trip, as the page is at that moment: a locator's count() then inner_text()
+# is two, and a rerun that redraws the card in between left inner_text() waiting for an element
+# (ten tabs on two cores: over 5 s, which ended the viewers benchmark).
+_METRIC_TEXT = """label => {
+    for (const card of document.querySelectorAll('[data-testid="stMetric"]')) {
+        const name = card.querySelector('[data-testid="stMetricLabel"]');
+        if (!name || ![name, ...name.querySelectorAll('*')].some(e => e.textContent.trim() === label)) continue;
+        const value = card.querySelector('[data-testid="stMetricValue"]');
+        return value ? value.textContent : "";
+    }
+    return "";
+}"""
+
+
 def metric_text(page, label: str) -> str:
     """The text of the header metric labelled exactly `label` ("" when it is not drawn)."""
-    card = page.get_by_test_id("stMetric").filter(
-        has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    )
-    value = card.get_by_test_id("stMetricValue")
-    return value.first.inner_text(timeout=5_000) if value.count() else ""
+    return page.evaluate(_METRIC_TEXT, label)
 
 
 def counted_steps(page, label: str = "Step") -> int:

@@ -419,6 +419,8 @@ def format_report(results: dict) -> str:
             lines += render(results if whole else results[key]) + [""]
     if results.get("char_lstm"):
         lines += char_lstm_lines(results["char_lstm"], _table, _ratio) + [""]
+    for name, error in results.get("errors", {}).items():
+        lines.append(f"Section {name} failed, so it has no figures: {error}")
     lines += _target_lines(results.get("targets", []))
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from benchmarks import report
 
@@ -99,6 +99,12 @@ def _sections_for_budget(budget: Budget) -> tuple[tuple[str, ...], list[str]]:
     return tuple(section for section in sections if section != "heavy"), [*notes, note]
 
 
+def _run_char_lstm(budget: Budget, log: Callable[[str], None]) -> dict:
+    from benchmarks.char_lstm import run_char_lstm
+
+    return run_char_lstm(budget.char_lstm_repeats, budget.char_lstm_window_seconds, budget.warm_up_seconds, log)
+
+
 def run_benchmark(
     budget: Budget,
     sections=None,
@@ -125,67 +131,62 @@ def run_benchmark(
         "notes": list(notes or []),
         "throughput": {},
     }
-    if "throughput" in sections:
-        log("throughput: seed")
-        results["throughput"]["seed"] = throughput.run_task(
-            "seed", budget.repeats, budget.window_seconds, budget.warm_up_seconds, log,
-            min_chunks=budget.min_chunks,
-        )
-    if "heavy" in sections:
-        log(f"throughput: {budget.heavy_task} (heavier task)")
-        results["throughput"][budget.heavy_task] = throughput.run_task(
-            budget.heavy_task,
-            budget.repeats,
-            budget.heavy_window_seconds,
-            budget.warm_up_seconds,
-            log,
-            heavy=True,
-            min_chunks=budget.min_chunks,
-        )
-    if "policies" in sections:
-        log("policies")
-        results["policies"] = throughput.run_policies(
-            budget.policy_repeats, budget.policy_window_seconds, budget.warm_up_seconds, log
-        )
-    if "persistence" in sections:
-        log("persistence cost: seed with and without a run database")
-        results["persistence"] = persistence_cost.run_persistence(
-            budget.persistence_repeats, budget.persistence_window_seconds, budget.warm_up_seconds, log,
-            min_chunks=budget.min_chunks,
-        )
-    if "recording" in sections:
-        log("recording every step: CSV + run database vs in memory")
-        results["recording"] = recording.run_recording(
-            budget.recording_repeats, budget.recording_window_seconds, budget.warm_up_seconds, log,
-            min_chunks=budget.min_chunks,
-        )
-    if "control" in sections:
-        log("control latency and traces")
-        results["control"] = control.run_control(budget.latency_trials, budget.warm_up_seconds, log)
-    if "char_lstm" in sections:
-        from benchmarks.char_lstm import run_char_lstm
+    results["errors"] = {}
 
-        log("throughput: character LSTM plug-in")
-        results["char_lstm"] = run_char_lstm(
-            budget.char_lstm_repeats, budget.char_lstm_window_seconds, budget.warm_up_seconds, log
-        )
-    if "dashboard" in sections:
-        log("dashboard cost")
-        results["dashboard"] = dashboard_cost.run_dashboard(budget.store_sizes, budget.chart_repeats, log)
-    if "startup" in sections:
-        log("startup: Start -> first step in fresh processes")
-        results["startup"] = startup.run_startup(budget.startup_rounds, log)
-    if "viewers" in sections:
-        log(f"viewers: the page in Chromium, 1 and {budget.viewer_tabs} tabs")
-        results["viewers"] = viewers.run_viewers(budget.viewer_tabs, budget.viewer_seconds, log)
-    if "long_run" in sections:
-        log(f"long run: seed, {budget.long_run_steps:,} steps with a run database")
-        results["long_run"] = long_run.run_long(budget.long_run_steps, log)
-    if "attach" in sections:
-        log("attaching to fit: LiveClipping vs Keras' own clipping")
-        results["attach"] = attach_cost.run_attach_section(
-            budget.attach_repeats, budget.attach_window_seconds, budget.attach_latency_trials, log
-        )
+    def section(name: str, message: str, measure: Callable[[], Any], key: tuple[str, ...] | None = None) -> None:
+        """Run one section if asked; a section that raises is reported, and the others still run."""
+        if name not in sections:
+            return
+        log(message)
+        try:
+            value = measure()
+        except Exception as error:  # one broken section must not cost the others' figures
+            results["errors"][name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            log(f"  {name} failed: {results['errors'][name]}")
+            return
+        *parents, last = key or (name,)
+        target = results
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+
+    section("throughput", "throughput: seed", lambda: throughput.run_task(
+        "seed", budget.repeats, budget.window_seconds, budget.warm_up_seconds, log, min_chunks=budget.min_chunks,
+    ), ("throughput", "seed"))
+    section("heavy", f"throughput: {budget.heavy_task} (heavier task)", lambda: throughput.run_task(
+        budget.heavy_task, budget.repeats, budget.heavy_window_seconds, budget.warm_up_seconds, log,
+        heavy=True, min_chunks=budget.min_chunks,
+    ), ("throughput", budget.heavy_task))
+    section("policies", "policies", lambda: throughput.run_policies(
+        budget.policy_repeats, budget.policy_window_seconds, budget.warm_up_seconds, log
+    ))
+    section("persistence", "persistence cost: seed with and without a run database", lambda: persistence_cost.run_persistence(
+        budget.persistence_repeats, budget.persistence_window_seconds, budget.warm_up_seconds, log,
+        min_chunks=budget.min_chunks,
+    ))
+    section("recording", "recording every step: CSV + run database vs in memory", lambda: recording.run_recording(
+        budget.recording_repeats, budget.recording_window_seconds, budget.warm_up_seconds, log,
+        min_chunks=budget.min_chunks,
+    ))
+    section("control", "control latency and traces", lambda: control.run_control(
+        budget.latency_trials, budget.warm_up_seconds, log
+    ))
+    section("char_lstm", "throughput: character LSTM plug-in", lambda: _run_char_lstm(budget, log))
+    section("dashboard", "dashboard cost", lambda: dashboard_cost.run_dashboard(
+        budget.store_sizes, budget.chart_repeats, log
+    ))
+    section("startup", "startup: Start -> first step in fresh processes", lambda: startup.run_startup(
+        budget.startup_rounds, log
+    ))
+    section("viewers", f"viewers: the page in Chromium, 1 and {budget.viewer_tabs} tabs", lambda: viewers.run_viewers(
+        budget.viewer_tabs, budget.viewer_seconds, log
+    ))
+    section("long_run", f"long run: seed, {budget.long_run_steps:,} steps with a run database", lambda: long_run.run_long(
+        budget.long_run_steps, log
+    ))
+    section("attach", "attaching to fit: LiveClipping vs Keras' own clipping", lambda: attach_cost.run_attach_section(
+        budget.attach_repeats, budget.attach_window_seconds, budget.attach_latency_trials, log
+    ))  # fmt: skip
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started
