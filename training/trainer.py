@@ -682,10 +682,6 @@ class Trainer:
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
-            # The quick step has run: start compiling the full one, or swap it in for the next chunk
-            # (not for a run that has just finished: a short CLI run would wait for a compile).
-            if max_steps is None or step + steps < max_steps:
-                self._swap_in_full_step()
             if self._monitoring:
                 rows = {"finite": out["finite"].numpy()[:steps]}  # the host sync
                 # The rest of the rows, the store, the database queue and the sinks: on the
@@ -727,6 +723,12 @@ class Trainer:
                 trace_count=self._trace_count,
                 chunk_steps=steps,
             )
+            # The chunk is handed over and counted: now start compiling the full step (its trace
+            # holds this thread 0.6-0.9 s, which must not delay the first step on screen), or swap
+            # it in for the next chunk. Not for a run that has just finished: a short CLI run
+            # would wait for a compile.
+            if max_steps is None or self._steps_done < max_steps:
+                self._swap_in_full_step()
             if longest >= self._max_nonfinite_steps:
                 reason = (
                     f"Stopped after {longest} consecutive non-finite steps (loss or gradient "
