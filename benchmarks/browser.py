@@ -139,6 +139,36 @@ def metric_text(page, label: str) -> str:
     return page.evaluate(_METRIC_TEXT, label)
 
 
+# Every change of one metric as the tab drew it, timestamped in the tab (Date.now(), the same
+# clock as time.time()): a MutationObserver, so the record does not depend on how fast Playwright
+# can poll ten tabs that share two cores with the server (one pass of reads took over 30 s).
+_RECORD_METRIC = """label => {
+    const read = () => (%s)(label);
+    window.__clipwatchChanges = [[Date.now(), read()]];
+    if (!window.__clipwatchObserver) {
+        window.__clipwatchObserver = new MutationObserver(() => {
+            const changes = window.__clipwatchChanges, value = read();
+            if (value !== changes[changes.length - 1][1]) changes.push([Date.now(), value]);
+        });
+        window.__clipwatchObserver.observe(document.body, {subtree: true, childList: true, characterData: true});
+    }
+}""" % _METRIC_TEXT
+
+
+def record_metric(page, label: str = "Step") -> None:
+    """Start (or restart) recording every change of the metric `label` in the tab itself."""
+    page.evaluate(_RECORD_METRIC, label)
+
+
+def recorded_metric(page) -> list[tuple[float, int]]:
+    """(time.time() seconds, counted value) for the value when recording began and every change."""
+    changes = page.evaluate("() => window.__clipwatchChanges || []")
+    return [
+        (stamp / 1000, int(text.replace(",", "").strip()) if text.replace(",", "").strip().isdigit() else 0)
+        for stamp, text in changes
+    ]
+
+
 def counted_steps(page, label: str = "Step") -> int:
     """The step counter a viewer reads (0 until it shows a number)."""
     text = metric_text(page, label).replace(",", "").strip()

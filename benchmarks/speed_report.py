@@ -185,6 +185,7 @@ def viewer_lines(viewers: dict) -> list[str]:
             f"{phase['health_max_ms']:.0f}",
             f"{phase['steps_per_second']:,.0f}",
             f"{phase['server_cpu_per_second']:.2f}",
+            f"{phase.get('browser_cpu_per_second', float('nan')):.2f}",
             f"{phase['rss_mb_start']:.0f} -> {phase['rss_mb_end']:.0f}",
         ]
         for phase in viewers["phases"]
@@ -194,9 +195,9 @@ def viewer_lines(viewers: dict) -> list[str]:
         f"  Start -> first step counted on the page: first run {viewers['first_run_first_step_s']:.2f} s, "
         f"later run {viewers['later_run_first_step_s']:.2f} s, A/B race {viewers['race_first_step_s']:.2f} s",
         *_table(
-            ["tabs", "s", "longest stall s", "health p95 ms", "health max ms", "steps/s", "server CPU s/s", "RSS MB"],
+            ["tabs", "s", "longest stall s", "health p95 ms", "health max ms", "steps/s", "server CPU s/s", "tabs' CPU s/s", "RSS MB"],
             rows,
-            right=set(range(8)),
+            right=set(range(9)),
         ),
         f"  {viewers['tabs']} tabs vs 1: training rate x{viewers['rate_ratio']:.2f}, server CPU x{viewers['cpu_ratio']:.2f}; "
         f"RSS growth in the last phase {viewers['rss_growth_mb']:+.0f} MB",

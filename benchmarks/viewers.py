@@ -15,12 +15,15 @@ Pass `--no-browser` to `python -m benchmarks` to leave this out where Chromium i
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from typing import Callable
 
-from benchmarks.browser import chromium, counted_steps, open_page, streamlit_server, time_until
+from benchmarks.browser import (
+    chromium, counted_steps, open_page, record_metric, recorded_metric, streamlit_server, time_until,
+)
 
 HEALTH_POLL_SECONDS = 0.25
 FIRST_STEP_TIMEOUT = 300.0
@@ -57,35 +60,60 @@ class _HealthProbe:
         self._thread.join()
 
 
+def _browser_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by every Chromium process on the machine."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if b"chrom" not in cmdline.read().split(b"\0")[0]:
+                    continue
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _watch(pages: list, server, health: _HealthProbe, seconds: float) -> dict:
-    """Sample every tab's step counter for `seconds`; the longest stall per tab and the rest."""
+    """Every tab records its own step counter's changes for `seconds` (in the tab: see
+    `benchmarks.browser.record_metric`); the longest stall per tab and the rest."""
     health.take()
     cpu_before, rss_before = server.cpu_seconds(), server.rss_mb()
-    started = time.perf_counter()
-    last_change = [started] * len(pages)
-    last_value = [counted_steps(page) for page in pages]
-    first_steps = last_value[0]
-    longest = [0.0] * len(pages)
-    while time.perf_counter() - started < seconds:
-        for index, page in enumerate(pages):
-            value, now = counted_steps(page), time.perf_counter()
-            if value != last_value[index]:
-                last_value[index], last_change[index] = value, now
-            longest[index] = max(longest[index], now - last_change[index])
-    elapsed = time.perf_counter() - started
+    browser_before = _browser_cpu_seconds()
+    for page in pages:
+        record_metric(page)
+    started = time.time()
+    time.sleep(seconds)  # a measurement window: the tabs and the probe record meanwhile
+    ended = time.time()
+    cpu_after, rss_after = server.cpu_seconds(), server.rss_mb()
+    browser_after = _browser_cpu_seconds()
     latencies = health.take()
+    records = [recorded_metric(page) for page in pages]
+    longest = []
+    for record in records:
+        stamps = [started] + [stamp for stamp, _ in record[1:] if stamp <= ended] + [ended]
+        longest.append(max(later - earlier for earlier, later in zip(stamps, stamps[1:])))
+    first = [(stamp, value) for stamp, value in records[0] if stamp <= ended]
+    elapsed = ended - started
     return {
         "tabs": len(pages),
         "seconds": elapsed,
         "longest_stall_s": max(longest),
         "stall_per_tab_s": longest,
-        "steps_per_second": (last_value[0] - first_steps) / elapsed,
+        "changes_per_tab": [len(record) - 1 for record in records],
+        "steps_per_second": (first[-1][1] - first[0][1]) / max(first[-1][0] - first[0][0], 1e-9) if len(first) > 1 else 0.0,
         "health_p95_ms": 1000 * _percentile(latencies, 0.95) if latencies else None,
         "health_max_ms": 1000 * max(latencies) if latencies else None,
         "health_samples": len(latencies),
-        "server_cpu_per_second": (server.cpu_seconds() - cpu_before) / elapsed,
+        "server_cpu_per_second": (cpu_after - cpu_before) / elapsed,
+        # The tabs' share of the two cores: what the server leaves them for drawing.
+        "browser_cpu_per_second": (browser_after - browser_before) / elapsed,
         "rss_mb_start": rss_before,
-        "rss_mb_end": server.rss_mb(),
+        "rss_mb_end": rss_after,
     }
 
 
