@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from support import wait_until, write_plugin
 
-from training import Trainer, plugins
+from training import Trainer, plugins, xla_cache
 from training.evaluation import EVALUATION_COLUMNS, resolve_metric
 from training.persistence import RunDatabase
 
@@ -25,13 +25,17 @@ def test_validation_is_evaluated_every_interval_and_at_the_end(tmp_path):
     )
     database = RunDatabase(tmp_path / "runs.db")
     trainer = Trainer(task=task, max_steps=250, database=database)
+    recoveries = xla_cache.recoveries
     trainer.start()
     wait_until(lambda: trainer.status.state == "stopped", what="the run to finish")
     evaluations = trainer.evaluations()
     assert list(evaluations.columns) == list(EVALUATION_COLUMNS)
     assert evaluations.step.tolist() == [100, 100, 200, 200, 250, 250]
     assert evaluations.name.tolist() == ["val_loss", "val_mean_absolute_error"] * 3
-    assert trainer.trace_count == 1  # evaluating never retraced the training step
+    # Evaluating never retraced the training step. The one retrace allowed is by design: when the
+    # suite's shared persistent XLA cache held an entry that failed to load (another test's
+    # process, stopped mid-write, can leave one), the compile clears the cache and traces afresh.
+    assert trainer.trace_count == 1 + (xla_cache.recoveries - recoveries)
     # The last evaluation used the final weights: compare with the loss computed by hand
     # (100 rows in batches of 32: a weighted mean over the last partial batch).
     inputs, targets = validation_rows(0)

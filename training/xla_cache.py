@@ -29,6 +29,7 @@ ENV = "CLIPWATCH_XLA_CACHE"
 FLAG = "--tf_xla_persistent_cache_directory"
 ENTRY_GLOB = "xla_compile_cache__*"
 _active: Path | None = None
+recoveries = 0  # how many times `recover()` cleared the cache in this process (each costs a retrace)
 
 
 def _default_folder(environ) -> Path:
@@ -74,6 +75,7 @@ def active_folder() -> Path | None:
 def recover(error: BaseException | None = None) -> bool:
     """After a failed XLA compile (`error`, if known): if a persistent cache is in use, delete its
     entries (one of them may be corrupt) and return True, meaning "retry with a fresh trace"."""
+    global recoveries
     if _active is None:
         return False
     removed = False
@@ -83,4 +85,5 @@ def recover(error: BaseException | None = None) -> bool:
             removed = True
         except OSError:
             pass
+    recoveries += removed
     return removed
