@@ -31,6 +31,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def process_cpu_seconds(pid: int | str) -> float:
+    """CPU time (user + system) process `pid` has used so far (OSError once it has ended)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     url: str
@@ -49,9 +56,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process has used so far."""
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -163,16 +168,18 @@ def record_metric(page, label: str = "Step") -> None:
 def recorded_metric(page) -> list[tuple[float, int]]:
     """(time.time() seconds, counted value) for the value when recording began and every change."""
     changes = page.evaluate("() => window.__clipwatchChanges || []")
-    return [
-        (stamp / 1000, int(text.replace(",", "").strip()) if text.replace(",", "").strip().isdigit() else 0)
-        for stamp, text in changes
-    ]
+    return [(stamp / 1000, _as_count(text)) for stamp, text in changes]
+
+
+def _as_count(text: str) -> int:
+    """A counter's text as a viewer reads it ("12,345" -> 12345; 0 until it shows a number)."""
+    text = text.replace(",", "").strip()
+    return int(text) if text.isdigit() else 0
 
 
 def counted_steps(page, label: str = "Step") -> int:
     """The step counter a viewer reads (0 until it shows a number)."""
-    text = metric_text(page, label).replace(",", "").strip()
-    return int(text) if text.isdigit() else 0
+    return _as_count(metric_text(page, label))
 
 
 def open_page(browser, url: str):

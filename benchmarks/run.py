@@ -130,8 +130,8 @@ def run_benchmark(
         "heavy_task": budget.heavy_task,
         "notes": list(notes or []),
         "throughput": {},
+        "errors": {},  # section -> why it has no figures
     }
-    results["errors"] = {}
 
     def section(name: str, message: str, measure: Callable[[], Any], key: tuple[str, ...] | None = None) -> None:
         """Run one section if asked; a section that raises is reported, and the others still run."""

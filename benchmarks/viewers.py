@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from benchmarks.browser import (
-    chromium, counted_steps, open_page, record_metric, recorded_metric, streamlit_server, time_until,
+    chromium, counted_steps, open_page, process_cpu_seconds, record_metric, recorded_metric, streamlit_server, time_until,
 )
 
 HEALTH_POLL_SECONDS = 0.25
@@ -70,11 +70,9 @@ def _browser_cpu_seconds() -> float:
             with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
                 if b"chrom" not in cmdline.read().split(b"\0")[0]:
                     continue
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+            total += process_cpu_seconds(entry)
         except OSError:  # the process ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
