@@ -13,6 +13,7 @@ import time
 import training  # noqa: F401  (quiets TensorFlow's C++ start-up logs before it loads)
 from benchmarks import report
 from benchmarks.run import FULL, QUICK, SECTIONS, run_benchmark
+from training.interpreter_lock import switch_threads_often
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
             results = json.load(file)
         results["targets"] = report.evaluate_targets(results)
     else:
+        switch_threads_often()  # as the page and the CLI do: their configurations run in this process
         results = run_benchmark(QUICK if args.quick else FULL, args.sections, log, browser=not args.no_browser)
     report.print_report(results)
     if args.json:

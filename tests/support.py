@@ -8,16 +8,17 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def wait_until(predicate, timeout=60.0, what="condition", interval=0.05):
+def wait_until(predicate, timeout=60.0, what="condition", interval=0.05, state=None):
     """Poll `predicate` until it returns something truthy and return that; raise AssertionError
-    naming `what` after `timeout` seconds."""
+    naming `what` after `timeout` seconds, with `state()` (what the test could see) when given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}")
+    seen = f"; state: {state()}" if state is not None else ""
+    raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}{seen}")
 
 
 def assert_imports_neither_streamlit_nor_tensorflow(*modules: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import pytest
 import streamlit as st
@@ -17,9 +18,19 @@ from streamlit.testing.v1 import AppTest
 from dashboard.run_manager import RunManager, get_run_manager
 from support import wait_until
 
+from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
+
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
 CONTROL_LABELS = ("Task", "Policy", "Clip threshold", "Learning rate", "Speed")
 BUTTON_LABELS = ("Start", "Pause", "Resume", "Stop", "Inject spike")
+
+
+@pytest.fixture(autouse=True)
+def restore_the_switch_interval():
+    """app.py sets the process's switch interval; the tests after these keep their own."""
+    default = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(default)
 
 
 
@@ -290,3 +301,12 @@ def test_a_rerun_leaves_keras_global_state_alone_and_the_config_skips_the_full_c
     assert global_state.GLOBAL_STATE_TRACKER is keras_state
     with open(os.path.join(os.path.dirname(APP), ".streamlit", "config.toml"), "rb") as config:
         assert tomllib.load(config)["runner"]["postScriptGC"] is False
+
+
+def test_the_page_switches_threads_often_so_its_charts_do_not_hold_up_a_trace(manager):
+    """At Python's default 5 ms, the script thread drawing charts made a trace wait up to 5 ms
+    after each of its thousands of calls (training/interpreter_lock.py)."""
+    sys.setswitchinterval(0.005)
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert not app.exception
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)

@@ -51,6 +51,13 @@ def step_count(page: Page) -> int:
     return int(metric(page, "Step").inner_text().replace(",", "").strip())
 
 
+def page_state(page: Page) -> str:
+    """What a person would read when a wait times out: the header cards and any alert or error."""
+    cards = page.get_by_test_id("stMetric").all_inner_texts()
+    alerts = page.locator("[data-testid='stAlert'], [data-testid='stException']").all_inner_texts()
+    return " | ".join(" ".join(text.split()) for text in cards + alerts)
+
+
 def stale_elements(page: Page) -> int:
     """Elements still waiting for the rerun in progress (Streamlit fades them after 0.5 s)."""
     return page.locator("[data-stale='true']").count()
@@ -90,9 +97,15 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tm
     # moves and the chart is drawn.
     expect(metric(page, "State")).to_have_text("Running", timeout=30_000)
     expect(gradient_norm_chart(page)).to_be_visible(timeout=180_000)
-    first_step = wait_until(lambda: step_count(page), timeout=180, what="the first steps")
+    first_step = wait_until(
+        lambda: step_count(page), timeout=180, what="the first steps",
+        state=lambda: page_state(page),
+    )
     first_drawing = chart_drawing(page)
-    wait_until(lambda: step_count(page) > first_step, timeout=20, what="the step counter to move")
+    wait_until(
+        lambda: step_count(page) > first_step, timeout=20, what="the step counter to move",
+        state=lambda: page_state(page),
+    )
     wait_until(
         lambda: chart_drawing(page) != first_drawing, timeout=20, what="the chart to be redrawn"
     )
@@ -137,7 +150,10 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tm
     expect(second_input).to_have_value(suggested, timeout=30_000)
     expect(second.get_by_role("button", name="Start", exact=True)).to_be_disabled()
     seen_by_first = step_count(page)
-    wait_until(lambda: step_count(second) > seen_by_first, timeout=20, what="the second tab to follow")
+    wait_until(
+        lambda: step_count(second) > seen_by_first, timeout=20, what="the second tab to follow",
+        state=lambda: page_state(second),
+    )
     second.close()
 
     # The log-scale toggle redraws the norms on a log axis (the spike and the rest both show).
@@ -255,10 +271,19 @@ def test_an_example_plugin_picked_in_the_task_select_trains_and_its_charts_move(
     # Building the LSTM and compiling its chunk loop took 23 s in a quiet process and over 240 s
     # in the page's server at load average 11: wait up to 7 minutes.
     expect(gradient_norm_chart(page)).to_be_visible(timeout=420_000)
-    first_step = wait_until(lambda: step_count(page), timeout=420, what="the first steps")
+    first_step = wait_until(
+        lambda: step_count(page), timeout=420, what="the first steps",
+        state=lambda: page_state(page),
+    )
     first_drawing = chart_drawing(page)
-    wait_until(lambda: step_count(page) > first_step, timeout=60, what="the step counter to move")
-    wait_until(lambda: chart_drawing(page) != first_drawing, timeout=60, what="the chart to be redrawn")
+    wait_until(
+        lambda: step_count(page) > first_step, timeout=60, what="the step counter to move",
+        state=lambda: page_state(page),
+    )
+    wait_until(
+        lambda: chart_drawing(page) != first_drawing, timeout=60, what="the chart to be redrawn",
+        state=lambda: page_state(page),
+    )
     layer_chart = page.locator(".st-key-layer_panel [data-testid='stVegaLiteChart']")
     expect(layer_chart).to_contain_text("lstm", timeout=30_000)  # its own variables, by name
 

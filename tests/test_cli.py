@@ -170,3 +170,19 @@ def test_csv_sink_writes_what_csv_writer_writes():
             ]
         )  # fmt: skip
     assert ours.getvalue() == reference.getvalue()
+
+
+def test_the_cli_switches_threads_often_so_its_csv_does_not_hold_up_training(tmp_path, capsys):
+    """At Python's default 5 ms, the recorder formatting CSV made the training thread wait up to
+    5 ms each time it took the GIL back (training/interpreter_lock.py)."""
+    from training import cli
+    from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
+
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        code = cli.main(["--task", "seed", "--steps", "20", "--no-db", "--csv", str(tmp_path / "out.csv")])
+        assert code == 0
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
+    finally:
+        sys.setswitchinterval(default)

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from training.interpreter_lock import switch_threads_often
 from training.policies import POLICY_NAMES, POLICY_PARAMETERS
 from training.store import STEP_COLUMNS
 from training.tasks import TASK_NAMES
@@ -202,6 +203,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
 
 
 def main(argv: list[str] | None = None) -> int:
+    switch_threads_often()  # the recorder's CSV text must not hold up the training thread
     run = prepare(argv)
     trainer, database = run.trainer, run.database
     steps = trainer.config.max_steps
