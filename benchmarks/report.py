@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 
-from benchmarks import attach_cost
+from benchmarks import attach_cost, switch_interval
 from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
@@ -224,7 +224,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     targets += char_lstm_targets(results.get("char_lstm", {}), _at_least)
     from benchmarks import speed_report  # issue #11's sections
 
-    return targets + speed_report.targets(results) + _attach_targets(results)
+    return targets + speed_report.targets(results) + _attach_targets(results) + _switch_targets(results)
 
 
 # --- the printed report ---------------------------------------------------------------------------
@@ -232,6 +232,10 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 def _attach_targets(results: dict) -> list[dict]:
     return attach_cost.targets(results["attach"], _target) if results.get("attach") else []
+
+
+def _switch_targets(results: dict) -> list[dict]:
+    return switch_interval.targets(results["switch_interval"], _at_least) if results.get("switch_interval") else []
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -413,6 +417,7 @@ def format_report(results: dict) -> str:
         ("viewers", speed_report.viewer_lines, False),
         ("long_run", speed_report.long_run_lines, False),
         ("attach", lambda attach: attach_cost.lines(attach, _table), False),
+        ("switch_interval", lambda section: switch_interval.lines(section, _table), False),
     )
     for key, render, whole in sections:
         if results.get(key):

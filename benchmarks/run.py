@@ -12,7 +12,7 @@ from benchmarks import report
 
 SECTIONS = (
     "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
-    "startup", "viewers", "long_run", "attach",
+    "startup", "viewers", "long_run", "attach", "switch_interval",
 )  # fmt: skip
 
 
@@ -48,6 +48,8 @@ class Budget:
     viewer_tabs: int = 10
     viewer_seconds: float = 30.0  # each phase: one tab, then all tabs twice
     long_run_steps: int = 5_000_000
+    switch_repeats: int = 5  # alternating rounds at Python's 5 ms and Clipwatch's 0.5 ms
+    switch_window_seconds: float = 3.0
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -63,7 +65,7 @@ QUICK = dataclasses.replace(
     attach_repeats=2, attach_window_seconds=0.5, attach_latency_trials=6,
     char_lstm_repeats=1, char_lstm_window_seconds=2.0,
     startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
-    long_run_steps=500_000,
+    long_run_steps=500_000, switch_repeats=2, switch_window_seconds=1.0,
 )  # fmt: skip
 
 
@@ -116,7 +118,10 @@ def run_benchmark(
     targets included."""
     if sections is None:
         sections, notes = default_sections(budget, browser)
-    from benchmarks import attach_cost, control, dashboard_cost, long_run, persistence_cost, recording, startup, throughput, viewers
+    from benchmarks import (
+        attach_cost, control, dashboard_cost, long_run, persistence_cost, recording, startup, switch_interval, throughput,
+        viewers,
+    )  # fmt: skip
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -186,6 +191,9 @@ def run_benchmark(
     ))
     section("attach", "attaching to fit: LiveClipping vs Keras' own clipping", lambda: attach_cost.run_attach_section(
         budget.attach_repeats, budget.attach_window_seconds, budget.attach_latency_trials, log
+    ))
+    section("switch_interval", "switch interval: 5 ms vs 0.5 ms beside a busy Python thread", lambda: switch_interval.run_switch_interval(
+        budget.switch_repeats, budget.switch_window_seconds, log
     ))  # fmt: skip
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)

@@ -7,6 +7,7 @@ step is too light, so the batch-size rule normally raises it to 512), which yiel
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,21 @@ def test_attach_section_measures_both_models_with_and_without_steps_per_executio
         assert 0 < latency[key]["median"] <= latency[key]["p95"] <= latency[key]["max"]
     assert latency["applied_ms"]["max"] <= latency["visible_ms"]["max"]  # applied before written
     assert "Attaching to fit" in report.format_report(results)
+
+
+def test_switch_interval_section_measures_both_intervals_and_restores_the_process_setting():
+    from benchmarks import switch_interval
+
+    before = sys.getswitchinterval()
+    budget = dataclasses.replace(TINY, switch_repeats=1, switch_window_seconds=0.2)
+    results = run_benchmark(budget, sections=("switch_interval",), log=lambda _: None)
+    assert sys.getswitchinterval() == before
+    section = results["switch_interval"]
+    assert list(section["rows"]) == list(switch_interval.LABELS.values())
+    for row in section["rows"].values():
+        assert 0 < row["first_step_s"]["median"] <= row["full_step_s"]["median"]
+        assert row["steps_per_second"]["median"] > 0 and row["busy_loops_per_second"]["median"] > 0
+    for key in ("rate_gain", "busy_share", "full_step_speedup", "first_step_speedup"):
+        assert math.isfinite(section[key]["median"]) and section[key]["median"] > 0
+    assert results["targets"] == switch_interval.targets(section, report._at_least)  # wired into the report
+    assert "Switch interval: a new seed run" in report.format_report(results)
