@@ -12,6 +12,7 @@ temporary database and is killed in teardown whatever happens.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -72,6 +73,17 @@ def chart_drawing(page: Page) -> str:
     return gradient_norm_chart(page).locator("svg").first.inner_html()
 
 
+def see_the_run_move(page: Page, first_step_seconds: float, move_seconds: float) -> None:
+    """Wait for the gradient-norm chart and the first steps, then for the step counter to move
+    and the chart to be redrawn; a timeout says what the page showed."""
+    expect(gradient_norm_chart(page)).to_be_visible(timeout=first_step_seconds * 1000)
+    state = functools.partial(page_state, page)
+    first_step = wait_until(lambda: step_count(page), first_step_seconds, "the first steps", state=state)
+    first_drawing = chart_drawing(page)
+    wait_until(lambda: step_count(page) > first_step, move_seconds, "the step counter to move", state=state)
+    wait_until(lambda: chart_drawing(page) != first_drawing, move_seconds, "the chart to be redrawn", state=state)
+
+
 def wait_for_refreshes(page: Page, count: int) -> None:
     """Wait until the Step card has shown `count` new values: that many timed refreshes drawn."""
     seen = [step_count(page)]
@@ -96,19 +108,7 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tm
     # The first chunk compiles (seconds; a minute or more on a loaded machine); then the counter
     # moves and the chart is drawn.
     expect(metric(page, "State")).to_have_text("Running", timeout=30_000)
-    expect(gradient_norm_chart(page)).to_be_visible(timeout=180_000)
-    first_step = wait_until(
-        lambda: step_count(page), timeout=180, what="the first steps",
-        state=lambda: page_state(page),
-    )
-    first_drawing = chart_drawing(page)
-    wait_until(
-        lambda: step_count(page) > first_step, timeout=20, what="the step counter to move",
-        state=lambda: page_state(page),
-    )
-    wait_until(
-        lambda: chart_drawing(page) != first_drawing, timeout=20, what="the chart to be redrawn"
-    )
+    see_the_run_move(page, first_step_seconds=180, move_seconds=20)
 
     # A new threshold, typed as a person would; it shows in the header and the events table.
     threshold_input = page.get_by_role("spinbutton", name="Clip threshold", exact=True)
@@ -270,20 +270,7 @@ def test_an_example_plugin_picked_in_the_task_select_trains_and_its_charts_move(
     expect(page.get_by_text(re.compile(r"task\s*char_lstm")).first).to_be_visible(timeout=30_000)
     # Building the LSTM and compiling its chunk loop took 23 s in a quiet process and over 240 s
     # in the page's server at load average 11: wait up to 7 minutes.
-    expect(gradient_norm_chart(page)).to_be_visible(timeout=420_000)
-    first_step = wait_until(
-        lambda: step_count(page), timeout=420, what="the first steps",
-        state=lambda: page_state(page),
-    )
-    first_drawing = chart_drawing(page)
-    wait_until(
-        lambda: step_count(page) > first_step, timeout=60, what="the step counter to move",
-        state=lambda: page_state(page),
-    )
-    wait_until(
-        lambda: chart_drawing(page) != first_drawing, timeout=60, what="the chart to be redrawn",
-        state=lambda: page_state(page),
-    )
+    see_the_run_move(page, first_step_seconds=420, move_seconds=60)
     layer_chart = page.locator(".st-key-layer_panel [data-testid='stVegaLiteChart']")
     expect(layer_chart).to_contain_text("lstm", timeout=30_000)  # its own variables, by name
 
