@@ -148,14 +148,17 @@ def test_an_exception_in_the_thread_shows_in_status(trainers, monkeypatch):
         trainer.set_clip_threshold(0.5)
 
 
-def test_start_twice_makes_no_second_thread_and_stop_is_quick(trainers):
-    before = len(trainer_threads())
+def test_start_twice_makes_no_second_thread_and_stop_joins_it(trainers):
+    before = set(trainer_threads())  # other tests' threads may still be ending: count only ours
     trainer = running(trainers(task="seed"))
     trainer.start()
     trainer.start()
-    assert len(trainer_threads()) == before + 1
-    trainer.stop()
-    assert len(trainer_threads()) == before  # stop() joined the thread
+    ours = set(trainer_threads()) - before
+    assert len(ours) == 1
+    # A generous join timeout: under load the chunk or trace in progress can take seconds, and
+    # this test is about the join, not its speed. An endless run only ends if stop() ends it.
+    trainer.stop(timeout=120)
+    assert not any(thread.is_alive() for thread in ours)
     assert trainer.status.state == "stopped"
 
 
