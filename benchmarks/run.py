@@ -18,7 +18,7 @@ SECTIONS = (
 
 @dataclass(frozen=True)
 class Budget:
-    """How long to measure. `full` is for the record; `quick` is a CI smoke run (< 2 minutes)."""
+    """How long to measure. `full` is for the record; `quick` is a smoke run (9-12 minutes on 2 busy cores)."""
 
     name: str
     repeats: int  # interleaved repeats of every throughput contender

@@ -33,8 +33,6 @@ def restore_the_switch_interval():
     sys.setswitchinterval(default)
 
 
-
-
 @pytest.fixture
 def manager() -> RunManager:
     st.cache_resource.clear()  # a fresh shared run for this test
