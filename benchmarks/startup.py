@@ -48,6 +48,18 @@ def _time_run(case: str, quick_start: bool) -> dict:
         ]
     else:
         trainers = [Trainer(task=case, quick_start=quick_start)]
+    times = start_and_time(trainers)
+    for trainer in trainers:
+        trainer.stop()
+        trainer.wait_until_compiled()  # no compile left running into the next measurement
+    times["failed"] = [trainer.status.error for trainer in trainers if trainer.status.state == "failed"]
+    return times
+
+
+def start_and_time(trainers: list) -> dict[str, float]:
+    """Start `trainers` together and time `built_s`, `first_step_s` and `full_step_s` (each
+    reached when every trainer has reached it, or failed); a key still missing after 300 s was not
+    reached. The trainers are left running."""
     started = time.perf_counter()
     for trainer in trainers:
         trainer.start()
@@ -64,10 +76,6 @@ def _time_run(case: str, quick_start: bool) -> dict:
         ):
             times["full_step_s"] = now
         time.sleep(POLL_SECONDS)
-    for trainer in trainers:
-        trainer.stop()
-        trainer.wait_until_compiled()  # no compile left running into the next measurement
-    times["failed"] = [trainer.status.error for trainer in trainers if trainer.status.state == "failed"]
     return times
 
 

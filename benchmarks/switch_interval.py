@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable
 
+from benchmarks.startup import start_and_time
 from benchmarks.throughput import paired_ratio, summarize
 from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
 
@@ -23,7 +24,6 @@ PYTHON_DEFAULT_SECONDS = 0.005
 LABELS = {PYTHON_DEFAULT_SECONDS: "5 ms (Python's default)", SWITCH_INTERVAL_SECONDS: "0.5 ms (Clipwatch)"}
 MIN_RATE_GAIN = 1.3  # seed steps/s beside a busy thread, 0.5 ms vs 5 ms
 MIN_BUSY_SHARE = 0.9  # the busy thread keeps at least 90% of its work at 0.5 ms
-STEP_TIMEOUT_SECONDS = 300.0
 
 
 class BusyPython:
@@ -48,32 +48,19 @@ class BusyPython:
             self.loops += 1
 
 
-def _wait_for(condition: Callable[[], bool], trainer, what: str) -> float:
-    """Seconds until `condition()`; raises if the run fails or `STEP_TIMEOUT_SECONDS` pass."""
-    started = time.perf_counter()
-    while not condition():
-        status = trainer.status
-        if status.state == "failed":
-            raise RuntimeError(f"the seed run failed while waiting for {what}: {status.error}")
-        if time.perf_counter() - started > STEP_TIMEOUT_SECONDS:
-            raise TimeoutError(f"no {what} after {STEP_TIMEOUT_SECONDS:g} s")
-        time.sleep(0.005)
-    return time.perf_counter() - started
-
-
 def measure_round(interval: float, window_seconds: float) -> dict:
     """One new seed run beside a busy Python thread, at `interval`."""
     from training import Trainer
 
     sys.setswitchinterval(interval)
     with BusyPython() as busy:
-        started = time.perf_counter()
         trainer = Trainer("seed", database=None)
-        trainer.start()
         try:
-            first_step = _wait_for(lambda: trainer.status.step > 0, trainer, "first step")
-            _wait_for(lambda: not trainer.status.compiling, trainer, "full step")
-            full_step = time.perf_counter() - started
+            times = start_and_time([trainer])  # the startup section's clock: Start -> first, full step
+            if trainer.status.state == "failed":
+                raise RuntimeError(f"the seed run failed: {trainer.status.error}")
+            if "full_step_s" not in times:
+                raise TimeoutError(f"the seed run reached only {sorted(times)} in 300 s")
             steps, loops, opened = trainer.status.step, busy.loops, time.perf_counter()
             time.sleep(window_seconds)
             elapsed = time.perf_counter() - opened
@@ -81,7 +68,7 @@ def measure_round(interval: float, window_seconds: float) -> dict:
             busy_rate = (busy.loops - loops) / elapsed
         finally:
             trainer.stop()
-    return {"first_step_s": first_step, "full_step_s": full_step, "steps_per_second": rate, "busy_loops_per_second": busy_rate}
+    return {"first_step_s": times["first_step_s"], "full_step_s": times["full_step_s"], "steps_per_second": rate, "busy_loops_per_second": busy_rate}
 
 
 def run_switch_interval(repeats: int, window_seconds: float, log: Callable[[str], None]) -> dict:
