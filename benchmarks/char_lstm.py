@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks.throughput import (
-    KERAS_DEFAULT, KERAS_TUNED, MONITORED, KerasFit, Log, TrainerRun, _ratios, _warm_up_all,
+    KERAS_DEFAULT, KERAS_TUNED, MONITORED, KerasFit, Log, TrainerRun, ratios, warm_up_all,
     measure_interleaved, summarize,
 )  # fmt: skip
 
@@ -69,14 +69,14 @@ def run_char_lstm(repeats: int, window_seconds: float, warm_up_seconds: float, l
         *trainers,
     ]
     try:
-        _warm_up_all(contenders, warm_up_seconds, 900.0, log)
+        warm_up_all(contenders, warm_up_seconds, 900.0, log)
         samples = measure_interleaved(contenders, repeats, window_seconds, log)
         chunk_steps = {trainer.label: trainer.trainer.status.chunk_steps for trainer in trainers}
     finally:
         for contender in contenders:
             contender.close()
     rows = {label: summarize(values) for label, values in samples.items()}
-    _ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_in_memory": MONITORED})
+    ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_in_memory": MONITORED})
     for label, steps in chunk_steps.items():
         rows[label]["chunk_steps"] = steps
     return {

@@ -108,7 +108,7 @@ def dashboard_page_charts(
     return built if direct else [charts.vega_lite_spec(chart) for chart in built]
 
 
-def _timed(function, *args) -> float:
+def timed(function, *args) -> float:
     started = time.perf_counter()
     function(*args)
     return (time.perf_counter() - started) * 1000
@@ -132,9 +132,9 @@ def run_dashboard(sizes: tuple[int, ...], repeats: int, log: Log) -> dict:
     for repeat in range(repeats):
         for steps in order[repeat % len(order):] + order[: repeat % len(order)]:
             store = stores[steps]
-            timings[steps]["charts"].append(_timed(dashboard_page_charts, store))
-            timings[steps]["altair"].append(_timed(dashboard_page_charts, store, MAX_POINTS, 2000, False))
-            timings[steps]["view"].append(_timed(store.view, MAX_POINTS))
+            timings[steps]["charts"].append(timed(dashboard_page_charts, store))
+            timings[steps]["altair"].append(timed(dashboard_page_charts, store, MAX_POINTS, 2000, False))
+            timings[steps]["view"].append(timed(store.view, MAX_POINTS))
     for steps, store in stores.items():
         results[steps].update(
             store_nbytes=store.nbytes,

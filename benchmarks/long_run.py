@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.dashboard_cost import _timed, dashboard_page_charts
+from benchmarks.dashboard_cost import timed, dashboard_page_charts
 from training import Trainer
 from training.persistence import RunDatabase
 
@@ -52,7 +52,7 @@ def run_long(total_steps: int, log: Log, sample_every: int = SAMPLE_EVERY_STEPS)
                             "step": step,
                             "seconds": time.perf_counter() - started,
                             "rss_mb": rss_mb(),
-                            "charts_ms": _timed(dashboard_page_charts, trainer.store),
+                            "charts_ms": timed(dashboard_page_charts, trainer.store),
                             "database_mb": database_mb,
                         }
                     )

@@ -23,8 +23,8 @@ from benchmarks.throughput import (
     MONITORED,
     SETTLE_SECONDS,
     TrainerRun,
-    _ratios,
-    _warm_up_all,
+    ratios,
+    warm_up_all,
     measure_interleaved,
     summarize,
 )
@@ -96,7 +96,7 @@ def run_persistence(
             contender.settle_seconds = FLUSH_SECONDS + SETTLE_SECONDS
             contender.start()  # both compile side by side
         try:
-            _warm_up_all(contenders, warm_up_seconds, timeout, log)
+            warm_up_all(contenders, warm_up_seconds, timeout, log)
             samples = measure_interleaved(contenders, repeats, window_seconds, log)
             steps_in_database = persisted.steps_in_database()
             steps_trained = persisted.trainer.status.step
@@ -106,7 +106,7 @@ def run_persistence(
                 contender.close()
         database_bytes = sum(path.stat().st_size for path in Path(directory).iterdir())
     rows = {label: summarize(values) for label, values in samples.items()}
-    _ratios(rows, {"vs_without_database": WITHOUT_DATABASE})
+    ratios(rows, {"vs_without_database": WITHOUT_DATABASE})
     for label, row in rows.items():
         row["chunk_steps"] = chunk_steps[label]
     catch_up = persisted.catch_up_seconds

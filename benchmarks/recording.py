@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.persistence_cost import PersistedTrainerRun
-from benchmarks.throughput import MONITORED, SETTLE_SECONDS, TrainerRun, _ratios, _warm_up_all, measure_interleaved, summarize
+from benchmarks.throughput import MONITORED, SETTLE_SECONDS, TrainerRun, ratios, warm_up_all, measure_interleaved, summarize
 from training.cli import CsvSink
 from training.persistence import FLUSH_SECONDS, RunDatabase
 
@@ -39,7 +39,7 @@ def run_recording(repeats: int, window_seconds: float, warm_up_seconds: float, l
                 contender.settle_seconds = FLUSH_SECONDS + SETTLE_SECONDS
                 contender.start()
             try:
-                _warm_up_all(contenders, warm_up_seconds, timeout, log)
+                warm_up_all(contenders, warm_up_seconds, timeout, log)
                 samples = measure_interleaved(contenders, repeats, window_seconds, log)
                 steps_trained = recording.trainer.status.step
             finally:
@@ -48,7 +48,7 @@ def run_recording(repeats: int, window_seconds: float, warm_up_seconds: float, l
         csv_lines = sum(1 for _ in open(csv_path)) - 1
         steps_in_database = recording.steps_in_database()
     rows = {label: summarize(values) for label, values in samples.items()}
-    _ratios(rows, {"vs_in_memory": IN_MEMORY})
+    ratios(rows, {"vs_in_memory": IN_MEMORY})
     log(f"  {RECORDING}: x{rows[RECORDING]['vs_in_memory']:.3f} of the in-memory rate")
     return {
         "task": "seed",

@@ -14,6 +14,7 @@ import sys
 from benchmarks import attach_cost, switch_interval
 from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
+from benchmarks.targets import at_least, at_most_cost, share_at_least, table, target
 from benchmarks.throughput import CEILING, KERAS_DEFAULT, KERAS_TUNED, MONITORED
 
 # (key, ratio the target is on, the limit) — the issue's targets.
@@ -72,40 +73,12 @@ def machine_line(info: dict) -> str:
 # --- targets --------------------------------------------------------------------------------------
 
 
-def _target(name: str, measured: str, passed: bool, by: str, value: float | None, noisy: bool = False) -> dict:
-    """`noisy`: the repeats disagree too much for the verdict to mean much (said in the table)."""
-    return {"target": name, "measured": measured, "passed": passed, "by": by, "value": value, "noisy": noisy}
 
 
-def share_at_least(name: str, share: float, repeats: tuple[float, float], limit: float) -> dict:
-    """A target that a paired ratio (median over repeats, `repeats` its range) reaches `limit`."""
-    low, high = repeats
-    points = (share - limit) * 100
-    return _target(
-        name,
-        f"{share:.1%} (repeats {low:.0%}..{high:.0%})",
-        share >= limit,
-        f"{points:.1f} percentage points to spare" if points >= 0 else f"short by {-points:.1f} percentage points",
-        share,
-    )
 
 
-def _at_least(name: str, value: float, limit: float) -> dict:
-    margin = value / limit - 1
-    by = f"{margin:+.0%} vs the target" if margin >= 0 else f"short by {-margin:.0%}"
-    return _target(name, f"{value:.2f}x", value >= limit, by, value)
 
 
-def _at_most_cost(name: str, ratio: float, ratio_range: tuple[float, float], limit: float) -> dict:
-    """A cost target: `1 - ratio` (the share of speed lost) at most `limit`, with its repeats' range."""
-    cost = 1 - ratio
-    low, high = (1 - value for value in reversed(ratio_range))
-    points = (limit - cost) * 100
-    by = f"{points:.1f} percentage points to spare" if points >= 0 else f"over by {-points:.1f} percentage points"
-    noisy = low < 0 < high and high - low > 2 * limit
-    if noisy:
-        by += "; the repeats disagree on the sign"
-    return _target(name, f"{cost:.1%} (repeats {low:.0%}..{high:.0%})", cost <= limit, by, cost, noisy)
 
 
 def evaluate_targets(results: dict) -> list[dict]:
@@ -117,11 +90,11 @@ def evaluate_targets(results: dict) -> list[dict]:
         monitored = seed[MONITORED]
         if KERAS_DEFAULT in seed:
             targets.append(
-                _at_least("seed, full monitoring >= 10x Keras fit default", monitored["vs_fit_default"], SEED_VS_FIT_DEFAULT)
+                at_least("seed, full monitoring >= 10x Keras fit default", monitored["vs_fit_default"], SEED_VS_FIT_DEFAULT)
             )
         if KERAS_TUNED in seed:
             targets.append(
-                _at_least("seed, full monitoring >= 3x tuned fit", monitored["vs_fit_tuned"], SEED_VS_FIT_TUNED)
+                at_least("seed, full monitoring >= 3x tuned fit", monitored["vs_fit_tuned"], SEED_VS_FIT_TUNED)
             )
         if CEILING in seed:
             targets.append(
@@ -136,7 +109,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     heavy = throughput.get(heavy_name, {}).get("rows", {}) if heavy_name else {}
     if MONITORED in heavy and CEILING in heavy:
         targets.append(
-            _at_most_cost(
+            at_most_cost(
                 f"{heavy_name}, monitoring overhead <= 3% vs the ceiling",
                 heavy[MONITORED]["vs_ceiling"], heavy[MONITORED]["vs_ceiling_range"], HEAVY_MAX_OVERHEAD,
             )
@@ -145,7 +118,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     rows = persistence.get("rows", {})
     if WITH_DATABASE in rows and WITHOUT_DATABASE in rows:
         targets.append(
-            _at_most_cost(
+            at_most_cost(
                 f"persistence costs <= 5% of steps/s on {persistence['task']}",
                 rows[WITH_DATABASE]["vs_without_database"], rows[WITH_DATABASE]["vs_without_database_range"],
                 MAX_PERSISTENCE_COST,
@@ -156,7 +129,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         latency = control["latency"]
         chunks = latency["chunks_on_old_value"]["max"]
         targets.append(
-            _target(
+            target(
                 "control latency <= one chunk (chunks finished on the old value after the call, worst trial)",
                 f"{chunks} chunk ({latency['steps_on_old_value']['max']} steps)",
                 chunks <= MAX_LATENCY_CHUNKS,
@@ -168,7 +141,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         within = sum(trial["visible_ms"] <= MAX_LATENCY_MS for trial in latency["trials"])
         by = f"{MAX_LATENCY_MS - worst:.1f} ms to spare" if worst <= MAX_LATENCY_MS else f"over by {worst - MAX_LATENCY_MS:.1f} ms ({worst / MAX_LATENCY_MS - 1:.0%})"
         targets.append(
-            _target(
+            target(
                 "control latency <= 50 ms (until the new value is recorded, worst trial)",
                 f"{worst:.1f} ms (median {latency['visible_ms']['median']:.1f} ms; "
                 f"{within}/{len(latency['trials'])} within 50 ms)",
@@ -180,7 +153,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         retraces = control["traces"]["retraces_after_warm_up"]
         retraces += results.get("policies", {}).get("retraces_while_switching", 0)
         targets.append(
-            _target(
+            target(
                 "zero retraces after warm-up (live changes and policy switches)",
                 f"{retraces} retraces",
                 retraces == 0,
@@ -194,7 +167,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         large = sizes[LARGE_STORE]["charts_ms"]["median"]
         growth = large / small
         targets.append(
-            _target(
+            target(
                 "charts at 1M steps <= 1.5x the time at 10k",
                 f"{growth:.2f}x ({large:.1f} vs {small:.1f} ms)",
                 growth <= MAX_CHARTS_GROWTH,
@@ -203,7 +176,7 @@ def evaluate_targets(results: dict) -> list[dict]:
             )
         )
         targets.append(
-            _target(
+            target(
                 "charts at 1M steps < 150 ms",
                 f"{large:.1f} ms",
                 large < MAX_CHARTS_MS,
@@ -213,7 +186,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         )
         megabytes = sizes[LARGE_STORE]["store_mb"]
         targets.append(
-            _target(
+            target(
                 "store memory at 1M steps < 100 MB",
                 f"{megabytes:.1f} MB",
                 megabytes < MAX_STORE_MB,
@@ -221,7 +194,7 @@ def evaluate_targets(results: dict) -> list[dict]:
                 megabytes,
             )
         )
-    targets += char_lstm_targets(results.get("char_lstm", {}), _at_least)
+    targets += char_lstm_targets(results.get("char_lstm", {}), at_least)
     from benchmarks import speed_report  # issue #11's sections
 
     return targets + speed_report.targets(results) + _attach_targets(results) + _switch_targets(results)
@@ -231,23 +204,13 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 
 def _attach_targets(results: dict) -> list[dict]:
-    return attach_cost.targets(results["attach"], _target) if results.get("attach") else []
+    return attach_cost.targets(results["attach"], target) if results.get("attach") else []
 
 
 def _switch_targets(results: dict) -> list[dict]:
-    return switch_interval.targets(results["switch_interval"], _at_least) if results.get("switch_interval") else []
+    return switch_interval.targets(results["switch_interval"], at_least) if results.get("switch_interval") else []
 
 
-def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-
-    def line(cells):
-        return "  ".join(
-            str(cell).rjust(width) if index in right else str(cell).ljust(width)
-            for index, (cell, width) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return [line(header), line(["-" * width for width in widths]), *(line(row) for row in rows)]
 
 
 def _ratio(value) -> str:
@@ -291,7 +254,7 @@ def _throughput_lines(results: dict) -> list[str]:
         "Throughput (steps/s: median, min, max over interleaved repeats; each ratio is the median "
         "over repeats of the ratio within a repeat)"
     ]
-    lines += _table(header, rows, right={1, 3, 4, 5, 6, 7, 8})
+    lines += table(header, rows, right={1, 3, 4, 5, 6, 7, 8})
     lines += [
         "Notes:",
         *notes,
@@ -316,7 +279,7 @@ def _policy_lines(policies: dict) -> list[str]:
         f"Policies on {policies['task']} (full monitoring; one trainer switched live; "
         f"{policies['repeats']} repeats x {policies['window_seconds']:g} s; "
         f"retraces while switching: {policies['retraces_while_switching']})",
-        *_table(header, rows, right={1, 2, 3, 4}),
+        *table(header, rows, right={1, 2, 3, 4}),
     ]
 
 
@@ -331,7 +294,7 @@ def _persistence_lines(persistence: dict) -> list[str]:
         f"Persistence cost ({persistence['task']}, full monitoring, with and without a RunDatabase in a "
         f"temporary directory; {persistence['repeats']} interleaved repeats x "
         f"{persistence['window_seconds']:g} s; the ratio is the median of the ratios within a repeat)",
-        *_table(header, rows, right={1, 2, 3, 4}),
+        *table(header, rows, right={1, 2, 3, 4}),
         f"  After each window the database held every step {catch_up['median']:.2f} s later (median; "
         f"max {catch_up['max']:.2f} s; the writer commits every {persistence['flush_seconds']:g} s, "
         f"so about {persistence['flush_seconds']:g} s means no backlog). Written: "
@@ -360,7 +323,7 @@ def _control_lines(control: dict) -> list[str]:
     rows = [[change["change"], str(change["before"]), str(change["after"])] for change in traces["live_changes"]]
     structural = traces["structural_change"]
     rows.append([structural["change"] + "  (structural: retraces by design)", str(structural["before"]), str(structural["after"])])
-    lines += _table(["change", "before", "after"], rows, right={1, 2})
+    lines += table(["change", "before", "after"], rows, right={1, 2})
     return lines
 
 
@@ -384,7 +347,7 @@ def _dashboard_lines(dashboard: dict) -> list[str]:
         f"Dashboard cost (synthetic stores, window {dashboard['window']:,} steps, "
         f"{dashboard['variables']} variables, max_points {dashboard['max_points']})",
         f"  charts ms: {dashboard['timed']}",
-        *_table(header, rows, right=set(range(9))),
+        *table(header, rows, right=set(range(9))),
     ]
 
 
@@ -398,7 +361,7 @@ def _target_lines(targets: list[dict]) -> list[str]:
         ]
         for target in targets
     ]
-    return ["Targets", *_table(["target", "measured", "result", "by how much"], rows, right=set())]
+    return ["Targets", *table(["target", "measured", "result", "by how much"], rows, right=set())]
 
 
 def format_report(results: dict) -> str:
@@ -416,14 +379,14 @@ def format_report(results: dict) -> str:
         ("startup", speed_report.startup_lines, False),
         ("viewers", speed_report.viewer_lines, False),
         ("long_run", speed_report.long_run_lines, False),
-        ("attach", lambda attach: attach_cost.lines(attach, _table), False),
-        ("switch_interval", lambda section: switch_interval.lines(section, _table), False),
+        ("attach", lambda attach: attach_cost.lines(attach, table), False),
+        ("switch_interval", lambda section: switch_interval.lines(section, table), False),
     )
     for key, render, whole in sections:
         if results.get(key):
             lines += render(results if whole else results[key]) + [""]
     if results.get("char_lstm"):
-        lines += char_lstm_lines(results["char_lstm"], _table, _ratio) + [""]
+        lines += char_lstm_lines(results["char_lstm"], table, _ratio) + [""]
     for name, error in results.get("errors", {}).items():
         lines.append(f"Section {name} failed, so it has no figures: {error}")
     lines += _target_lines(results.get("targets", []))

@@ -6,6 +6,7 @@ Pure functions of the results dict, like `benchmarks.report` (which calls them).
 from __future__ import annotations
 
 from benchmarks.recording import IN_MEMORY, RECORDING
+from benchmarks.targets import share_at_least, table, target
 
 FIRST_STEP_FRESH_S = 3.0  # the first run of a freshly started server
 FIRST_STEP_LATER_S = 1.0  # every run after it
@@ -18,15 +19,9 @@ MAX_RSS_GROWTH_MB = 50.0
 SHIPPED_VARIANT = "quick start + warm-up"
 
 
-def _target(name, measured, passed, by, value, noisy=False) -> dict:
-    from benchmarks.report import _target as make
-
-    return make(name, measured, passed, by, value, noisy)
-
-
 def _seconds_target(name: str, value: float, limit: float, extra: str = "") -> dict:
     by = f"{limit - value:.2f} s to spare" if value <= limit else f"over by {value - limit:.2f} s"
-    return _target(name, f"{value:.2f} s{extra}", value <= limit, by, value)
+    return target(name, f"{value:.2f} s{extra}", value <= limit, by, value)
 
 
 def targets(results: dict) -> list[dict]:
@@ -53,8 +48,6 @@ def targets(results: dict) -> list[dict]:
         )
     rows = results.get("recording", {}).get("rows", {})
     if RECORDING in rows:
-        from benchmarks.report import share_at_least
-
         found.append(
             share_at_least(
                 "CLI recording (CSV + database) >= 90% of the in-memory monitored rate",
@@ -77,7 +70,7 @@ def targets(results: dict) -> list[dict]:
         health = max(phase["health_p95_ms"] for phase in many)
         worst = max(phase["health_max_ms"] for phase in many)
         found.append(
-            _target(
+            target(
                 f"{viewers['tabs']} tabs: /_stcore/health p95 <= 250 ms",
                 f"{health:.0f} ms (worst {worst:.0f} ms)",
                 health <= MAX_HEALTH_MS,
@@ -87,7 +80,7 @@ def targets(results: dict) -> list[dict]:
         )
         rate = viewers["rate_ratio"]
         found.append(
-            _target(
+            target(
                 f"{viewers['tabs']} tabs: training rate >= 75% of one tab's",
                 f"{rate:.0%}",
                 rate >= MIN_RATE_WITH_TABS,
@@ -97,7 +90,7 @@ def targets(results: dict) -> list[dict]:
         )
         cpu = viewers["cpu_ratio"]
         found.append(
-            _target(
+            target(
                 f"{viewers['tabs']} tabs: server CPU per second <= 1.5x one tab's",
                 f"{cpu:.2f}x",
                 cpu <= MAX_CPU_RATIO,
@@ -109,7 +102,7 @@ def targets(results: dict) -> list[dict]:
     if long:
         growth = long["rss_growth_after_window_mb"]
         found.append(
-            _target(
+            target(
                 f"long run ({long['steps']:,} steps): RSS growth after the window filled < 50 MB",
                 f"{growth:+.1f} MB",
                 growth < MAX_RSS_GROWTH_MB,
@@ -121,8 +114,6 @@ def targets(results: dict) -> list[dict]:
 
 
 def long_run_lines(long: dict) -> list[str]:
-    from benchmarks.report import _table
-
     rows = [
         [f"{sample['step']:,}", f"{sample['seconds']:.0f}", f"{sample['rss_mb']:.0f}",
          "-" if sample["charts_ms"] is None else f"{sample['charts_ms']:.0f}", f"{sample['database_mb']:.0f}"]
@@ -131,15 +122,13 @@ def long_run_lines(long: dict) -> list[str]:
     return [
         f"Long run (seed, {long['steps']:,} steps at full speed with a run database, {long['steps_per_second']:,.0f} "
         f"steps/s; state {long['state']})",
-        *_table(["step", "s", "RSS MB", "charts ms", "database MB"], rows, right=set(range(5))),
+        *table(["step", "s", "RSS MB", "charts ms", "database MB"], rows, right=set(range(5))),
         f"  RSS growth after the window ({long['window']:,} steps) filled: {long['rss_growth_after_window_mb']:+.1f} MB; "
         f"database {long['database_mb_per_million_steps']:.0f} MB per million steps",
     ]
 
 
 def startup_lines(startup: dict) -> list[str]:
-    from benchmarks.report import _table
-
     header = ["case", "variant", "import s", "warm-up s", "first run: built", "first step", "full step",
               "later run: built", "first step", "full step"]  # fmt: skip
     rows = []
@@ -154,28 +143,24 @@ def startup_lines(startup: dict) -> list[str]:
     return [
         f"Start -> first step (fresh process per sample, empty XLA cache; seconds from Trainer.start(), "
         f"medians of {startup['rounds']} interleaved rounds; 'full step': trains on every policy + XLA)",
-        *_table(header, rows, right=set(range(2, 10))),
+        *table(header, rows, right=set(range(2, 10))),
     ]
 
 
 def recording_lines(recording: dict) -> list[str]:
-    from benchmarks.report import _table
-
     rows = [
         [label, f"{row['median']:,.0f}", f"{row['min']:,.0f}", f"{row['max']:,.0f}", f"{row['vs_in_memory']:.3f}"]
         for label, row in recording["rows"].items()
     ]
     return [
         f"Recording every step (seed; {recording['repeats']} interleaved repeats x {recording['window_seconds']:g} s)",
-        *_table(["contender", "median steps/s", "min", "max", f"x {IN_MEMORY}"], rows, right={1, 2, 3, 4}),
+        *table(["contender", "median steps/s", "min", "max", f"x {IN_MEMORY}"], rows, right={1, 2, 3, 4}),
         f"  Recorded: {recording['csv_rows']:,} CSV rows and {recording['steps_in_database']:,} database steps "
         f"of {recording['steps_trained']:,} trained.",
     ]
 
 
 def viewer_lines(viewers: dict) -> list[str]:
-    from benchmarks.report import _table
-
     rows = [
         [
             str(phase["tabs"]),
@@ -194,7 +179,7 @@ def viewer_lines(viewers: dict) -> list[str]:
         "The page in Chromium (fresh server; run at full speed)",
         f"  Start -> first step counted on the page: first run {viewers['first_run_first_step_s']:.2f} s, "
         f"later run {viewers['later_run_first_step_s']:.2f} s, A/B race {viewers['race_first_step_s']:.2f} s",
-        *_table(
+        *table(
             ["tabs", "s", "longest stall s", "health p95 ms", "health max ms", "steps/s", "server CPU s/s", "tabs' CPU s/s", "RSS MB"],
             rows,
             right=set(range(9)),

@@ -214,7 +214,7 @@ def measure_interleaved(contenders: list, repeats: int, seconds: float, log: Log
     return samples
 
 
-def _warm_up_all(contenders: list, seconds: float, timeout: float, log: Log) -> dict[str, float]:
+def warm_up_all(contenders: list, seconds: float, timeout: float, log: Log) -> dict[str, float]:
     """Warm each contender up in turn (started trainers compile side by side meanwhile)."""
     step_seconds = {}
     for contender in contenders:
@@ -261,7 +261,7 @@ def paired_ratio(values: list[float], references: list[float]) -> dict:
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
-def _ratios(rows: dict[str, dict], references: dict[str, str]) -> None:
+def ratios(rows: dict[str, dict], references: dict[str, str]) -> None:
     """Add each row's paired ratio against every reference present (None if absent)."""
     for row in rows.values():
         for key, reference in references.items():
@@ -297,7 +297,7 @@ def run_task(
     keras_tuned = KerasFit(KERAS_TUNED, task_name, batch_size, seed, tuned=True)
     contenders = [keras_default, keras_tuned] + trainers
     try:
-        _warm_up_all(contenders[1:], warm_up_seconds, timeout, log)
+        warm_up_all(contenders[1:], warm_up_seconds, timeout, log)
         samples = measure_interleaved(contenders, repeats, window_seconds, log)
         compile_seconds = {trainer.label: trainer.compile_seconds for trainer in trainers}
         chunk_steps = {trainer.label: trainer.trainer.status.chunk_steps for trainer in trainers}
@@ -306,7 +306,7 @@ def run_task(
         for contender in contenders:
             contender.close()
     rows = {label: summarize(values) for label, values in samples.items()}
-    _ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_ceiling": CEILING})
+    ratios(rows, {"vs_fit_default": KERAS_DEFAULT, "vs_fit_tuned": KERAS_TUNED, "vs_ceiling": CEILING})
     for label in rows:
         if label in chunk_steps:
             rows[label].update(
@@ -362,7 +362,7 @@ def run_policies(
     finally:
         run.close()
     rows = {name: summarize(values) for name, values in samples.items()}
-    _ratios(rows, {"vs_global_norm": "global_norm"})
+    ratios(rows, {"vs_global_norm": "global_norm"})
     return {
         "task": task_name,
         "repeats": repeats,

@@ -201,5 +201,5 @@ def test_switch_interval_section_measures_both_intervals_and_restores_the_proces
         assert row["steps_per_second"]["median"] > 0 and row["busy_loops_per_second"]["median"] > 0
     for key in ("rate_gain", "busy_share", "full_step_speedup", "first_step_speedup"):
         assert math.isfinite(section[key]["median"]) and section[key]["median"] > 0
-    assert results["targets"] == switch_interval.targets(section, report._at_least)  # wired into the report
+    assert results["targets"] == switch_interval.targets(section, report.at_least)  # wired into the report
     assert "Switch interval: a new seed run" in report.format_report(results)
