@@ -5,6 +5,10 @@ For an attached run, the charts are read from the database as the script's write
 (the manager caches the loaded run until the database moves on) and redrawn every
 `REFRESH_SECONDS`; the controls send commands through the database's `commands` table, and the
 last command's acknowledgement (the step from which the script applies it, or its error) shows.
+The loss chart carries the validation loss the script recorded (a fit's epoch logs), dashed, and
+its other metrics (accuracy, val_accuracy, ...) are one select box away. A run that ends while it
+is shown stays selected with its final state: a command sent to it then is refused with the
+database's reason (the run has ended), never left waiting.
 
 Streamlit only: every number comes from the `RunManager`, every chart from the pure builders.
 Nothing here loops, sleeps or starts a thread.
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
-from dashboard import charts, panels
+from dashboard import charts, history_view, panels
 from dashboard.run_manager import RunManager
+from training.persistence import LIVE_STATES
 from training.policies import POLICY_NAMES
 
 REFRESH_SECONDS = 0.5  # with the writer's 0.5 s commits: a change is on the charts within ~1 s
@@ -29,16 +35,24 @@ _VERSION = "_attached_version"  # bumps to give the controls fresh widgets (a ne
 
 
 def select_live_run(manager: RunManager) -> int | None:
-    """The selector of live runs; returns the attached run's id to show, or None (the app's own)."""
+    """The selector of live runs; returns the attached run's id to show, or None (the app's own).
+
+    The attached run this session shows stays listed after it ends (until another is chosen),
+    so its final state shows and a command sent to it is refused with the reason.
+    """
     runs = manager.live_runs()
     attached = runs[runs.attached]
+    shown = st.session_state.get(SELECTED)
+    if shown not in (OWN_RUN, None) and int(shown) not in set(attached.run_id.astype(int)):
+        recorded = manager.list_runs()
+        attached = pd.concat([attached, recorded[recorded.run_id == int(shown)]])  # empty once deleted
     if attached.empty:
         st.session_state.pop(SELECTED, None)
         return None
     labels = {OWN_RUN: "This app's run"}
     for row in attached.itertuples():
         labels[int(row.run_id)] = f"#{int(row.run_id)} {row.name} (attached script)"  # stable: a changing label makes a new widget
-    if st.session_state.get(SELECTED) not in labels:
+    if shown not in labels:
         st.session_state.pop(SELECTED, None)
     choice = st.selectbox(
         "Live run",
@@ -51,9 +65,23 @@ def select_live_run(manager: RunManager) -> int | None:
 
 
 def render_attached(manager: RunManager, run_id: int) -> None:
-    """Controls (outside the timed fragment) and the charts (inside it) of an attached run."""
-    _controls(manager, run_id)
-    st.fragment(_live_charts, run_every=REFRESH_SECONDS)(manager, run_id)
+    """Controls (outside the timed fragment) and the charts (inside it) of an attached run.
+
+    The charts refresh while the run is live; when it ends, the whole view reruns once so the
+    controls say so, and then nothing refreshes.
+    """
+    state = _run_state(manager, run_id)
+    _controls(manager, run_id, state)
+    refresh = REFRESH_SECONDS if state in LIVE_STATES else None
+    st.fragment(_live_charts, run_every=refresh)(manager, run_id, state)
+
+
+def _run_state(manager: RunManager, run_id: int) -> str | None:
+    """The run's state in the database (None if it cannot be read: the charts say why)."""
+    try:
+        return str(manager.recorded_run(run_id).info["state"])
+    except (ValueError, RuntimeError):
+        return None
 
 
 def _send(manager: RunManager, run_id: int, kind: str, value: Any = None, label: str = "", **params: Any) -> None:
@@ -71,16 +99,19 @@ def _on_input(manager: RunManager, run_id: int, kind: str, key: str, label: str)
     _send(manager, run_id, kind, st.session_state[key], f"{label} {st.session_state[key]:g}")
 
 
-def _controls(manager: RunManager, run_id: int) -> None:
+def _controls(manager: RunManager, run_id: int, state: str | None) -> None:
     info = manager.attached_run_settings(run_id)
     version = st.session_state.get(_VERSION, 0)
-    locked = not manager.can_steer  # a viewer (dashboard.access): commands are disabled
+    ended = state is not None and state not in LIVE_STATES
+    locked = not manager.can_steer or ended  # a viewer (dashboard.access): commands are disabled
     with st.container(border=True, key="attached_controls_panel"):
         st.markdown("**Steer the attached script**")
         st.caption(
             "Each change is a command in the run database; the script applies it between two of "
             "its batches and acknowledges it with the first step that uses it."
         )
+        if ended:
+            st.info(f"Run #{run_id} has ended ({state}): it takes no more commands.", icon=":material/stop_circle:")
         threshold, rate, policy = st.columns(3)
         key = f"attached.clip_threshold.{run_id}.{version}"
         threshold.number_input(
@@ -108,7 +139,7 @@ def _controls(manager: RunManager, run_id: int) -> None:
             st.error(st.session_state[_ERROR], icon=":material/error:")
 
 
-def _acknowledgement(manager: RunManager, run_id: int) -> None:
+def _acknowledgement(manager: RunManager, run_id: int, state: str) -> None:
     last = st.session_state.get(_LAST_COMMAND)
     if not last or last[0] != run_id:
         return
@@ -116,6 +147,10 @@ def _acknowledgement(manager: RunManager, run_id: int) -> None:
     command = manager.command_status(command_id)
     if command["error"]:
         st.error(f"{label}: refused by the script: {command['error']}", icon=":material/error:")
+    elif command["applied_time"] is None and state not in LIVE_STATES:
+        # The script writes its acknowledgements before it closes the run: this one never came.
+        st.error(f"{label}: not applied: run #{run_id} has ended ({state}) before the script took it.",
+                 icon=":material/error:")  # fmt: skip
     elif command["applied_time"] is None:
         st.info(f"{label}: sent, waiting for the script…", icon=":material/hourglass_top:")
     else:
@@ -127,33 +162,43 @@ def _acknowledgement(manager: RunManager, run_id: int) -> None:
         )
 
 
-def _live_charts(manager: RunManager, run_id: int) -> None:
+def _live_charts(manager: RunManager, run_id: int, shown_state: str | None) -> None:
     try:
         recorded = manager.recorded_run(run_id)
     except (ValueError, RuntimeError) as error:
         st.error(str(error), icon=":material/error:")
         return
     info = recorded.info
-    _acknowledgement(manager, run_id)
+    state = str(info["state"])
+    if state != shown_state and shown_state in LIVE_STATES:
+        st.rerun(scope="app")  # the run has ended (or paused, resumed): the controls follow
+    _acknowledgement(manager, run_id, state)
     cells = (
-        ("State", str(info["state"]).capitalize()),
+        ("State", state.capitalize()),
         ("Step", f"{int(info['steps'] or 0):,}"),
         ("Threshold", panels.number(recorded.clip_threshold, "{:g}")),
         ("Loss", panels.number(info["final_loss"])),
         ("Clip rate", panels.number(info["clip_rate"], "{:.1%}")),
     )
+    validation = charts.latest_validation(recorded.evaluations)
+    if "val_loss" in validation:  # the script's fit had validation data
+        cells += (("Val loss", panels.number(validation["val_loss"])),)
     for column, (label, value) in zip(st.columns(len(cells)), cells):
         column.metric(label, value, border=True)
     if len(recorded.metrics_view) == 0:
         st.info("Waiting for the script's first recorded steps…", icon=":material/hourglass_top:")
         return
-    figures = panels.run_figures(recorded.metrics_view, recorded.layer_view, recorded.events, False, None)
+    figures = panels.run_figures(
+        recorded.metrics_view, recorded.layer_view, recorded.events, False, None, recorded.evaluations
+    )
     with panels.panel(
         "attached_gradient_norm_panel", "Gradient norm", "Before and after clipping, with the threshold and clip events."
     ):
         panels.draw(figures["Gradient norm"])
     left, right = st.columns(2)
-    with left, panels.panel("attached_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule."):
+    with left, panels.panel("attached_loss_panel", "Loss and commands",
+                            "Mean loss per point; every command as a rule; the validation loss dashed red, "
+                            "when the script's fit has validation data."):  # fmt: skip
         panels.draw(figures["Loss and commands"])
     with right, panels.panel(
         "attached_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps."
@@ -164,3 +209,4 @@ def _live_charts(manager: RunManager, run_id: int) -> None:
         panels.draw(figures["Gradient norm per layer"])
     with right, panels.panel("attached_events_panel", "Events", "Every command the script applied, newest first."):
         st.table(charts.events_table(recorded.events).head(50).set_index("Step"))
+    history_view.metric_panel("attached_metric_panel", recorded.evaluations, f"attached.metric.{run_id}")

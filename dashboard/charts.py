@@ -287,15 +287,34 @@ def group_layer_view(
     return reduced, note
 
 
-def validation_loss_frame(evaluations: pd.DataFrame | None) -> pd.DataFrame:
-    """`step, val_loss` from `Trainer.evaluations()` rows (finite values only)."""
+def evaluation_frame(evaluations: pd.DataFrame | None, name: str, column: str = "value") -> pd.DataFrame:
+    """`step, <column>` of the evaluations named `name` (`Trainer.evaluations()` or
+    `RunDatabase.evaluations()` rows), finite values only."""
     if evaluations is None or len(evaluations) == 0:
-        return pd.DataFrame({"step": pd.Series(dtype="int64"), "val_loss": pd.Series(dtype="float64")})
-    rows = evaluations[evaluations["name"] == "val_loss"]
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), column: pd.Series(dtype="float64")})
+    rows = evaluations[evaluations["name"] == name]
     frame = pd.DataFrame(
-        {"step": rows["step"].to_numpy(np.int64), "val_loss": finite(rows["value"].to_numpy(np.float64))}
+        {"step": rows["step"].to_numpy(np.int64), column: finite(rows["value"].to_numpy(np.float64))}
     )
     return frame.dropna().reset_index(drop=True)
+
+
+def validation_loss_frame(evaluations: pd.DataFrame | None) -> pd.DataFrame:
+    """`step, val_loss` from `Trainer.evaluations()` rows (finite values only)."""
+    return evaluation_frame(evaluations, "val_loss", "val_loss")
+
+
+# Drawn on the loss chart already: the per-step loss, and the validation loss beside it.
+LOSS_CHART_EVALUATIONS = ("loss", "val_loss")
+
+
+def metric_names(evaluations: pd.DataFrame | None) -> list[str]:
+    """The recorded metrics the loss chart does not draw (`accuracy`, `val_accuracy`, ...), in
+    alphabetical order with each training metric just before its `val_` counterpart."""
+    if evaluations is None or len(evaluations) == 0:
+        return []
+    names = {str(name) for name in evaluations["name"].unique()} - set(LOSS_CHART_EVALUATIONS)
+    return sorted(names, key=lambda name: (name.removeprefix("val_"), name.startswith("val_")))
 
 
 def latest_validation(evaluations: pd.DataFrame | None) -> dict[str, float]:
@@ -697,6 +716,27 @@ def _validation_line(validation: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("val_loss:Q", title="Validation loss", format=".4g"),
             ],
         )
+    )
+
+
+def metric_chart(evaluations: pd.DataFrame | None, name: str, height: int = 260) -> alt.Chart:
+    """One recorded metric (`evaluations` rows named `name`, e.g. a fit's epoch `accuracy`)
+    over the steps it was recorded at; a `val_` metric dashed in the validation colour."""
+    frame = evaluation_frame(evaluations, name)
+    validation = name.startswith("val_")
+    return (
+        alt.Chart(frame)
+        .mark_line(color=COLORS["validation" if validation else "loss"], strokeDash=[5, 3] if validation else [],
+                   strokeWidth=1.6, point=True)  # fmt: skip
+        .encode(
+            x=_step_axis(frame["step"]),
+            y=alt.Y("value:Q", title=name, scale=alt.Scale(zero=False)),
+            tooltip=[
+                alt.Tooltip("step:Q", title="Step", format=","),
+                alt.Tooltip("value:Q", title=name, format=".4g"),
+            ],
+        )
+        .properties(height=height)
     )
 
 

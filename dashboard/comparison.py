@@ -205,15 +205,21 @@ def _nonfinite_markers(base: alt.Chart) -> alt.Chart:
     )
 
 
-def runs_validation_frame(evaluations: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """`run, step, val_loss` of several runs (`evaluations` maps a run's name to its
-    `Trainer.evaluations()` / `RunDatabase.evaluations()` rows)."""
-    frames = [charts.validation_loss_frame(rows).assign(**{RUN: name}) for name, rows in evaluations.items()]
+def runs_evaluation_frame(evaluations: Mapping[str, pd.DataFrame], name: str = "val_loss",
+                          column: str = "val_loss") -> pd.DataFrame:
+    """`run, step, <column>` of the evaluations named `name` of several runs (`evaluations`
+    maps a run's name to its `Trainer.evaluations()` / `RunDatabase.evaluations()` rows)."""
+    frames = [charts.evaluation_frame(rows, name, column).assign(**{RUN: run}) for run, rows in evaluations.items()]
     frames = [frame for frame in frames if len(frame)]
     if not frames:
         return pd.DataFrame({RUN: pd.Series(dtype="object"), "step": pd.Series(dtype="int64"),
-                             "val_loss": pd.Series(dtype="float64")})  # fmt: skip
-    return pd.concat(frames, ignore_index=True)[[RUN, "step", "val_loss"]]
+                             column: pd.Series(dtype="float64")})  # fmt: skip
+    return pd.concat(frames, ignore_index=True)[[RUN, "step", column]]
+
+
+def runs_validation_frame(evaluations: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """`run, step, val_loss` of several runs (see `runs_evaluation_frame`)."""
+    return runs_evaluation_frame(evaluations, "val_loss", "val_loss")
 
 
 def runs_loss_chart(
@@ -261,6 +267,26 @@ def runs_loss_chart(
         )
         layers = alt.layer(layers, dashed)
     return layers.properties(height=height)
+
+
+def runs_metric_chart(metric: pd.DataFrame, name: str, names: Sequence[str], height: int = 260) -> alt.Chart:
+    """One recorded metric of several runs (`runs_evaluation_frame(..., name, "value")`), coloured
+    by run as in the other charts (`names`: every compared run, in order)."""
+    return (
+        alt.Chart(metric)
+        .mark_line(strokeWidth=1.6, point=True, strokeDash=[5, 3] if name.startswith("val_") else [])
+        .encode(
+            x=charts._step_axis(metric["step"]),
+            y=alt.Y("value:Q", title=name, scale=alt.Scale(zero=False)),
+            color=_color(names),
+            tooltip=[
+                alt.Tooltip(f"{RUN}:N", title="Run"),
+                alt.Tooltip("step:Q", title="Step", format=","),
+                alt.Tooltip("value:Q", title=name, format=".4g"),
+            ],
+        )
+        .properties(height=height)
+    )
 
 
 def runs_clip_rate_chart(

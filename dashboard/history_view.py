@@ -3,7 +3,9 @@
 History lists every recorded run; opening one draws it with the live view's charts (the run is
 loaded into a `MetricsStore` by the manager, so the same builders draw it), with the threshold
 advisor's ghost lines, exports, and rename and delete (delete asks first). Compare overlays up
-to six runs, coloured by run, above a table of their configs and final numbers.
+to six runs, coloured by run, above a table of their configs and final numbers. Both draw the
+validation loss on the loss chart and offer a run's other recorded metrics (a fit's epoch logs:
+accuracy, val_accuracy, ...) in a select box beside their chart.
 
 Nothing here loops, sleeps or starts a thread; commands go through callbacks to the manager.
 """
@@ -192,7 +194,8 @@ def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale:
         (("history_gradient_norm_panel", "Gradient norm",
           "Before and after clipping, with the threshold, clip events and the advisor's ghost "
           "thresholds (dashed, faded).", figures["Gradient norm"]),),
-        (("history_loss_panel", "Loss and commands", "Mean loss per point; every command as a rule.",
+        (("history_loss_panel", "Loss and commands",
+          "Mean loss per point; every command as a rule; the validation loss dashed red, where the run has it.",
           figures["Loss and commands"]),
          ("history_clip_rate_panel", "Clip rate",
           f"Share of clipped steps over a rolling window of {charts.CLIP_RATE_WINDOW} steps.", figures["Clip rate"])),
@@ -201,7 +204,32 @@ def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale:
          ("history_histogram_panel", "Last gradient norms",
           f"The run's last {len(norms):,} steps before clipping, with the proposed threshold.", histogram)),
     ))  # fmt: skip
+    metric_panel("history_metric_panel", recorded.evaluations, f"history.metric@{recorded.run_id}")
     panels.events_panel("history_events_panel", charts.events_table(recorded.events), "Every command, newest first")
+
+
+def metric_panel(key: str, evaluations: pd.DataFrame, select_key: str) -> None:
+    """The run's other recorded metrics (`charts.metric_names`: a fit's `accuracy`,
+    `val_accuracy`, ...): a select box beside the chart of the chosen one; nothing without any."""
+    _metric_select_panel(
+        key, "Every metric the run recorded besides the loss, at the step it was recorded (a fit's: "
+        "each epoch's end).", charts.metric_names(evaluations), select_key,
+        lambda name: charts.metric_chart(evaluations, name),
+    )  # fmt: skip
+
+
+def _metric_select_panel(key: str, caption: str, metrics: list[str], select_key: str, chart_of) -> None:
+    """A "Recorded metrics" panel: a select box of `metrics` beside `chart_of(chosen)`; nothing
+    when `metrics` is empty."""
+    if not metrics:
+        return
+    if st.session_state.get(select_key) not in metrics:
+        st.session_state.pop(select_key, None)  # e.g. another run without it: its first instead
+    with panels.panel(key, "Recorded metrics", caption):
+        choice, chart = st.columns([1, 4])
+        metric = choice.selectbox("Metric", metrics, key=select_key, help="The validation metrics (`val_`) dashed.")
+        with chart:
+            panels.draw(chart_of(metric))
 
 
 def _manage(manager: RunManager, recorded: RecordedRun) -> None:
@@ -354,6 +382,7 @@ def render_compare(manager: RunManager) -> None:
          ("compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
           figures["Clip rate"])),
     ))  # fmt: skip
+    _compare_metric(names, recorded)
     infos = [
         {**run.info, "nonfinite_steps": run.nonfinite_steps,
          "val_loss": charts.latest_validation(run.evaluations).get("val_loss")}
@@ -373,3 +402,15 @@ def render_compare(manager: RunManager) -> None:
                 "Clip rate": st.column_config.NumberColumn(format="percent"),
             },
         )
+
+
+def _compare_metric(names: list[str], recorded: list[RecordedRun]) -> None:
+    """The compared runs' other recorded metrics (accuracy, val_accuracy, ...), one at a time."""
+    evaluations = {name: run.evaluations for name, run in zip(names, recorded)}
+    _metric_select_panel(
+        "compare_metric_panel", "Each run's metric at the step it was recorded, coloured by run.",
+        charts.metric_names(pd.concat(list(evaluations.values()), ignore_index=True)), "compare.metric",
+        lambda metric: comparison.runs_metric_chart(
+            comparison.runs_evaluation_frame(evaluations, metric, "value"), metric, names
+        ),
+    )  # fmt: skip
