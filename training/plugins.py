@@ -3,9 +3,12 @@
 A plug-in is a file (`path/to/my_task.py`) or a module (`my_package.my_task`) that defines
 `TASK`, or another attribute named after a colon (`my_package.my_task:OTHER_NAME`). A plug-in
 that cannot be used raises `PluginError` (a `ValueError`) with one message that names the file:
-a syntax or import error gives the plug-in's own file and line, not a traceback; so do a
-missing `TASK`, an attribute that is not a `Task`, a field of the wrong kind, and data whose
-shapes do not match the model (`check_data_matches_model`).
+a syntax or import error gives the plug-in's own file and line, not a traceback (so does a
+`KeyboardInterrupt`, `SystemExit` or other `BaseException` raised while the module imports:
+only that import is guarded); so do a missing `TASK`, an attribute that is not a `Task`, a
+field of the wrong kind, and, checked once before a run (`check_task`): a `build_model` that
+raises or returns no Keras model, a `build_loss` Keras does not know, data with no examples,
+and data whose shapes do not match the model (`check_data_matches_model`).
 
 `discover_tasks()` lists the plug-ins in the folders named by `CLIPWATCH_TASKS` (separated by
 `os.pathsep`) and in `examples/tasks/`. The dashboard offers only these: it never imports a path
@@ -77,18 +80,14 @@ def load_task(spec: str) -> Task:
         task = _load_file(Path(target), attribute)
     else:
         task = _load_module(target, attribute)
+    _refuse_built_in_name(task)
+    check_task_once(task)  # the CLI's choice, like the page's: refused before a run starts
     return register(task)
 
 
 def register(task: Task) -> Task:
     """Remember a loaded plug-in under its name (a built-in task's name is refused)."""
-    from training.tasks import TASKS
-
-    if task.name in TASKS:
-        raise PluginError(
-            f"Task plug-in {task.source or task.name}: its name {task.name!r} is a built-in "
-            f"task's; pick another (built-in: {', '.join(TASKS)})"
-        )
+    _refuse_built_in_name(task)
     with _LOCK:
         _REGISTERED[task.name] = task
     return task
@@ -153,6 +152,9 @@ def check_task_once(task: Task) -> None:
     """`check_task`, remembered per plug-in file version (the page asks on every choice)."""
     if not task.source:
         return  # a built-in task
+    if not Path(task.source).is_file():  # a module with no file of its own: no version to remember
+        check_task(task)
+        return
     key = (task.source, task.name, Path(task.source).stat().st_mtime)
     with _LOCK:
         if key in _CHECKED:
@@ -177,6 +179,8 @@ def check_data_matches_model(task: Task, model: Any, data: Any, what: str = "mak
             )
         example_shape = getattr(spec[0], "shape", None)
         example_shape = None if example_shape is None else tuple(example_shape)
+        if int(data.cardinality()) == 0:  # known without reading it (unknown is -2)
+            raise PluginError(f"{where}: {what} returned an empty tf.data.Dataset; it needs at least one example")
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         inputs, targets = data
         rows = [_rows(inputs), _rows(targets)]
@@ -184,6 +188,8 @@ def check_data_matches_model(task: Task, model: Any, data: Any, what: str = "mak
             raise PluginError(
                 f"{where}: {what} returned {rows[0]} input rows but {rows[1]} target rows"
             )
+        if 0 in rows:  # batches are drawn from the rows: none to draw from fails deep in the graph
+            raise PluginError(f"{where}: {what} returned 0 rows; it needs at least one example")
         shape = getattr(inputs, "shape", None)
         example_shape = None if shape is None else tuple(shape)[1:]
     else:
@@ -214,11 +220,19 @@ def check_task(task: Task, seed: int = 0) -> None:
     What the CLI's and the page's choice of a plug-in costs before a run: one model build and
     one `make_data` call (a dataset is only inspected, never read).
     """
+    import keras
+
     from training.trainer import _BUILD_LOCK  # tasks seed Keras' global RNG: one build at a time
 
+    where = f"Task plug-in {task.source}" if task.source else f"Task {task.name!r}"
     try:
         with _BUILD_LOCK:
             model = task.build_model(seed)
+        if not isinstance(model, keras.layers.Layer):  # keras.Model is a Layer
+            raise PluginError(
+                f"{where}: build_model must return a Keras model. Received: {_kind(model)}"
+            )
+        _check_loss(task, where)
         data = task.make_data(seed)
         check_data_matches_model(task, model, data)
         if task.make_validation_data is not None:
@@ -228,6 +242,37 @@ def check_task(task: Task, seed: int = 0) -> None:
     except Exception as error:  # the plug-in's own code failed: say where, in one line
         path = Path(task.source) if task.source else None
         raise PluginError(_describe_failure(error, path)) from None
+
+
+def _check_loss(task: Task, where: str) -> None:
+    """A loss name Keras does not know fails only when the step is traced: say so now."""
+    from training.tasks.base import resolve_loss
+
+    if not isinstance(task.build_loss, str):
+        return  # a loss object or function: its own code runs in the step
+    try:
+        resolve_loss(task.build_loss)
+    except ValueError:
+        raise PluginError(
+            f"{where}: Task field `build_loss` must be a Keras loss name such as 'mse', a loss "
+            f"object or a loss function. Received: build_loss={task.build_loss!r}"
+        ) from None
+
+
+def _kind(value: Any) -> str:
+    """A value's type, after the value itself when it is short (`42 (int)`)."""
+    text = repr(value)
+    return f"{text} ({type(value).__name__})" if len(text) <= 40 else type(value).__name__
+
+
+def _refuse_built_in_name(task: Task) -> None:
+    from training.tasks import TASKS
+
+    if task.name in TASKS:
+        raise PluginError(
+            f"Task plug-in {task.source or task.name}: its name {task.name!r} is a built-in "
+            f"task's; pick another (built-in: {', '.join(TASKS)})"
+        )
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -260,7 +305,7 @@ def _load_file(path: Path, attribute: str) -> Task:
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
         module_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as error:  # a plug-in that calls sys.exit() is broken too
+    except BaseException as error:  # sys.exit(), KeyboardInterrupt or its own BaseException: broken too
         sys.modules.pop(module_name, None)
         raise PluginError(_describe_failure(error, resolved)) from None
     task = _task_of(module, attribute, str(resolved))
@@ -284,7 +329,7 @@ def _load_module(name: str, attribute: str) -> Task:
     origin = Path(module_spec.origin) if module_spec.origin else None
     try:
         module = importlib.import_module(name)
-    except (Exception, SystemExit) as error:
+    except BaseException as error:  # as in _load_file: only the plug-in's import is guarded
         raise PluginError(_describe_failure(error, origin)) from None
     return _task_of(module, attribute, str(origin) if origin else name)
 
@@ -316,7 +361,17 @@ def _describe_failure(error: BaseException, path: Path | None) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     own = [frame for frame in frames if path is not None and Path(frame.filename) == path]
     line = f", line {own[-1].lineno}" if own else ""
-    return f"Task plug-in {where}{line}: {type(error).__name__}: {error}"
+    return f"Task plug-in {where}{line}: {type(error).__name__}{_first_line(error)}"
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """`: message` in one short line: its first line, cut at `limit` characters (the page shows
+    it under a select, the CLI on one line); nothing for a bare `raise KeyboardInterrupt`."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return ""
+    text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 1] + "…"
+    return f": {text}"
 
 
 def _rows(array: Any) -> int | None:
