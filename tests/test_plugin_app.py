@@ -1,13 +1,17 @@
 """The page with task plug-ins (AppTest, real trainers): the Task select lists built-in tasks and
-discovered plug-ins; a broken plug-in's message shows under it and the previous task stays; a
-plug-in with validation data draws its validation loss; an XLA fallback shows as a warning."""
+discovered plug-ins; a broken plug-in's message shows under it and the previous task stays (the
+six of issue #22 too: a KeyboardInterrupt at a plug-in's import leaves the page up); a plug-in
+with validation data draws its validation loss; an XLA fallback shows as a warning."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
 from support import TINY_PLUGIN, wait_until, write_plugin
 from test_app import app, manager  # noqa: F401  (the page, and a fresh shared run, as there)
+from test_broken_plugins import BROKEN
 from test_xla_fallback import NO_XLA_MODEL
 
 VALIDATED = TINY_PLUGIN.format(name="tiny_validated").replace(
@@ -65,6 +69,30 @@ def test_a_broken_plugin_says_why_next_to_the_select_and_the_previous_task_stays
     app.button(key="start").click().run()
     wait_until(lambda: manager.trainer is not None and manager.trainer.status.step > 0, what="a step")
     assert manager.trainer.config.task == "exploding_rnn"
+
+
+@pytest.fixture
+def six_broken(plugin_folder):
+    """Issue #22's broken plug-ins in the page's plug-in folder: (Task option, its file) each
+    (written before the page first runs: a KeyboardInterrupt at import once stopped it)."""
+    options = []
+    for number, (source, _) in enumerate(BROKEN.values()):
+        name = f"tiny_broken_{number}"
+        path = write_plugin(plugin_folder, f"broken_{number}.py", source.replace('"tiny_broken"', f'"{name}"'))
+        imports = f'name="{name}"' in path.read_text()
+        options.append((name if imports else f"{path.name} (cannot be used)", path))
+    return options
+
+
+def test_issue_22s_broken_plugins_say_why_next_to_the_select_and_the_previous_task_stays(six_broken, app):
+    assert not app.exception
+    for (option, path), (_, message) in zip(six_broken, BROKEN.values()):
+        task_select(app).select("exploding_rnn").run()
+        task_select(app).select(option).run()
+        assert not app.exception, option
+        expected = re.escape(f"Task plug-in {path.resolve()}") + message
+        assert any(re.search(expected, error) for error in app.sidebar.error.values), (option, errors(app))
+        assert task_select(app).value == "exploding_rnn", option
 
 
 def test_a_plugin_with_validation_data_shows_its_validation_loss(app, manager):
