@@ -84,6 +84,8 @@ def test_fit_records_every_step_with_the_clipping_invariants(tmp_path, steps_per
     database = RunDatabase(tmp_path / "runs.db")
     clipping = LiveClipping("global_norm", 0.05, database=database, run_name="my model")
     fit(clipping, steps_per_execution=steps_per_execution)
+    assert database.run_info(clipping.run_id)["state"] == "running"  # one run until it is closed
+    clipping.close()
     frame = database.metrics(clipping.run_id)
     assert frame.step.tolist() == list(range(1, 33))  # 2 epochs x 16 batches, none sampled away
     assert_clipping_invariants(frame)
@@ -94,7 +96,7 @@ def test_fit_records_every_step_with_the_clipping_invariants(tmp_path, steps_per
         np.sqrt((layers.drop(columns="step") ** 2).sum(axis=1)), frame.grad_norm, rtol=1e-5
     )
     info = database.run_info(clipping.run_id)
-    assert info["state"] == "stopped" and info["name"] == "my model" and info["steps"] == 32
+    assert info["state"] == "finished" and info["name"] == "my model" and info["steps"] == 32
     assert info["config"]["attached"] and info["task"] == "attached"
     assert database.events(clipping.run_id).kind.tolist() == ["start", "finished"]
 
@@ -283,7 +285,12 @@ def run_example(name, tmp_path, *args, timeout=300):
 
 @pytest.mark.parametrize(
     "example, args",
-    [("attach_fit.py", ["--steps-per-execution", "5"]), ("attach_custom_loop.py", []), ("attach_mirrored.py", [])],
+    [
+        ("attach_fit.py", ["--steps-per-execution", "5"]),
+        ("attach_fit_loop.py", ["--steps-per-epoch", "25"]),  # three fits, one run
+        ("attach_custom_loop.py", []),
+        ("attach_mirrored.py", []),
+    ],
 )
 def test_example_records_every_step(tmp_path, example, args):
     summary, database = run_example(example, tmp_path, "--steps", "60", "--clip-threshold", "0.1", *args)
@@ -291,7 +298,11 @@ def test_example_records_every_step(tmp_path, example, args):
     assert frame.step.tolist() == list(range(1, 61)) and summary["steps"] == 60
     assert_clipping_invariants(frame)
     assert frame.clipped.any() and np.isfinite(frame.loss).all()
-    assert database.run_info(summary["run_id"])["state"] == "stopped"
+    assert database.run_info(summary["run_id"])["state"] == "finished"  # closed, or at the exit
+    if example == "attach_fit_loop.py":
+        assert summary["fits"] == 3 and len(database.list_runs()) == 1
+        evaluations = database.evaluations(summary["run_id"])
+        assert evaluations[evaluations.name == "val_loss"].step.tolist() == [25, 50, 60]
     if example == "attach_mirrored.py":
         assert summary["replicas"] == 2 and database.run_info(summary["run_id"])["config"]["replicas"] == 2
 
