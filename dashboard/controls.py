@@ -1,10 +1,14 @@
 """The sidebar's controls: widget keys, the session state behind them, their callbacks, the sidebar.
 
-What a control shows lives in session state (the last accepted value); a callback sends the new
-value to the shared `RunManager` through one helper (`_on_control`: validate -> send -> report),
-and a refused value shows its message under the control, which goes back to the last accepted
-value. Buttons go through `action`, which drops a repeated click (`first_click`). Nothing here
-loops, sleeps or starts a thread.
+What a control shows lives in session state (the last accepted value); every control's callback
+sends the new value to the shared `RunManager` through one helper (`_command`: validate -> send
+-> report), and a refused value shows its message under the control, naming the value as typed,
+while the control goes back to the value in effect. The number controls (threshold, learning
+rate, policy parameters) are text fields, so the page always sees what was typed: a browser's
+number field keeps showing a value it never sends (out of its range, or `1e999`), which left a
+value on screen that was not in effect. Buttons go through `action`, which drops a repeated click
+(`first_click`), and apply only in the run's states that `run_buttons` lists. Nothing here loops,
+sleeps or starts a thread.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from dashboard.live_run import RunSettings
+from dashboard.live_run import ACTIVE_STATES, RunSettings
 from dashboard.run_manager import RunManager
 from training.policies import POLICY_NAMES, POLICY_PARAMETERS, validate_clip_threshold, validate_policy_params
 from training.plugins import PluginError, check_task_once, task_catalogue
@@ -142,11 +146,70 @@ def widget_key(name: str) -> str:
     return f"{name}@{st.session_state[_VERSIONS].get(name, 0)}"
 
 
+def _new_widget(name: str) -> None:
+    """Give control `name` a fresh widget from the next run on (it starts from `_VALUES`)."""
+    versions = st.session_state[_VERSIONS]
+    versions[name] = versions.get(name, 0) + 1
+
+
 def show_value(name: str, value: Any) -> None:
     """Make control `name` show `value` from the next run on (a new widget if it changed)."""
-    state = st.session_state
-    state[_VALUES][name] = value
-    state[_VERSIONS][name] = state[_VERSIONS].get(name, 0) + 1
+    st.session_state[_VALUES][name] = value
+    _new_widget(name)
+
+
+# --- number fields: text in, a number out ---------------------------------------------------------
+
+SHOWN_TEXT_CHARACTERS = 40  # a refusal quotes this much of what was typed, then cuts it
+
+
+def number_text(value: Any) -> str:
+    """The text a number field shows for `value`: the shortest that reads back as it (20.0 -> "20",
+    1e-05 -> "1e-05"), so the field shows exactly the value in effect."""
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def typed_number(text: str, kind: type) -> int | float:
+    """The number in a field's `text`, as `kind` (int or float); NaN when it is not a number,
+    so the control's validator refuses it and says what is allowed.
+
+    An int field takes a whole number written either way ("5", "5.0", "1e3"); anything else
+    goes on as a float for its validator to refuse.
+    """
+    text = text.strip()
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    try:
+        number = float(text)
+    except ValueError:
+        return math.nan
+    return int(number) if kind is int and number.is_integer() else number
+
+
+def as_typed(message: str, text: str) -> str:
+    """`message` (a validator's "... Received: name=value") with the value as it was typed.
+
+    The validator saw the parsed number (`1e999` as inf, `abc` as nan); the person typed text.
+    A number is shown as typed, anything else quoted (`''` for an empty field).
+    """
+    head, received, tail = message.rpartition("Received: ")
+    if not received or "=" not in tail:
+        return message
+    name, shown = tail.split("=", 1)[0], text.strip()
+    try:
+        float(shown)
+        quoted = False
+    except ValueError:
+        quoted = True
+    if len(shown) > SHOWN_TEXT_CHARACTERS:
+        shown = f"{shown[:SHOWN_TEXT_CHARACTERS]}... ({len(shown):,} characters)"
+    return f"{head}{received}{name}={shown!r}" if quoted else f"{head}{received}{name}={shown}"
 
 
 def _run_values(settings: RunSettings) -> dict[str, Any]:
@@ -191,20 +254,34 @@ def show_error(name: str, errors_key: str = _ERRORS) -> None:
         st.error(message, icon=":material/error:")
 
 
-def _command(name: str, key: str, action: Callable[[Any], Any]) -> None:
-    """Send what widget `key` of control `name` now holds; on a refusal show why and undo."""
+def _command(
+    name: str, key: str, action: Callable[[Any], Any], number_kind: type | None = None,
+    current_key: str | None = None,
+) -> None:
+    """The one control callback: validate -> send -> report.
+
+    Takes what widget `key` of control `name` now holds (a number field's text as a number of
+    `number_kind`, see `typed_number`) and hands it to `action`, which validates and sends it or
+    raises. Any earlier refusal goes (the message shown is always about this input). A refused
+    value shows why under the control, naming the value as typed, and the control gets a new
+    widget back at the value in effect; an accepted one becomes the control's value, shown as
+    it is taken. `current_key`: the widget key the control has now (default `widget_key(name)`).
+    """
     state = st.session_state
-    if key != widget_key(name):
+    if key != (widget_key(name) if current_key is None else current_key):
         return  # a replaced widget's late value: the control shows something newer
     state[_ERRORS] = {}
-    value = state[key]
+    typed = state[key]
+    value = typed if number_kind is None else typed_number(typed, number_kind)
     try:
         action(value)
     except (ValueError, RuntimeError) as error:
-        report(name, error)
-        show_value(name, control_value(name))  # a new widget, back at the accepted value
+        report(name, error if number_kind is None else as_typed(str(error), typed))
+        _new_widget(name)  # back at the value in effect
         return
     state[_VALUES][name] = value
+    if number_kind is not None and number_text(value) != typed.strip():
+        _new_widget(name)  # "1e-3" shows as 0.001, "5.0" in an integer field as 5
 
 
 def first_click(command: str, last_action_key: str = _LAST_ACTION) -> bool:
@@ -222,15 +299,59 @@ def first_click(command: str, last_action_key: str = _LAST_ACTION) -> bool:
     return True
 
 
-def action(name: str, command: str, run: Callable[[], Any]) -> None:
-    """Run a button's command (Start, Stop, Inject spike, ...); show a refusal under `name`."""
+def action(name: str, command: str, run: Callable[[], Any], refusal: Callable[[], str | None] = lambda: None) -> None:
+    """Run a button's command (Start, Stop, Inject spike, ...); show a refusal under `name`.
+
+    `refusal()`: why the command does not apply now (None: it does), checked at the click, since
+    a browser can send a click on a button drawn before the run's state changed.
+    """
     if not first_click(command):
         return
     st.session_state[_ERRORS] = {}
     try:
+        why_not = refusal()
+        if why_not is not None:
+            raise RuntimeError(why_not)
         run()
     except (ValueError, RuntimeError) as error:
         report(name, error)
+
+
+RUN_BUTTONS = ("start", "stop", "pause", "resume", "inject_spike")
+
+
+def run_button_refusals(state: str, steps: int, run_number: int, race_is_active: bool) -> dict[str, str | None]:
+    """Why each run button does not apply now (None: it does), from one read of the run.
+
+    `state` and `steps`: the run's status ("none" before the first run). A run is starting from
+    Start until its first step: then only Stop applies (Pause, Resume and a spike would wait for
+    a step nobody can see yet), and Start does not, so one Start is one run (a quick Start, Stop,
+    Start... pressed 62 times in 23 s had left 13 runs, 8 of them without a step).
+    """
+    active = state in ACTIVE_STATES
+    starting = active and state != "paused" and steps == 0
+    run = f"Run {run_number}"
+    phase = "starting (no step yet)" if starting else state
+    not_now = f"{run} is {phase}" if run_number else "There is no run yet"
+    return {
+        "start": f"{run} is still {phase}: press Stop before starting a new run." if active
+        else "An A/B race is on: stop it (A/B race tab) before starting a run." if race_is_active
+        else None,
+        "stop": None if active else f"{not_now}: there is nothing to stop. Press Start for a new run.",
+        "pause": None if state == "running" and not starting else f"{not_now}: Pause applies to a run that trains.",
+        "resume": None if state == "paused" else f"{not_now}: Resume applies to a paused run.",
+        "inject_spike": None if active and not starting
+        else f"{not_now}: a spike applies to a run that has started training.",
+    }  # fmt: skip
+
+
+def _run_button_refusals(manager: RunManager) -> dict[str, str | None]:
+    trainer = manager.trainer
+    status = None if trainer is None else trainer.status  # one read: state and steps agree
+    return run_button_refusals(
+        "none" if status is None else status.state, 0 if status is None else status.step,
+        manager.run_number, manager.race_is_active,
+    )  # fmt: skip
 
 
 def send_or_check(live: bool, send: Callable[[Any], Any], check: Callable[[Any], Any], value: Any) -> None:
@@ -242,9 +363,10 @@ def send_or_check(live: bool, send: Callable[[Any], Any], check: Callable[[Any],
 
 
 def _on_control(name: str, key: str, live: Callable[[], bool], send: Callable[[Any], Any],
-                check: Callable[[Any], Any] = lambda value: None) -> None:
-    """The one control callback: validate -> send -> report (see `send_or_check`, `_command`)."""
-    _command(name, key, lambda value: send_or_check(live(), send, check, value))
+                check: Callable[[Any], Any] = lambda value: None, number_kind: type | None = None) -> None:
+    """A run setting's callback: `_command` sending to the run while it is on, else checking the
+    value for the next Start (`send_or_check`)."""
+    _command(name, key, lambda value: send_or_check(live(), send, check, value), number_kind)
 
 
 def _use_task(label: str) -> None:
@@ -290,15 +412,20 @@ def _on_policy_param(manager: RunManager, key: str, policy: str, name: str) -> N
         param_key(policy, name), key, runs_this_policy,
         lambda value: manager.set_policy(policy, **{name: value}),
         lambda value: validate_policy_params(policy, {**_policy_params_from_controls(policy), name: value}),
+        POLICY_PARAMETERS[policy][name].kind,
     )  # fmt: skip
 
 
 def _on_clip_threshold(manager: RunManager, key: str) -> None:
-    _on_control(CLIP_THRESHOLD, key, lambda: manager.is_active, manager.set_clip_threshold, validate_clip_threshold)
+    _on_control(
+        CLIP_THRESHOLD, key, lambda: manager.is_active, manager.set_clip_threshold, validate_clip_threshold, float
+    )  # fmt: skip
 
 
 def _on_learning_rate(manager: RunManager, key: str) -> None:
-    _on_control(LEARNING_RATE, key, lambda: manager.is_active, manager.set_learning_rate, validate_learning_rate)
+    _on_control(
+        LEARNING_RATE, key, lambda: manager.is_active, manager.set_learning_rate, validate_learning_rate, float
+    )  # fmt: skip
 
 
 def _on_speed(manager: RunManager, key: str) -> None:
@@ -322,7 +449,7 @@ def _on_start(manager: RunManager) -> None:
         run_number = manager.start(_settings_from_controls())
         st.session_state[_SYNCED] = {**_run_values(manager.settings), RUN: run_number}
 
-    action(RUN, "start", start)
+    action(RUN, "start", start, lambda: _run_button_refusals(manager)["start"])
 
 
 def _on_run_command(manager: RunManager, command: str) -> None:
@@ -332,7 +459,7 @@ def _on_run_command(manager: RunManager, command: str) -> None:
         "stop": manager.stop,
         "inject_spike": lambda: manager.inject_spike(st.session_state[SPIKE_FACTOR]),
     }
-    action(RUN, command, actions[command])
+    action(RUN, command, actions[command], lambda: _run_button_refusals(manager)[command])
 
 
 # --- sidebar -----------------------------------------------------------------------------------
@@ -363,8 +490,23 @@ def _choice(manager: RunManager, name: str, label: str, options, on_change, help
     )
 
 
+def _number_field(manager: RunManager, name: str, label: str, on_change, args: tuple, help_text: str) -> None:
+    """A text field for number control `name`, showing the value in effect, and its refusal."""
+    key = widget_key(name)
+    st.text_input(
+        label,
+        value=number_text(control_value(name)),
+        key=key,
+        on_change=on_change,
+        args=(manager, key, *args),
+        help=help_text,
+        disabled=not manager.can_steer,
+    )
+    show_error(name)
+
+
 def _run_controls(manager: RunManager) -> None:
-    active, state = manager.is_active, manager.state
+    active = manager.is_active
     locked = not manager.can_steer  # a viewer (dashboard.access): every control is disabled
     st.header("Run", anchor=False)
     catalogue = task_catalogue()
@@ -388,43 +530,22 @@ def _run_controls(manager: RunManager) -> None:
     st.caption(POLICY_DESCRIPTIONS.get(policy, ""))
     show_error(POLICY)
     for name, parameter in POLICY_PARAMETERS[policy].items():
-        integer = parameter.kind is int
         control = param_key(policy, name)
-        key = widget_key(control)
-        st.number_input(
-            param_label(name),
-            value=control_value(control),
-            key=key,
-            step=1 if integer else 10.0 ** (math.floor(math.log10(float(parameter.default))) - 1),
-            format="%d" if integer else "%g",
-            on_change=_on_policy_param,
-            args=(manager, key, policy, name),
-            disabled=locked,
-            help=f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
+        _number_field(
+            manager, control, param_label(name), _on_policy_param, (policy, name),
+            f"{parameter.allowed().capitalize()}; default {parameter.default:g}."
             + ("" if parameter.live else " Changing it during a run recompiles the step."),
-        )
-        show_error(control)
+        )  # fmt: skip
 
-    for name, label, step, on_change, help_text in (
-        (CLIP_THRESHOLD, "Clip threshold", 0.01, _on_clip_threshold,
-         "c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it takes effect "
-         "at the next chunk of steps."),
-        (LEARNING_RATE, "Learning rate", 0.0001, _on_learning_rate,
-         "A finite number > 0; the task's default is filled in when you pick a task."),
-    ):  # fmt: skip
-        key = widget_key(name)
-        st.number_input(
-            label,
-            value=control_value(name),
-            key=key,
-            step=step,
-            format="%g",
-            on_change=on_change,
-            args=(manager, key),
-            help=help_text,
-            disabled=locked,
-        )
-        show_error(name)
+    _number_field(
+        manager, CLIP_THRESHOLD, "Clip threshold", _on_clip_threshold, (),
+        "c, a finite number > 0 (type any value, e.g. 1e-4 or 1e4). During a run it takes effect "
+        "at the next chunk of steps.",
+    )  # fmt: skip
+    _number_field(
+        manager, LEARNING_RATE, "Learning rate", _on_learning_rate, (),
+        "A finite number > 0; the task's default is filled in when you pick a task.",
+    )  # fmt: skip
     key = widget_key(SPEED)
     speed_slider(
         st,
@@ -438,20 +559,17 @@ def _run_controls(manager: RunManager) -> None:
     )
     show_error(SPEED)
 
+    refusals = _run_button_refusals(manager)  # a button that does not apply now is disabled
     left, right = st.columns(2)
     left.button(
         "Start", key="start", type="primary", width="stretch",
-        disabled=locked or active or manager.race_is_active, on_click=_on_start, args=(manager,),
+        disabled=locked or refusals["start"] is not None, on_click=_on_start, args=(manager,),
     )  # fmt: skip
-    for column, label, command, disabled in (
-        (right, "Stop", "stop", not active),
-        (left, "Pause", "pause", state != "running"),
-        (right, "Resume", "resume", state != "paused"),
-    ):
+    for column, label, command in ((right, "Stop", "stop"), (left, "Pause", "pause"), (right, "Resume", "resume")):
         column.button(
-            label, key=command, width="stretch", disabled=locked or disabled, on_click=_on_run_command,
-            args=(manager, command),
-        )
+            label, key=command, width="stretch", disabled=locked or refusals[command] is not None,
+            on_click=_on_run_command, args=(manager, command),
+        )  # fmt: skip
     st.number_input(
         "Spike factor",
         value=100.0,
@@ -465,7 +583,7 @@ def _run_controls(manager: RunManager) -> None:
         "Inject spike",
         key="inject_spike",
         width="stretch",
-        disabled=locked or not active,
+        disabled=locked or refusals["inject_spike"] is not None,
         on_click=_on_run_command,
         args=(manager, "inject_spike"),
     )
@@ -501,15 +619,8 @@ def _view_controls() -> None:
 
 
 def _on_database_path(manager: RunManager, key: str) -> None:
-    state = st.session_state
-    if key != _database_path_key(manager):
-        return  # a replaced widget's late value
-    state[_ERRORS] = {}
-    try:
-        manager.set_database_path(state[key])
-    except (ValueError, RuntimeError) as error:  # RuntimeError: a viewer (dashboard.access)
-        report(DATABASE_PATH, error)
-        state[_VERSIONS][DATABASE_PATH] = state[_VERSIONS].get(DATABASE_PATH, 0) + 1
+    # RuntimeError: a viewer (dashboard.access). The field shows the database in use.
+    _command(DATABASE_PATH, key, manager.set_database_path, current_key=_database_path_key(manager))
 
 
 def _database_path_key(manager: RunManager) -> str:

@@ -19,6 +19,7 @@ from dashboard.run_manager import RunManager, get_run_manager
 from support import wait_until
 
 from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
+from training.policies import POLICY_PARAMETERS
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
 CONTROL_LABELS = ("Task", "Policy", "Clip threshold", "Learning rate", "Speed")
@@ -49,7 +50,7 @@ def app(manager) -> AppTest:
 
 def control(at: AppTest, label: str):
     """The sidebar widget labelled `label` (its key changes whenever the page resets it)."""
-    widgets = [*at.sidebar.selectbox, *at.sidebar.number_input, *at.sidebar.select_slider]
+    widgets = [*at.sidebar.selectbox, *at.sidebar.text_input, *at.sidebar.number_input, *at.sidebar.select_slider]
     matches = [widget for widget in widgets if widget.label == label]
     assert len(matches) == 1, f"{len(matches)} widgets labelled {label!r}"
     return matches[0]
@@ -67,6 +68,7 @@ def start_run(at: AppTest, manager: RunManager, steps: int = 20) -> None:
     at.button(key="start").click().run()
     assert not at.exception and not errors(at), errors(at)
     wait_until(lambda: manager.trainer.status.step >= steps, what=f"{steps} steps")
+    at.run()  # the page as it is now: the run's buttons (Pause, Inject spike) apply once it steps
 
 
 def clip_threshold_events(manager: RunManager):
@@ -78,7 +80,7 @@ def test_page_renders_every_control_with_no_exception(app):
     assert not app.exception
     assert app.title[0].value == "Clipwatch"
     labels = [widget.label for widget in app.sidebar.selectbox] + [
-        widget.label for widget in (*app.sidebar.number_input, *app.sidebar.select_slider)
+        widget.label for widget in (*app.sidebar.text_input, *app.sidebar.number_input, *app.sidebar.select_slider)
     ]
     for label in CONTROL_LABELS:
         assert label in labels
@@ -92,12 +94,12 @@ def test_page_renders_every_control_with_no_exception(app):
 
 def test_policy_parameters_appear_under_their_policy(app):
     control(app, "Policy").select("autoclip").run()
-    labels = [widget.label for widget in app.sidebar.number_input]
+    labels = [widget.label for widget in app.sidebar.text_input]
     assert "Percentile" in labels and "Window" in labels
     control(app, "Policy").select("agc").run()
-    assert "Clip factor" in [widget.label for widget in app.sidebar.number_input]
+    assert "Clip factor" in [widget.label for widget in app.sidebar.text_input]
     control(app, "Policy").select("zclip").run()
-    assert "Z threshold" in [widget.label for widget in app.sidebar.number_input]
+    assert "Z threshold" in [widget.label for widget in app.sidebar.text_input]
     assert not app.exception
 
 
@@ -121,7 +123,7 @@ def test_start_runs_the_seed_task_and_the_page_shows_it(app, manager):
 
 def test_changing_the_clip_threshold_reaches_the_running_trainer(app, manager):
     start_run(app, manager)
-    control(app, "Clip threshold").set_value(0.25).run()
+    control(app, "Clip threshold").input("0.25").run()
     assert not app.exception and not errors(app)
     wait_until(lambda: manager.trainer.config.clip_threshold == 0.25, what="the new threshold")
     changes = clip_threshold_events(manager)
@@ -138,10 +140,10 @@ def test_changing_the_clip_threshold_reaches_the_running_trainer(app, manager):
 @pytest.mark.parametrize("bad_value", [-1.0, 0.0])
 def test_a_refused_threshold_shows_the_trainers_message_and_changes_nothing(app, manager, bad_value):
     start_run(app, manager)
-    control(app, "Clip threshold").set_value(0.5).run()
+    control(app, "Clip threshold").input("0.5").run()
     wait_until(lambda: manager.trainer.config.clip_threshold == 0.5, what="the first change")
 
-    control(app, "Clip threshold").set_value(bad_value).run()
+    control(app, "Clip threshold").input(repr(bad_value)).run()
     assert not app.exception
     assert errors(app) == [
         "`clip_threshold` must be a finite number greater than 0. "
@@ -152,28 +154,29 @@ def test_a_refused_threshold_shows_the_trainers_message_and_changes_nothing(app,
     assert manager.trainer.config.clip_threshold == 0.5
     assert manager.settings.clip_threshold == 0.5
     assert clip_threshold_events(manager)["new"].tolist() == ["0.5"]
-    assert control(app, "Clip threshold").value == 0.5  # the control went back
+    assert control(app, "Clip threshold").value == "0.5"  # the control went back
 
-    control(app, "Learning rate").set_value(0.02).run()  # the next command
+    control(app, "Learning rate").input("0.02").run()  # the next command
     assert errors(app) == []  # clears the message
 
 
 def test_a_refused_value_before_a_run_is_reported_too(app, manager):
-    control(app, "Learning rate").set_value(-0.5).run()
+    control(app, "Learning rate").input("-0.5").run()
     assert errors(app) == [
         "`learning_rate` must be a finite number greater than 0. Received: learning_rate=-0.5"
     ]
-    assert control(app, "Learning rate").value == 0.01
+    assert control(app, "Learning rate").value == "0.01"
     assert manager.trainer is None
 
 
 def test_learning_rate_policy_and_its_parameters_change_live(app, manager):
     start_run(app, manager)
-    control(app, "Learning rate").set_value(0.005).run()
+    control(app, "Learning rate").input("0.005").run()
     control(app, "Policy").select("autoclip").run()
-    control(app, "Percentile").set_value(50.0).run()
-    control(app, "Percentile").set_value(150.0).run()
-    assert errors(app) == ["`percentile` must be a number in (0, 100]. Received: percentile=150.0"]
+    control(app, "Percentile").input("50.0").run()
+    control(app, "Percentile").input("150.0").run()
+    percentile = POLICY_PARAMETERS["autoclip"]["percentile"]
+    assert errors(app) == [f"`percentile` must be {percentile.allowed()}. Received: percentile=150.0"]
     trainer = manager.trainer
     wait_until(
         lambda: trainer.config.policy == "autoclip"
@@ -200,7 +203,7 @@ def test_pause_resume_stop_and_a_new_start_replaces_the_trainer(app, manager):
     assert metric(app, "State") == "Stopped"
     assert app.sidebar.button(key="pause").disabled
 
-    control(app, "Clip threshold").set_value(0.2).run()  # configures the next run
+    control(app, "Clip threshold").input("0.2").run()  # configures the next run
     app.sidebar.button(key="start").click().run()
     assert manager.trainer is not first and manager.run_number == 2
     assert manager.trainer.config.clip_threshold == 0.2
@@ -212,9 +215,9 @@ def test_a_second_session_watches_and_follows_the_same_run(app, manager):
     start_run(app, manager)
     second = AppTest.from_file(APP, default_timeout=60).run()
     assert metric(second, "State") == "Running"
-    control(app, "Clip threshold").set_value(0.3).run()
+    control(app, "Clip threshold").input("0.3").run()
     second.run()  # the second tab's next refresh
-    assert control(second, "Clip threshold").value == 0.3
+    assert control(second, "Clip threshold").value == "0.3"
     assert second.sidebar.button(key="start").disabled
     # Either tab steers the one run: the second stops it and the first sees that.
     second.sidebar.button(key="stop").click().run()
@@ -240,7 +243,7 @@ def test_apply_suggested_threshold_sets_the_percentile_of_recent_norms(app, mana
     assert value == float(shown.group(1))
     assert 0 < value < 1  # a p90 of the seed task's norms, not the default threshold 1
     wait_until(lambda: manager.trainer.config.clip_threshold == value, what="the suggestion applied")
-    assert control(app, "Clip threshold").value == value
+    assert float(control(app, "Clip threshold").value) == value
     assert clip_threshold_events(manager)["new"].tolist() == [f"{value:.6g}"]
 
 
@@ -260,7 +263,7 @@ def test_inject_spike_is_recorded_and_shows_in_the_gradient_norm(app, manager):
 
 def test_a_run_that_stops_itself_shows_why(app, manager):
     control(app, "Policy").select("none").run()
-    control(app, "Learning rate").set_value(1e30).run()
+    control(app, "Learning rate").input("1e30").run()
     control(app, "Speed").set_value("Full").run()
     app.button(key="start").click().run()
     wait_until(lambda: manager.state == "failed", what="the run to fail")

@@ -91,8 +91,8 @@ def test_the_key_unlocks_one_session_and_forged_commands_from_another_change_not
     viewer = session()
     assert viewer.button(key="stop").disabled and viewer.button(key="inject_spike").disabled
     for send in (
-        lambda: forged(next(w for w in viewer.sidebar.number_input if w.label == "Clip threshold")).set_value(0.5),
-        lambda: forged(next(w for w in viewer.sidebar.number_input if w.label == "Learning rate")).set_value(0.5),
+        lambda: forged(next(w for w in viewer.sidebar.text_input if w.label == "Clip threshold")).input("0.5"),
+        lambda: forged(next(w for w in viewer.sidebar.text_input if w.label == "Learning rate")).input("0.5"),
         lambda: forged(next(w for w in viewer.sidebar.selectbox if w.label == "Policy")).select("value"),
         lambda: forged(viewer.button(key="inject_spike")).click(),
         lambda: forged(viewer.button(key="pause")).click(),
@@ -118,9 +118,9 @@ def test_a_command_from_a_session_that_lost_its_permission_is_refused_by_the_man
     wait_until(lambda: manager.trainer and manager.trainer.status.step > 20, what="the operator's run")
     trainer = manager.trainer
     operator_gate().revoke(operator.session_state[PERMISSION_STATE])
-    threshold = next(w for w in operator.sidebar.number_input if w.label == "Clip threshold")
+    threshold = next(w for w in operator.sidebar.text_input if w.label == "Clip threshold")
     assert not threshold.disabled  # as drawn while it was the operator
-    threshold.set_value(0.5).run()
+    threshold.input("0.5").run()
     assert not operator.exception
     assert any(REFUSED in text for text in texts(operator.error)), texts(operator.error)
     assert trainer.config.clip_threshold == 1.0 and trainer.events()["kind"].tolist() == ["start"]
