@@ -314,7 +314,14 @@ def metric_names(evaluations: pd.DataFrame | None) -> list[str]:
     if evaluations is None or len(evaluations) == 0:
         return []
     names = {str(name) for name in evaluations["name"].unique()} - set(LOSS_CHART_EVALUATIONS)
-    return sorted(names, key=lambda name: (name.removeprefix("val_"), name.startswith("val_")))
+
+    def order(name: str) -> tuple[str, int]:
+        base, depth = name, 0
+        while base.startswith("val_"):
+            base, depth = base[4:], depth + 1
+        return base, depth
+
+    return sorted(names, key=order)
 
 
 def latest_validation(evaluations: pd.DataFrame | None) -> dict[str, float]:

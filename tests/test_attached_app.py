@@ -18,11 +18,15 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import streamlit as st
+from hypothesis import given
+from hypothesis import strategies
 from streamlit.testing.v1 import AppTest
 
+from dashboard import charts
 from dashboard.run_manager import RunManager, get_run_manager
 from support import wait_until
 from training.persistence import RunDatabase
@@ -113,6 +117,17 @@ def metric_value(at: AppTest, label: str) -> str:
 
 def errors(at: AppTest) -> list[str]:
     return [element.value for element in at.error]
+
+
+@given(strategies.lists(strategies.sampled_from(["", "val_"]).flatmap(
+    lambda prefix: strategies.text("val_os", min_size=1, max_size=8).map(lambda name: prefix + name)), max_size=12))
+def test_the_metric_select_offers_every_recorded_metric_but_the_losses_each_before_its_validation(names):
+    evaluations = pd.DataFrame({"step": range(len(names)), "time_s": 0.0, "name": names, "value": 1.0})
+    offered = charts.metric_names(evaluations)
+    assert sorted(offered) == sorted(set(names) - {"loss", "val_loss"})  # each once, the losses drawn already
+    for name in offered:
+        if f"val_{name}" in offered:
+            assert offered.index(name) < offered.index(f"val_{name}")
 
 
 def test_the_live_view_of_an_attached_run_draws_its_validation_loss_and_offers_its_metrics(manager):
