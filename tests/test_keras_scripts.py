@@ -335,7 +335,7 @@ def test_wrap_takes_a_keras_optimizer_name(tmp_path, name):
 
 
 def test_wrap_refuses_an_unknown_optimizer_name():
-    with pytest.raises(ValueError, match="adamm"):
+    with pytest.raises(ValueError, match="Could not interpret optimizer identifier: adamm"):
         LiveClipping(database=False).wrap("adamm")
 
 
