@@ -174,6 +174,31 @@ def test_a_stop_between_fits_holds_for_every_later_fit(tmp_path):
     assert clipping.stopped and database.events(clipping.run_id).kind.tolist()[-1] == "stop"
 
 
+def test_a_stop_during_a_fit_ends_it_at_the_next_step_without_its_validation(tmp_path):
+    database = RunDatabase(tmp_path / "runs.db")
+    clipping = LiveClipping(database=database, poll_seconds=0.05)
+    model, train, validation = compiled(clipping)
+    histories = []
+    fitting = threading.Thread(target=lambda: histories.append(model.fit(
+        *train, batch_size=16, epochs=100_000, validation_data=validation, verbose=0,
+        callbacks=[clipping.callback()])))  # fmt: skip
+    fitting.start()
+    try:
+        wait_until(lambda: clipping._began and clipping._steps_done() > 2 * BATCHES, timeout=120,
+                   what="the fit's first epochs")  # fmt: skip
+        stop = acknowledged(database, database.send_command(clipping.run_id, "stop"))
+        fitting.join(120)
+    finally:
+        if fitting.is_alive():
+            model.stop_training = True
+            fitting.join(120)
+    history = histories[0].history
+    assert clipping.stopped and database.run_info(clipping.run_id)["state"] == "stopped"
+    assert int(clipping._steps.numpy()) == stop["applied_step"] - 1  # no step after the stop
+    assert database.run_info(clipping.run_id)["steps"] == stop["applied_step"] - 1
+    assert len(history["val_loss"]) == len(history["loss"]) - 1  # the stopped epoch is not validated
+
+
 def test_a_stop_ends_a_loop_of_fits_and_predicts(tmp_path):
     """The example script's loop, with steps to spare: a stop ends it, with no step after it."""
     database = RunDatabase(tmp_path / "runs.db")
