@@ -58,9 +58,11 @@ def test_rename_and_delete(tmp_path):
     with pytest.raises(ValueError, match="name=''"):
         database.rename_run(run_id, "")
     database.delete_run(run_id)
-    assert database.list_runs().empty and database.metrics(run_id).empty
-    with pytest.raises(ValueError, match=f"run_id={run_id}"):
-        database.run_info(run_id)
+    assert database.list_runs().empty
+    # Issue #22: reading a deleted run says it is missing (was an empty frame for metrics).
+    for read in (database.metrics, database.run_info):
+        with pytest.raises(ValueError, match=f"run_id={run_id}"):
+            read(run_id)
 
 
 def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(tmp_path):
@@ -153,12 +155,14 @@ def test_the_environment_variable_sets_the_default_path(tmp_path, monkeypatch):
 
 def test_send_command_checks_the_kind_and_the_run_and_queues_in_order(tmp_path):
     database = RunDatabase(tmp_path / "runs.db")
-    run_id = finished_run(database, task="seed", max_steps=20).status.run_id
+    # A live run (commands to an ended run are refused since issue #22): recorded by this process.
+    writer = database.start_run(Trainer(task="seed").config, ["w"], "live")
+    run_id = writer.run_id
     with pytest.raises(ValueError, match="Unknown command kind 'explode'. Allowed: clip_threshold"):
         database.send_command(run_id, "explode", 1.0)
     with pytest.raises(ValueError, match="No run with run_id=999"):
         database.send_command(999, "clip_threshold", 0.5)
-    with pytest.raises(ValueError, match=r"value=\[1\]"):
+    with pytest.raises(ValueError, match=r"clip_threshold=\[1\]"):  # the trainer's own validator
         database.send_command(run_id, "clip_threshold", [1])
     first = database.send_command(run_id, "clip_threshold", 0.5)
     second = database.send_command(run_id, "policy", "autoclip", percentile=20)
@@ -170,5 +174,6 @@ def test_send_command_checks_the_kind_and_the_run_and_queues_in_order(tmp_path):
     assert list(frame.columns) == ["id", "run", "kind", "value", "parameters", "created",
                                    "applied_step", "applied_time", "error"]
     assert frame.applied_step.tolist()[0] == 41 and frame.error.isna().tolist() == [True, False]
+    writer.finish("stopped")  # a live run is not deleted
     database.delete_run(run_id)
     assert database.commands(run_id).empty

@@ -5,6 +5,12 @@ writer thread of the run's own, in one transaction at least every 0.5 s (`FLUSH_
 so a SIGKILL loses at most the last second. A run whose process died while it was running shows
 as "interrupted" the next time the database is opened.
 
+A file is recognised before anything is written to it: Clipwatch stamps its databases with
+SQLite's `application_id` (APPLICATION_ID, "CLPW") and `user_version` (SCHEMA_VERSION). An
+empty file is stamped; an unstamped file with exactly Clipwatch's tables (made before the stamp)
+is stamped and used; anything else (another application's `runs` table, a newer schema, not
+SQLite at all) is refused with a `DatabaseError` and left byte-for-byte unchanged.
+
 The schema (see also README.md):
 
     runs(run_id INTEGER PRIMARY KEY, name, task, policy, clip_threshold, learning_rate,
@@ -26,18 +32,30 @@ The schema (see also README.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
+import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+
+from training.policies import (
+    validate_clip_threshold,
+    validate_policy_name,
+    validate_policy_params,
+    validate_positive,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("runs") / "clipwatch.db"
 ENVIRONMENT_VARIABLE = "CLIPWATCH_DB"
@@ -46,6 +64,7 @@ RUN_LIST_COLUMNS = (
     "run_id", "name", "task", "policy", "clip_threshold", "learning_rate", "steps",
     "final_loss", "clip_rate", "state", "error", "created_at",
 )  # fmt: skip
+BUSY_SECONDS = 10.0  # how long a read, rename or delete waits for another process's write lock
 FLUSH_SECONDS = 0.5  # at most this long between commits while steps arrive (and between retries)
 # The writer waits this long for another process's write lock before it reports the wait and
 # retries (the page's own reads and renames wait up to 10 s).
@@ -54,6 +73,19 @@ WRITER_BUSY_SECONDS = 1.0
 MAX_PENDING_STEPS = 2_000_000
 NO_PAGE_CAP = 4_294_967_294  # SQLite's largest max_page_count
 LIVE_STATES = ("idle", "running", "paused")
+# Whose file this is, in SQLite's header (PRAGMA application_id): the bytes "CLPW".
+APPLICATION_ID = int.from_bytes(b"CLPW", "big")  # 0x434C5057
+# PRAGMA user_version of the schema below; 0 is an unstamped file made before version 1 (the
+# same tables and columns, recognised by them).
+SCHEMA_VERSION = 1
+# How long `start_run` (and stamping a file) waits for another process's write lock, retrying
+# every `writer_busy_seconds` with a logged message, before it gives up.
+START_WAIT_SECONDS = 600.0
+REPORT_WAIT_EVERY_SECONDS = 10.0
+MAX_RUN_NAME_LENGTH = 200  # characters, after stripping surrounding spaces
+# Reorder how the text around them displays (a name could show reversed in History).
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHOWN_NAME_LENGTH = 10_000  # a refused name is shown whole up to this many characters, then cut
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -116,6 +148,30 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_by_run ON evaluations (run_id, step);
 """
+_SCHEMA_STATEMENTS = tuple(part.strip() for part in _SCHEMA.split(";") if part.strip())
+# Every table holding a run's rows, and its column naming the run (a deleted run leaves none).
+RUN_TABLES = (
+    ("step_chunks", "run_id"), ("events", "run_id"), ("evaluations", "run_id"),
+    ("commands", "run"), ("runs", "run_id"),
+)  # fmt: skip
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _table_columns(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """Each table's column names, in order (SQLite's own tables left out)."""
+    names = connection.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return {
+        name: tuple(column for (column,) in connection.execute("SELECT name FROM pragma_table_info(?)", (name,)))
+        for (name,) in names
+    }
+
+
+with contextlib.closing(sqlite3.connect(":memory:")) as _memory:
+    _memory.executescript(_SCHEMA)
+    _TABLE_COLUMNS = _table_columns(_memory)  # what a Clipwatch file holds (and nothing else)
+
 # What `send_command` accepts; the process that applies a command checks its value (it knows
 # the run's state, e.g. which policy parameters can change without a rebuild).
 COMMAND_KINDS = ("clip_threshold", "policy", "learning_rate", "pause", "resume", "stop", "spike")
@@ -128,6 +184,14 @@ STEP_DTYPES = {
     "learning_rate": "<f4", "policy": "|i1",
 }  # fmt: skip
 STEP_FIELDS = tuple(STEP_DTYPES)
+# Checked where a command is sent (the same validators as the trainer's own controls), so a bad
+# value is refused at once, naming it, and nothing is queued.
+_COMMAND_VALUE_CHECKS = {
+    "clip_threshold": validate_clip_threshold,
+    "learning_rate": lambda value: validate_positive("learning_rate", value),
+    "spike": lambda value: validate_positive("factor", value),
+    "policy": validate_policy_name,
+}
 
 
 class DatabaseError(RuntimeError):
@@ -143,6 +207,45 @@ def is_storable_text(value: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _shown(value: Any) -> str:
+    """`value`'s repr, cut when very long (a million-character name makes no message)."""
+    if not isinstance(value, str) or len(value) <= _SHOWN_NAME_LENGTH:
+        return repr(value)
+    return f"{repr(value)[:200]}... ({len(value):,} characters)"
+
+
+def validate_run_name(value: Any) -> str:
+    """A run's name, stripped of surrounding spaces; ValueError naming the value otherwise.
+
+    Allowed: text of 1 to MAX_RUN_NAME_LENGTH characters (after stripping) that SQLite can
+    store, with no control characters (NUL, newlines, tabs...), line or paragraph separators,
+    or bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069: they reverse how a
+    name displays).
+    """
+    allowed = (
+        f"non-empty text of at most {MAX_RUN_NAME_LENGTH} characters, without control characters "
+        "(NUL, newlines, tabs), line separators or bidirectional overrides (U+202A-U+202E, "
+        "U+2066-U+2069)"
+    )
+    if not is_storable_text(value) or not value.strip() or len(value.strip()) > MAX_RUN_NAME_LENGTH:
+        raise ValueError(f"A run's name must be {allowed}. Received: name={_shown(value)}")
+    bad = next(
+        (c for c in value if c in BIDI_CONTROLS or c in "\u2028\u2029" or unicodedata.category(c) == "Cc"),
+        None,
+    )
+    if bad is not None:
+        raise ValueError(
+            f"A run's name must be {allowed}; it holds {bad!r}. Received: name={_shown(value)}"
+        )
+    return value.strip()
+
+
+def _delete_rows(connection: sqlite3.Connection, run_id: int) -> None:
+    """Delete every row of run `run_id`, in every table (inside the caller's transaction)."""
+    for table, column in RUN_TABLES:
+        connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
 
 
 def default_path() -> Path:
@@ -182,17 +285,120 @@ class RunDatabase:
         self.max_pages, self.writer_busy_seconds = max_pages, writer_busy_seconds
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as connection:
+            self._check_header()
+            if self.path.exists() and not os.access(self.path, os.W_OK):  # as the writer checks
+                raise DatabaseError(self._cannot_use("the file is read-only"))
+            with contextlib.closing(self._connect()) as connection:
+                version = self._recognise(connection)  # refuses a foreign file: nothing written yet
                 connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(_SCHEMA)
-                self._mark_interrupted(connection)
+                if version != SCHEMA_VERSION:
+                    self._in_transaction("set up the database", self._stamp)
+                try:
+                    self._mark_interrupted(connection)
+                except sqlite3.OperationalError as error:  # locked: the next opening marks them
+                    log.info("Not marking dead runs of %r now: %s", str(self.path), error)
+        except DatabaseError:
+            raise
         except (OSError, ValueError, sqlite3.Error) as error:  # ValueError: a NUL in the path
-            raise DatabaseError(
-                f"Cannot use the run database at {str(self.path)!r}: {error}. "
-                "Pick another path (CLI --db, the CLIPWATCH_DB variable, or the UI's settings)."
-            ) from error
+            raise DatabaseError(self._cannot_use(str(error))) from error
 
-    def _connect(self, busy_seconds: float = 10.0) -> sqlite3.Connection:
+    def _cannot_use(self, reason: str) -> str:
+        return (
+            f"Cannot use the run database at {str(self.path)!r}: {reason}. "
+            "Pick another path (CLI --db, the CLIPWATCH_DB variable, or the UI's settings)."
+        )
+
+    def _not_ours(self, reason: str) -> DatabaseError:
+        return DatabaseError(
+            self._cannot_use(f"it is not a Clipwatch database ({reason}); it was left unchanged")
+        )
+
+    def _check_header(self) -> None:
+        """Refuse a file that is not SQLite at all, before SQLite opens it."""
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return  # a new database
+        if header and header != _SQLITE_HEADER:
+            raise self._not_ours("it is not an SQLite file")
+
+    def _recognise(self, connection: sqlite3.Connection) -> int | None:
+        """The file's schema version (None: a new, empty file); DatabaseError if it is not ours."""
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if application_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(self._cannot_use(
+                    f"it was made by a newer Clipwatch (schema version {version}; this one knows "
+                    f"versions up to {SCHEMA_VERSION}). Upgrade Clipwatch to open it"
+                ))  # fmt: skip
+            return version
+        if application_id != 0:
+            raise self._not_ours(
+                f"its application_id is {application_id:#010x}, Clipwatch's is {APPLICATION_ID:#010x}"
+            )
+        if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0 and version == 0:
+            return None
+        tables = _table_columns(connection)
+        theirs = sorted(name for name, columns in tables.items() if _TABLE_COLUMNS.get(name) != columns)
+        if version != 0 or theirs or "runs" not in tables:
+            described = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+            raise self._not_ours(
+                f"user_version {version} without Clipwatch's application_id" if version != 0
+                else f"tables Clipwatch does not make: {described}" if theirs
+                else "no runs table"
+            )  # fmt: skip
+        return 0  # made by Clipwatch before the stamp
+
+    def _stamp(self, connection: sqlite3.Connection) -> None:
+        """Create the tables (in a new or unstamped file) and stamp the file as Clipwatch's."""
+        if self._recognise(connection) == SCHEMA_VERSION:  # another process stamped it meanwhile
+            return
+        for statement in _SCHEMA_STATEMENTS:
+            connection.execute(statement)
+        connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _in_transaction(self, what: str, write: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `write(connection)` in one write transaction and return its result.
+
+        While another process holds the write lock, wait for it as a run's writer does: try for
+        `writer_busy_seconds`, log that we wait (then every REPORT_WAIT_EVERY_SECONDS), retry,
+        and give up with a DatabaseError after START_WAIT_SECONDS.
+        """
+        started = time.monotonic()
+        next_report = 0.0
+        while True:
+            with contextlib.closing(self._connect(busy_seconds=self.writer_busy_seconds)) as connection:
+                try:
+                    connection.execute("BEGIN IMMEDIATE")  # the write lock first: waits busy_seconds
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) and "busy" not in str(error):
+                        raise
+                else:
+                    try:
+                        result = write(connection)
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                    connection.execute("COMMIT")
+                    if next_report > 0:
+                        log.warning("The run database %r is free again: done (%s).", str(self.path), what)
+                    return result
+            waited = time.monotonic() - started
+            if waited > START_WAIT_SECONDS:
+                raise DatabaseError(self._cannot_use(
+                    f"another process has held its write lock for over {START_WAIT_SECONDS:g} s"
+                ))  # fmt: skip
+            if waited >= next_report:
+                log.warning(
+                    "Waiting for the run database %r to %s: another process has held its write "
+                    "lock for %.0f s; retrying.", str(self.path), what, waited,
+                )  # fmt: skip
+                next_report = waited + REPORT_WAIT_EVERY_SECONDS
+
+    def _connect(self, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=busy_seconds, isolation_level=None)
         connection.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
@@ -231,7 +437,8 @@ class RunDatabase:
         """Record a new run and return the writer that streams its steps."""
         now = time.time()
         config_json = json.dumps(dataclasses.asdict(config))
-        with self._connect() as connection:
+
+        def insert(connection: sqlite3.Connection) -> int:
             cursor = connection.execute(
                 "INSERT INTO runs (name, task, policy, clip_threshold, learning_rate, batch_size,"
                 " seed, config_json, variable_names_json, state, created_at, updated_at, pid,"
@@ -258,21 +465,57 @@ class RunDatabase:
                     "UPDATE runs SET name = ? WHERE run_id = ?",
                     (f"run {run_id}: {config.task} / {config.policy}", run_id),
                 )
+            return run_id
+
+        # Another process may hold the write lock for longer than a busy timeout (a long
+        # transaction, a backup): wait for it with a message, as the writer does, not fail.
+        run_id = self._in_transaction("record a new run", insert)
         return RunWriter(self, run_id, busy_seconds=self.writer_busy_seconds)
 
     def rename_run(self, run_id: int, name: str) -> None:
-        if not is_storable_text(name) or not name.strip():
-            raise ValueError(f"A run's name must be non-empty text. Received: name={name!r}")
-        with self._connect() as connection:
-            connection.execute("UPDATE runs SET name = ? WHERE run_id = ?", (name.strip(), run_id))
+        """Rename a run (see `validate_run_name`); ValueError for a bad name or a missing run."""
+        name = validate_run_name(name)
+        with self._transaction() as connection:
+            self._run_row(connection, run_id, "run_id")
+            connection.execute("UPDATE runs SET name = ? WHERE run_id = ?", (name, run_id))
 
     def delete_run(self, run_id: int) -> None:
-        with self._connect() as connection:
-            connection.execute("BEGIN")
-            for table in ("step_chunks", "events", "evaluations", "runs"):
-                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            connection.execute("DELETE FROM commands WHERE run = ?", (run_id,))
+        """Delete a run and every row of it, in every table.
+
+        Refused (ValueError) for a missing run and for a live one (its state idle, running or
+        paused and its process alive): stop it first, or its process would go on recording it.
+        """
+        with self._transaction() as connection:
+            state, pid = self._run_row(connection, run_id, "state, pid")
+            if state in LIVE_STATES and _pid_alive(pid):
+                raise ValueError(
+                    f"Run {run_id} is live (state {state!r}, recorded by process {pid}): stop it "
+                    "first, then delete it."
+                )
+            _delete_rows(connection, run_id)
+
+    @contextlib.contextmanager
+    def _transaction(self, busy_seconds: float = BUSY_SECONDS):
+        """A connection inside one write transaction: committed on success, else rolled back."""
+        with contextlib.closing(self._connect(busy_seconds)) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
             connection.execute("COMMIT")
+
+    def _run_row(self, connection: sqlite3.Connection, run_id: Any, columns: str) -> tuple:
+        """The run's `columns`, or the ValueError every method raises for a missing run."""
+        row = None
+        if isinstance(run_id, (int, np.integer)) and not isinstance(run_id, (bool, np.bool_)):
+            row = connection.execute(
+                f"SELECT {columns} FROM runs WHERE run_id = ?", (int(run_id),)
+            ).fetchone()
+        if row is None:
+            raise ValueError(f"No run with run_id={run_id!r} in {str(self.path)!r}")
+        return row
 
     # --- the command channel (another process applies what is sent here) ----------------------
 
@@ -281,25 +524,40 @@ class RunDatabase:
 
         The recording process polls this table, applies commands in order between steps and
         acknowledges each one (`applied_step`: the first step that uses it, `applied_time`), or
-        fills `error` and changes nothing (a bad value). Kinds: COMMAND_KINDS.
+        fills `error` and changes nothing (a value its state refuses). Kinds: COMMAND_KINDS.
+
+        Checked here first, with the trainer's own validators: a bad value or parameter, a
+        missing run, or a run that has ended raises ValueError naming it, and queues nothing.
         """
         if kind not in COMMAND_KINDS:
             raise ValueError(
                 f"Unknown command kind {kind!r}. Allowed: {', '.join(COMMAND_KINDS)}"
             )
-        if isinstance(value, (bool, np.bool_)) or not (
-            value is None or isinstance(value, (str, int, float, np.integer, np.floating))
-        ):
+        if kind in _COMMAND_VALUE_CHECKS:
+            value = _COMMAND_VALUE_CHECKS[kind](value)  # ValueError naming the value as given
+        elif value is not None:
+            raise ValueError(f"A {kind!r} command takes no value. Received: value={value!r}")
+        if kind == "policy":
+            checked = validate_policy_params(value, params)
+            params = {key: checked[key] for key in params}  # plain numbers, as JSON stores them
+        elif params:
             raise ValueError(
-                f"A command's value must be a number, a text or None. Received: value={value!r}"
+                f"A {kind!r} command takes no parameters (only 'policy' does). Received: "
+                + ", ".join(f"{key}={param!r}" for key, param in params.items())
             )
-        value = value.item() if isinstance(value, np.generic) else value
-        with self._connect() as connection:
-            if connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
-                raise ValueError(f"No run with run_id={run_id!r} in {str(self.path)!r}")
+        with self._transaction() as connection:
+            self._mark_interrupted(connection)  # a run whose process died has ended too
+            (state,) = self._run_row(connection, run_id, "state")
+            if state not in LIVE_STATES:
+                # Nobody would ever apply it: refuse now rather than leave it pending forever.
+                raise ValueError(
+                    f"Run {run_id} has ended (state {state!r}): commands go only to a live run "
+                    f"({', '.join(LIVE_STATES)}). Received: {kind}"
+                    + ("" if value is None else f"={value!r}")
+                )
             cursor = connection.execute(
                 "INSERT INTO commands (run, kind, value, parameters, created) VALUES (?, ?, ?, ?, ?)",
-                (run_id, kind, value, json.dumps(params), time.time()),
+                (int(run_id), kind, value, json.dumps(params, allow_nan=False), time.time()),
             )
             return cursor.lastrowid
 
@@ -354,12 +612,9 @@ class RunDatabase:
             )
 
     def run_info(self, run_id: int) -> dict[str, Any]:
-        with self._connect() as connection:
+        with contextlib.closing(self._connect()) as connection:
             connection.row_factory = sqlite3.Row
-            row = connection.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise ValueError(f"No run with run_id={run_id!r} in {str(self.path)!r}")
-        info = dict(row)
+            info = dict(self._run_row(connection, run_id, "*"))
         info["config"] = json.loads(info.pop("config_json"))
         info["variable_names"] = json.loads(info.pop("variable_names_json"))
         info["policy_names"] = json.loads(info.pop("policy_names_json"))
@@ -381,11 +636,9 @@ class RunDatabase:
 
     def metrics(self, run_id: int) -> pd.DataFrame:
         """Every recorded step of the run, with the columns of `Trainer.metrics()`."""
-        with self._connect() as connection:
-            row = connection.execute(
-                "SELECT policy_names_json FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        policy_names = np.asarray(json.loads(row[0]) if row else [], dtype=object)
+        with contextlib.closing(self._connect()) as connection:
+            (policy_names_json,) = self._run_row(connection, run_id, "policy_names_json")
+        policy_names = np.asarray(json.loads(policy_names_json), dtype=object)
         columns = self._columns(run_id, STEP_FIELDS)
         frame = pd.DataFrame(
             {name: columns[name].astype(np.dtype(STEP_DTYPES[name]).newbyteorder("=")) for name in STEP_FIELDS}
@@ -395,7 +648,8 @@ class RunDatabase:
         return frame
 
     def events(self, run_id: int) -> pd.DataFrame:
-        with self._connect() as connection:
+        with contextlib.closing(self._connect()) as connection:
+            self._run_row(connection, run_id, "run_id")
             return pd.read_sql_query(
                 "SELECT step, time_s, kind, old, new FROM events WHERE run_id = ? ORDER BY rowid",
                 connection,
@@ -404,7 +658,8 @@ class RunDatabase:
 
     def evaluations(self, run_id: int) -> pd.DataFrame:
         """The run's validation results: `step, time_s, name, value`."""
-        with self._connect() as connection:
+        with contextlib.closing(self._connect()) as connection:
+            self._run_row(connection, run_id, "run_id")
             return pd.read_sql_query(
                 "SELECT step, time_s, name, value FROM evaluations WHERE run_id = ? ORDER BY rowid",
                 connection,
@@ -502,9 +757,15 @@ class RunWriter:
         for row in rows:
             self._queue.put(("evaluation", (self.run_id, *row)))
 
-    def finish(self, state: str, error: str | None = None, timeout: float = 5.0) -> None:
-        """Write what is queued, record the final state, and end the writer thread."""
-        self._queue.put(("finish", (state, error)))
+    def finish(
+        self, state: str, error: str | None = None, timeout: float = 5.0, discard_if_empty: bool = False
+    ) -> None:
+        """Write what is queued, record the final state, and end the writer thread.
+
+        `discard_if_empty`: a run that ends "stopped" before its first step is not worth a
+        History row; delete it (every row of it) instead.
+        """
+        self._queue.put(("finish", (state, error, discard_if_empty)))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -646,14 +907,10 @@ class RunWriter:
     def _commit(self, connection, pending, finished) -> None:
         chunks = [payload for kind, payload in pending if kind == "rows"]
         event_rows = [payload for kind, payload in pending if kind == "event"]
+        evaluation_rows = [payload for kind, payload in pending if kind == "evaluation"]
         connection.execute("BEGIN IMMEDIATE")  # take the write lock first: waits busy_seconds
         try:
-            self._write(connection, chunks, event_rows, finished)
-            evaluation_rows = [payload for kind, payload in pending if kind == "evaluation"]
-            connection.executemany(
-                "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
-                evaluation_rows,
-            )
+            self._write(connection, chunks, event_rows, evaluation_rows, finished)
         except BaseException:
             try:
                 connection.execute("ROLLBACK")
@@ -668,7 +925,12 @@ class RunWriter:
                 last_step_written=int(chunks[-1]["step"][-1]),
             )
 
-    def _write(self, connection, chunks, event_rows, finished) -> None:
+    def _write(self, connection, chunks, event_rows, evaluation_rows, finished) -> None:
+        if finished is not None:
+            state, error, discard_if_empty = finished
+            if discard_if_empty and state == "stopped" and self._status.steps_written == 0 and not chunks:
+                _delete_rows(connection, self.run_id)  # stopped before its first step
+                return
         last = chunks[-1] if chunks else None
         if chunks:
             # Everything that arrived since the last commit becomes one row of column blobs.
@@ -685,6 +947,10 @@ class RunWriter:
                 "INSERT INTO events (run_id, step, time_s, kind, old, new) VALUES (?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
+        connection.executemany(
+            "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
+            evaluation_rows,
+        )
         updates = {"updated_at": time.time()}
         if last is not None:
             steps = self._status.steps_written + int(sum(len(c["step"]) for c in chunks))
@@ -693,8 +959,10 @@ class RunWriter:
             updates["final_loss"] = float(last["loss"][-1])
             updates["clip_rate"] = clips / max(steps, 1)
         if finished is not None:
-            updates["state"], updates["error"] = finished
+            updates["state"], updates["error"] = state, error
         assignments = ", ".join(f"{key} = ?" for key in updates)
-        connection.execute(
+        updated = connection.execute(
             f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), self.run_id)
         )
+        if updated.rowcount == 0:  # rolled back: its chunks must not outlive the run as orphans
+            raise _FinalFault("the run was deleted from the database")
