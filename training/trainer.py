@@ -411,7 +411,8 @@ class Trainer:
                 state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
         warning = self._status.warning
         if self._writer is not None:
-            self._writer.finish(state, error)  # the record is complete before the state shows
+            # the record is complete before the state shows; stopped before its first step: no row
+            self._writer.finish(state, error, discard_if_empty=True)
             warning = self._writer.status.warning
         self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
 
