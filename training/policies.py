@@ -71,11 +71,34 @@ class Parameter(NamedTuple):
     high_inclusive: bool
     live: bool  # live knobs change without a retrace; the others rebuild the compiled step
 
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value accepted, both included.
+
+        For a float parameter these are float32 numbers: the compiled step holds it as float32,
+        where a subnormal flushes to 0 and a value past the range's end rounds onto it (alpha =
+        1 - 1e-9 is 1 in float32), so the range is cut to the float32 normals inside it.
+        """
+        if self.kind is int:
+            low = self.low if self.low_inclusive else math.floor(self.low) + 1
+            high = self.high if self.high_inclusive else math.ceil(self.high) - 1
+            return low, high
+        low, high = np.float32(self.low), np.float32(self.high)
+        if not self.low_inclusive:
+            low = np.nextafter(low, np.float32(math.inf))
+        if not self.high_inclusive:
+            high = np.nextafter(high, np.float32(-math.inf))
+        return max(float(low), FLOAT32_SMALLEST_NORMAL), min(float(high), FLOAT32_MAX)
+
     def allowed(self) -> str:
         left = "[" if self.low_inclusive else "("
         right = "]" if self.high_inclusive else ")"
-        kind = "an integer" if self.kind is int else "a number"
-        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.kind is int:
+            return f"an integer in {left}{self.low:g}, {self.high:g}{right}"
+        low, high = self.bounds()
+        return (
+            f"a number in {left}{self.low:g}, {self.high:g}{right} that float32 holds: "
+            f"from {low!r} to {high!r}, both included"
+        )
 
 
 _POSITIVE = dict(low=0.0, high=math.inf, low_inclusive=False, high_inclusive=False)
@@ -167,12 +190,6 @@ def validate_policy_name(name: Any) -> str:
     return name
 
 
-def _within(parameter: Parameter, number: float) -> bool:
-    above = number >= parameter.low if parameter.low_inclusive else number > parameter.low
-    below = number <= parameter.high if parameter.high_inclusive else number < parameter.high
-    return math.isfinite(number) and above and below
-
-
 def validate_policy_params(name: str, params: dict[str, Any]) -> dict[str, float]:
     """Check `params` against policy `name`; return them with defaults filled in."""
     spec = POLICY_PARAMETERS[validate_policy_name(name)]
@@ -186,16 +203,10 @@ def validate_policy_params(name: str, params: dict[str, Any]) -> dict[str, float
     for key, parameter in spec.items():
         value = params.get(key, parameter.default)
         number = _as_number(key, value)
+        low, high = parameter.bounds()  # float parameters: as the float32 the step computes with
+        good = math.isfinite(number) and low <= number <= high
         if parameter.kind is int:  # in range first: int(nan) and int(inf) raise their own errors
-            good = _within(parameter, number) and number == int(number)
-        else:
-            # Checked as the float32 the compiled step computes with: alpha=1-1e-9 is below 1
-            # in float64 but exactly 1 in float32.
-            good = (
-                _within(parameter, number)
-                and _in_float32_range(number)
-                and _within(parameter, float(np.float32(number)))
-            )
+            good = good and number == int(number)
         if not good:
             raise ValueError(f"`{key}` must be {parameter.allowed()}. Received: {key}={value!r}")
         checked[key] = int(number) if parameter.kind is int else number
