@@ -55,12 +55,18 @@ def test_configure_points_tensorflow_at_the_folder_and_keeps_an_explicit_flag(tm
     assert xla_cache.configure(off) is None and "TF_XLA_FLAGS" not in off
 
 
-def test_the_default_folder_sits_next_to_the_run_database_and_names_the_tensorflow_build(tmp_path, monkeypatch):
+def test_the_default_folder_is_in_the_users_cache_folder_and_names_the_tensorflow_build(tmp_path, monkeypatch):
+    # Not next to the run database: a run refused for its arguments, or one with --no-db, must
+    # leave no runs/ folder behind (issue #22).
     monkeypatch.setattr(xla_cache, "_active", xla_cache.active_folder())
-    environ = {"CLIPWATCH_DB": str(tmp_path / "runs" / "clipwatch.db")}
+    environ = {"CLIPWATCH_DB": str(tmp_path / "runs" / "clipwatch.db"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     folder = xla_cache.configure(environ)
-    assert folder.parent == tmp_path / "runs" / "xla-cache"
+    assert folder.parent == tmp_path / "cache" / "clipwatch" / "xla"
     assert folder.name.startswith("tf-") and folder.is_dir()
+    assert not (tmp_path / "runs").exists()
+
+    home = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": "relative/ignored"}  # the XDG rule
+    assert xla_cache.configure(home).parent == tmp_path / "home" / ".cache" / "clipwatch" / "xla"
 
 
 def test_a_corrupt_cache_entry_costs_a_compile_never_the_run(tmp_path):
