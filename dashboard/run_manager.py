@@ -44,7 +44,7 @@ class RunManager:
     Args:
         max_points: rows of the whole-run view that charts draw.
         recent_steps: newest raw rows kept for the histogram and the what-if readout.
-        trainer_options: extra keyword arguments for every new `Trainer` (e.g. `window`,
+        trainer_options: extra keyword arguments for every new `Trainer` (e.g. `store_window`,
             `sinks`); kept as the public dict `trainer_options`, read at each Start.
         database_path: the run database (default: `training.persistence.default_path()`,
             i.e. $CLIPWATCH_DB or runs/clipwatch.db). If it cannot be opened, runs are kept in

@@ -140,7 +140,7 @@ def test_policy_parameters_are_in_their_range_or_refused(policy, params):
 
 TRAINER_ARGUMENTS = {
     "task": "seed", "policy": "global_norm", "clip_threshold": 1.0, "learning_rate": 0.01,
-    "batch_size": 32, "seed": 0, "max_steps": 10, "max_nonfinite_steps": 5, "window": 100,
+    "batch_size": 32, "seed": 0, "max_steps": 10, "max_nonfinite_steps": 5, "store_window": 100,
     "data": None, "run_name": "a run",
 }  # fmt: skip
 

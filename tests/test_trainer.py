@@ -202,7 +202,7 @@ def test_pace_limit_slows_the_run(trainers):
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
-    trainer = running(trainers(task="seed", window=5_000), min_steps=10, compiled=True)
+    trainer = running(trainers(task="seed", store_window=5_000), min_steps=10, compiled=True)
     problems = []
 
     def read():

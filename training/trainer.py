@@ -146,7 +146,9 @@ class Trainer:
         seed: seeds the model's initial weights and the batch order.
         max_steps: stop after this many steps (None: run until stopped).
         max_nonfinite_steps: fail after this many consecutive non-finite steps.
-        window: steps kept at full resolution in the store.
+        store_window: steps the in-memory store keeps at full resolution (`metrics()` returns
+            these; the store's summary and the database cover the whole run). Not autoclip's
+            `window`, which is a policy parameter like the others.
         data: None takes the data as the task gives it: arrays stay in memory and batches
             are gathered in-graph (fast); a `tf.data.Dataset` is streamed. "stream" sends a
             task's arrays through the same streamed pipeline (to compare the two).
@@ -175,7 +177,7 @@ class Trainer:
         *,
         max_steps: int | None = None,
         max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
-        window: int = 100_000,
+        store_window: int = 100_000,
         data: str | None = None,
         jit_compile: bool | None = None,
         sinks: tuple[Sink, ...] = (),
@@ -216,7 +218,7 @@ class Trainer:
             policy_params=all_params,
             max_steps=None if max_steps is None else _validate_count("max_steps", max_steps),
         )
-        self._window = _validate_count("window", window)
+        self._store_window = _validate_count("store_window", store_window)
         self._lock = threading.Lock()
         self._status_lock = threading.Lock()
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -430,7 +432,7 @@ class Trainer:
 
         self._model, self._optimizer, self._variables = model, optimizer, variables
         self._variable_names = [_short_name(v) for v in variables]
-        self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
+        self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._store_window)
         if self._database is not None and self._monitoring:
             self._writer = self._database.start_run(
                 config, self._variable_names, self._run_name, policies.POLICY_NAMES
@@ -448,6 +450,9 @@ class Trainer:
             policies.POLICY_NAMES.index(config.policy), dtype=tf.int32, trainable=False
         )
         self._spike = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        # Consecutive non-finite steps so far, carried from chunk to chunk: a chunk stops at the
+        # step that reaches max_nonfinite_steps, so a failed run ends exactly at the limit.
+        self._nonfinite_run = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._spike_pending = False
         if streaming.is_dataset(data) or self._data == "stream":
             self._iterator = iter(
@@ -555,7 +560,9 @@ class Trainer:
         return tf.gather(self._inputs, index), tf.gather(self._targets, index)
 
     def _train_chunk(self, num_steps, first_step, only_policy: int | None = None):
-        """Run `num_steps` (<= MAX_CHUNK_STEPS) training steps; return every step's metrics.
+        """Run `num_steps` (<= MAX_CHUNK_STEPS) training steps; return every step's metrics and
+        `steps_run`: fewer than `num_steps` when the max_nonfinite_steps-th consecutive
+        non-finite step came first (the chunk ends there).
 
         `only_policy`: the quick step, which applies that policy alone instead of switching.
         """
@@ -587,7 +594,10 @@ class Trainer:
             )
             if self._monitoring
         }
-        def one_step(i, states, buffers):
+        # Without monitoring nothing reads `finite`, so nothing fails the run: no limit either.
+        nonfinite_limit = self._max_nonfinite_steps if self._monitoring else None
+
+        def one_step(i, nonfinite_run, states, buffers):
             inputs, targets = self._next_batch(first_step + tf.cast(i, tf.int64))
             with tf.GradientTape() as tape:
                 loss = loss_function(targets, model(inputs, training=True))
@@ -610,6 +620,7 @@ class Trainer:
             # A non-finite step changes nothing: no update, and no adaptive history either.
             finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(stats.grad_norm))
             tf.cond(finite, lambda: optimizer.apply(clipped, variables), lambda: None)
+            nonfinite_run = tf.where(finite, tf.constant(0, tf.int64), nonfinite_run + 1)
             states = tf.nest.map_structure(
                 lambda new, old: tf.where(finite, new, old), new_states, states
             )
@@ -623,12 +634,17 @@ class Trainer:
                 "layer_norms": stats.variable_norms,
             }
             buffers = {name: buffers[name].write(i, record[name]) for name in buffers}
-            return i + 1, states, buffers
+            return i + 1, nonfinite_run, states, buffers
 
-        _, states, buffers = tf.while_loop(
-            lambda i, states, buffers: i < num_steps,
+        def more_steps(i, nonfinite_run, states, buffers):
+            if nonfinite_limit is None:
+                return i < num_steps
+            return tf.logical_and(i < num_steps, nonfinite_run < nonfinite_limit)
+
+        steps_run, nonfinite_run, states, buffers = tf.while_loop(
+            more_steps,
             one_step,
-            (tf.constant(0), states, buffers),
+            (tf.constant(0), self._nonfinite_run.read_value(), states, buffers),
             maximum_iterations=MAX_CHUNK_STEPS,
         )
 
@@ -636,11 +652,12 @@ class Trainer:
             for variables_of_policy, state in zip(self._policy_states, states):
                 for variable, value in zip(variables_of_policy, state):
                     variable.assign(value)
+            self._nonfinite_run.assign(nonfinite_run)
 
         # A zero-step call (the background compile) must not write back states it read while the
         # quick step was updating them.
         tf.cond(num_steps > 0, write_back_states, lambda: None)
-        return {name: buffer.stack() for name, buffer in buffers.items()}
+        return {"steps_run": steps_run, **{name: buffer.stack() for name, buffer in buffers.items()}}
 
     def _loop(self) -> tuple[str, str | None]:
         """Train until stopped, finished or failed; return (final state, error)."""
@@ -683,8 +700,9 @@ class Trainer:
 
             started = time.perf_counter()
             out = self._chunk(tf.constant(steps, tf.int32), tf.constant(step, tf.int64))
+            steps = int(out.pop("steps_run"))  # the host sync; < steps at the non-finite limit
             if self._monitoring:
-                rows = {"finite": out["finite"].numpy()[:steps]}  # the host sync
+                rows = {"finite": out["finite"].numpy()[:steps]}
                 # The rest of the rows, the store, the database queue and the sinks: on the
                 # recorder thread, overlapping the next chunk (training/recorder.py).
                 self._recorder.submit(
@@ -703,7 +721,7 @@ class Trainer:
                 self._spike_pending = False
 
             # Adapt the chunk so it stays near TARGET_CHUNK_SECONDS (and never over the buffer).
-            per_step = elapsed / steps
+            per_step = elapsed / max(steps, 1)
             chunk_steps = int(min(MAX_CHUNK_STEPS, max(1, TARGET_CHUNK_SECONDS / max(per_step, 1e-9))))
             now = time.perf_counter()
             recent.append((now, step + steps))
