@@ -98,8 +98,8 @@ def test_issue_22s_broken_plugins_say_why_next_to_the_select_and_the_previous_ta
 def test_a_plugin_with_validation_data_shows_its_validation_loss(app, manager):
     task_select(app).select("tiny_validated").run()
     assert not errors(app)
-    threshold = next(widget for widget in app.sidebar.number_input if widget.label == "Clip threshold")
-    assert threshold.value == 0.5  # the plug-in's default
+    threshold = next(widget for widget in app.sidebar.text_input if widget.label == "Clip threshold")
+    assert threshold.value == "0.5"  # the plug-in's default (a text field since #22)
     app.button(key="start").click().run()
     wait_until(lambda: len(manager.trainer.evaluations()) >= 2, what="two evaluations")
     app.run()
