@@ -7,7 +7,7 @@ while the control goes back to the value in effect. The number controls (thresho
 rate, policy parameters) are text fields, so the page always sees what was typed: a browser's
 number field keeps showing a value it never sends (out of its range, or `1e999`), which left a
 value on screen that was not in effect. Buttons go through `action`, which drops a repeated click
-(`first_click`), and apply only in the run's states that `run_buttons` lists. Nothing here loops,
+(`first_click`), and apply only in the run's states `run_button_refusals` allows. Nothing here loops,
 sleeps or starts a thread.
 """
 
@@ -317,16 +317,14 @@ def action(name: str, command: str, run: Callable[[], Any], refusal: Callable[[]
         report(name, error)
 
 
-RUN_BUTTONS = ("start", "stop", "pause", "resume", "inject_spike")
-
-
 def run_button_refusals(state: str, steps: int, run_number: int, race_is_active: bool) -> dict[str, str | None]:
     """Why each run button does not apply now (None: it does), from one read of the run.
 
     `state` and `steps`: the run's status ("none" before the first run). A run is starting from
     Start until its first step: then only Stop applies (Pause, Resume and a spike would wait for
-    a step nobody can see yet), and Start does not, so one Start is one run (a quick Start, Stop,
-    Start... pressed 62 times in 23 s had left 13 runs, 8 of them without a step).
+    a step nobody can see yet) and Start does not, so one Start is one run. (Start, Stop, Start...
+    pressed 62 times in 23 s had left 13 History rows, 8 without a step: the run database now
+    drops a run stopped before its first step.)
     """
     active = state in ACTIVE_STATES
     starting = active and state != "paused" and steps == 0

@@ -70,7 +70,9 @@ def pick_policy(at: AppTest, policy: str | None) -> None:
 # --- a number field shows the value in effect ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("policy", "label", "name", "allowed", "too_far"), FIELDS, ids=[f[1] + "." + str(f[0]) for f in FIELDS])
+@pytest.mark.parametrize(
+    ("policy", "label", "name", "allowed", "too_far"), FIELDS, ids=[f"{label}.{policy}" for policy, label, *_ in FIELDS]
+)
 def test_a_refused_value_is_named_with_its_range_and_the_field_shows_the_value_in_effect(
     app, policy, label, name, allowed, too_far
 ):
