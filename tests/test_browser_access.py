@@ -41,7 +41,7 @@ def test_viewers_watch_and_only_the_unlocked_tab_steers(keyed_server, browser): 
     for label in STEERING_BUTTONS:
         expect(viewer.get_by_role("button", name=label, exact=True)).to_be_disabled()
     for label in STEERING_INPUTS:
-        expect(viewer.get_by_role("spinbutton", name=label, exact=True)).to_be_disabled()
+        expect(viewer.get_by_role("textbox", name=label, exact=True)).to_be_disabled()
 
     operator = context.new_page()
     operator.goto(keyed_server)
@@ -60,7 +60,7 @@ def test_viewers_watch_and_only_the_unlocked_tab_steers(keyed_server, browser): 
     # The viewer, open since before the run, picks it up and still cannot touch it.
     expect(metric(viewer, "State")).to_have_text("Running", timeout=60_000)
     expect(viewer.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
-    expect(viewer.get_by_role("spinbutton", name="Clip threshold", exact=True)).to_be_disabled()
+    expect(viewer.get_by_role("textbox", name="Clip threshold", exact=True)).to_be_disabled()
     expect(operator.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
 
     # Five wrong keys lock the viewer's tab out; the operator's tab is not affected.
