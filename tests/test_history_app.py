@@ -249,6 +249,11 @@ def test_the_live_run_replays_its_norms_and_draws_ghost_thresholds(manager):
 # --- the run database ----------------------------------------------------------------------------
 
 
+def database_path_input(at):
+    """The sidebar's Database path field, by its label (the number controls are text fields too)."""
+    return next(widget for widget in at.sidebar.text_input if widget.label == "Database path")
+
+
 def test_a_corrupt_database_shows_the_error_and_runs_are_kept_in_memory(tmp_path, monkeypatch):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a SQLite database " * 100)
@@ -270,13 +275,13 @@ def test_a_corrupt_database_shows_the_error_and_runs_are_kept_in_memory(tmp_path
         assert any("no run database" in text for text in texts(open_tab(at, "History").info))
 
         # A path under a regular file cannot be used either; the run goes on.
-        path_input = at.sidebar.text_input[0]
-        assert path_input.label == "Database path" and path_input.value == str(corrupt)
+        path_input = database_path_input(at)
+        assert path_input.value == str(corrupt)
         path_input.set_value(str(corrupt / "runs.db")).run()
         assert str(corrupt / "runs.db") in at.error[0].value
         # A good path records the next runs; the current run is not lost.
         good = tmp_path / "good" / "runs.db"
-        at.sidebar.text_input[0].set_value(str(good)).run()
+        database_path_input(at).set_value(str(good)).run()
         assert not at.error and not at.warning
         assert manager.trainer is trainer and trainer.status.state == "running"
         assert manager.database_status().path == str(good) and good.exists()
