@@ -4,6 +4,7 @@ with a schedule or under mixed precision. Each test is such a script on a small 
 """
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import wait_until
 from test_keras import ENVIRONMENT, EXAMPLES, acknowledged, running_run
 
@@ -89,8 +92,16 @@ def test_two_attachments_are_two_runs_and_a_custom_loop_records_its_own_evaluati
         model, train, validation = compiled(clipping)
         fit_epoch(model, clipping, train, validation, 0)
     second.record_evaluation(val_loss=0.25, val_perplexity=np.float32(1.5))
-    with pytest.raises(ValueError, match="Received: val_loss='low'"):
-        second.record_evaluation(val_loss="low")
+
+    @given(st.one_of(st.text(), st.booleans(), st.none(), st.lists(st.floats(), min_size=2)))
+    @settings(max_examples=50)
+    def refused(value):
+        with pytest.raises(ValueError, match=f"must be a number.*Received: val_loss={re.escape(repr(value))}"):
+            second.record_evaluation(val_loss=value, val_accuracy=0.5)
+
+    recorded = len(second.evaluations())
+    refused()
+    assert len(second.evaluations()) == recorded  # a refused value records nothing, nor its neighbour
     with pytest.raises(ValueError, match=f"Received: step={BATCHES + 1}"):
         second.record_evaluation(step=BATCHES + 1, val_loss=0.1)
     first.close()

@@ -194,10 +194,13 @@ class AttachedRun(CommandApplier):
         now = time.time()
         for name, value in metrics.items():
             try:
-                number = float(value)
+                if isinstance(value, (str, bytes, bool, np.bool_)):
+                    raise TypeError  # float("0.5") would pass: a value is a number, not a text
+                number = float(value)  # a Python or NumPy number, a scalar tensor
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"An evaluation's value must be a number. Received: {name}={value!r}"
+                    f"An evaluation's value must be a number (a float, an int or a scalar tensor). "
+                    f"Received: {name}={value!r}"
                 ) from None
             rows.append((name, number))
         self._begin()
