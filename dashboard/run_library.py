@@ -23,12 +23,7 @@ from training import POLICY_NAMES
 from training.advisor import replay
 from training.page_paths import page_database_path
 from training.persistence import RUN_LIST_COLUMNS, DatabaseError, RunDatabase
-from training.policies import (
-    validate_clip_threshold,
-    validate_policy_name,
-    validate_policy_params,
-    validate_positive,
-)
+from training.policies import validate_clip_threshold
 from training.store import STEP_COLUMNS, MetricsStore
 
 ADVISOR_STEPS = 100_000  # the newest steps a replay covers: a replay of 100k steps takes seconds
@@ -317,27 +312,16 @@ class RunLibrary:
     def send_command(self, run_id: int, kind: str, value: Any = None, **params: Any) -> int:
         """Send a command to an attached run through the database; returns the command's id.
 
-        Checked here first, as every control is: a bad value raises ValueError and sends nothing
-        (the script checks again: it knows which parameters it can change).
+        `RunDatabase.send_command` checks the value with the trainer's validators, and a run that
+        has ended, first: either raises ValueError and sends nothing (the script checks again: it
+        knows which parameters it can change).
         """
         database = self._require_database("steer an attached run")
-        if kind in _COMMAND_CHECKS:
-            value = _COMMAND_CHECKS[kind](value)
-        if kind == "policy":
-            validate_policy_params(value, params)
         return database.send_command(int(run_id), kind, value, **params)
 
     def command_status(self, command_id: int) -> dict[str, Any]:
         """A sent command's row: `applied_step` and `applied_time` once applied, or `error`."""
         return self._require_database("read a command").command(int(command_id))
-
-
-_COMMAND_CHECKS = {
-    "clip_threshold": validate_clip_threshold,
-    "learning_rate": lambda value: validate_positive("learning_rate", value),
-    "spike": lambda value: validate_positive("factor", value),
-    "policy": validate_policy_name,
-}
 
 
 def _last_threshold(info: Mapping[str, Any], events: pd.DataFrame) -> float:
