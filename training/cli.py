@@ -7,9 +7,14 @@ exits with status 2 and one message naming its file.
 
 Writes every step to the CSV (streamed chunk by chunk from the training thread), shows a progress
 bar on stderr when stderr is a terminal, and prints a one-line JSON summary last: its
-`final_loss` is the last step's loss and its `clip_rate` covers the newest 100,000 steps (the
-trainer's in-memory window); the run database's `clip_rate` covers the whole run. Bad arguments
-exit with status 2 and a message; a failed run exits with status 1.
+`final_loss` is the last step's loss and its `clip_rate` covers the whole run (as the CSV and
+the run database do). The summary is strict JSON: a NaN or infinite number is written as null.
+
+Bad arguments exit with status 2 and a message, and write nothing: every setting is checked
+before the database or the CSV is opened. A failed run exits with status 1. Ctrl-C and SIGTERM
+(what `kill`, systemd, Docker and CI runners send) stop the run the same way: every step trained
+is flushed to the CSV and the database, the run is marked "stopped", the summary is printed and
+the exit status is 0.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +39,9 @@ from training.tasks import TASK_NAMES
 if TYPE_CHECKING:
     from training.persistence import RunDatabase
     from training.trainer import Trainer
+
+# How long a stopped run (Ctrl-C, SIGTERM) may take to flush its last steps before the summary.
+STOP_SECONDS = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +162,9 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         )
     if args.steps < 1:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
+    for flag, path in (("--csv", args.csv), ("--db", args.db)):
+        if path is not None and not path.strip():
+            parser.error(f"{flag} needs a file path, not empty text. Received: {flag} {path!r}")
 
     task = args.task
     if task not in TASK_NAMES:
@@ -165,6 +178,25 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     from training.persistence import DatabaseError, RunDatabase, default_path
     from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
+    settings = dict(
+        task=task,
+        policy=args.policy,
+        clip_threshold=args.clip_threshold,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        policy_params=policy_params,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        max_nonfinite_steps=args.max_nonfinite_steps,
+        run_name=args.name,
+    )
+    try:
+        # A trainer checks every setting and writes nothing until it starts: build one without
+        # files first, so a refused setting leaves no database or CSV behind.
+        trainer_from_settings(**settings)
+    except ValueError as error:
+        parser.error(str(error))
+
     database = None
     if not args.no_db:
         try:
@@ -174,27 +206,14 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
 
     csv_file = None
     sinks = ()
-    if args.csv:
+    if args.csv is not None:
         try:
             csv_file = open(args.csv, "w", newline="")
         except (OSError, ValueError) as error:  # ValueError: a NUL in the path
             parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
         sinks = (CsvSink(csv_file),)
     try:
-        trainer = trainer_from_settings(
-            task=task,
-            policy=args.policy,
-            clip_threshold=args.clip_threshold,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-            policy_params=policy_params,
-            batch_size=args.batch_size,
-            max_steps=args.steps,
-            max_nonfinite_steps=args.max_nonfinite_steps,
-            sinks=sinks,
-            database=database,
-            run_name=args.name,
-        )
+        trainer = trainer_from_settings(**settings, sinks=sinks, database=database)
     except ValueError as error:
         if csv_file is not None:
             csv_file.close()
@@ -202,11 +221,34 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     return PreparedRun(trainer, database, csv_file)
 
 
+def _interrupt(signal_number, frame) -> None:
+    """SIGTERM stops the run as Ctrl-C does; a second SIGTERM ends the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
+def _clip_rate(trainer: Trainer) -> float | None:
+    """The share of clipped steps over the whole run (the store's summary: every step, not
+    only the newest `store_window` that `metrics()` returns)."""
+    store = trainer.store
+    summary = store.summary() if store is not None else {}
+    steps = int(summary["steps"].sum()) if summary else 0
+    return int(summary["clipped"].sum()) / steps if steps else None
+
+
+def _json_number(value):
+    """A float for strict JSON: NaN and infinities become None (null); JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     switch_threads_often()  # the recorder's CSV text must not hold up the training thread
     run = prepare(argv)
     trainer, database = run.trainer, run.database
     steps = trainer.config.max_steps
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         show_progress = sys.stderr.isatty()
         started = time.perf_counter()
@@ -217,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
                 if show_progress:
                     _progress(trainer.status.step, steps, trainer.status.steps_per_second)
         except KeyboardInterrupt:
-            trainer.stop()
+            # Wait for the thread: it flushes every step to the CSV and the database and marks
+            # the run stopped (the default 2 s can end inside a trace, before the flush).
+            trainer.stop(timeout=STOP_SECONDS)
         elapsed = time.perf_counter() - started
         if show_progress:
             sys.stderr.write("\n")
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         run.close()
 
     status = trainer.status
@@ -234,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "steps": status.step,
         "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else None,
-        "clip_rate": float(metrics["clipped"].mean()) if len(metrics) else None,
+        "clip_rate": _clip_rate(trainer),
         "nonfinite_steps": status.nonfinite_steps,
         "steps_per_second": status.step / elapsed if elapsed > 0 else None,
         "state": status.state,
@@ -248,5 +293,5 @@ def main(argv: list[str] | None = None) -> int:
         summary.update({name: float(value) for name, value in zip(last.name, last.value)})
     if status.error:
         summary["error"] = status.error
-    print(json.dumps(summary))
+    print(json.dumps({key: _json_number(value) for key, value in summary.items()}, allow_nan=False))
     return 1 if status.state == "failed" else 0
