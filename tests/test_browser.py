@@ -111,7 +111,7 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tm
     see_the_run_move(page, first_step_seconds=180, move_seconds=20)
 
     # A new threshold, typed as a person would; it shows in the header and the events table.
-    threshold_input = page.get_by_role("spinbutton", name="Clip threshold", exact=True)
+    threshold_input = page.get_by_role("textbox", name="Clip threshold", exact=True)
     threshold_input.fill("0.2")
     threshold_input.press("Enter")
     expect(metric(page, "Threshold")).to_have_text("0.2", timeout=20_000)
@@ -146,7 +146,7 @@ def test_a_run_in_the_browser_from_start_to_a_second_tab(server_url, browser, tm
     expect(metric(second, "State")).to_have_text("Running", timeout=60_000)
     expect(second.get_by_text(re.compile(r"Run 1 · task seed"))).to_be_visible(timeout=30_000)
     expect(metric(second, "Threshold")).to_have_text(suggested, timeout=30_000)
-    second_input = second.get_by_role("spinbutton", name="Clip threshold", exact=True)
+    second_input = second.get_by_role("textbox", name="Clip threshold", exact=True)
     expect(second_input).to_have_value(suggested, timeout=30_000)
     expect(second.get_by_role("button", name="Start", exact=True)).to_be_disabled()
     seen_by_first = step_count(page)
@@ -264,7 +264,7 @@ def test_an_example_plugin_picked_in_the_task_select_trains_and_its_charts_move(
     task_picker.first.click()
     page.get_by_role("option", name="char_lstm", exact=True).click()
     expect(page.get_by_test_id("stSidebar").get_by_text(re.compile("Char-level LSTM"))).to_be_visible(timeout=60_000)
-    expect(page.get_by_role("spinbutton", name="Learning rate", exact=True)).to_have_value("20", timeout=30_000)
+    expect(page.get_by_role("textbox", name="Learning rate", exact=True)).to_have_value("20", timeout=30_000)
 
     page.get_by_role("button", name="Start", exact=True).click()
     expect(page.get_by_text(re.compile(r"task\s*char_lstm")).first).to_be_visible(timeout=30_000)
