@@ -73,6 +73,27 @@ def test_trainer_window_is_the_autoclip_policys_window(trainers):
     assert_thresholds_are_the_percentile_of_the_last_window(metrics)
 
 
+def test_live_clipping_window_is_the_autoclip_policys_window():
+    import keras
+
+    from training.keras import LiveClipping
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(256, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    clipping = LiveClipping("autoclip", window=WINDOW, percentile=PERCENTILE, database=False)
+    try:
+        model.compile(optimizer=clipping.wrap(keras.optimizers.Adam(1e-2)), loss="mse")
+        model.fit(inputs, inputs.sum(axis=1), batch_size=8, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[clipping.callback()])  # fmt: skip
+        metrics = clipping.metrics()
+    finally:
+        clipping.close()
+    assert len(metrics) == 64
+    assert_thresholds_are_the_percentile_of_the_last_window(metrics)
+
+
 def test_the_stores_window_has_its_own_name_and_the_cli_clip_rate_covers_the_whole_run(trainers):
     trainer = trainers(task="seed", policy="global_norm", clip_threshold=0.3, max_steps=400, store_window=50)
     trainer.start()

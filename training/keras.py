@@ -78,7 +78,8 @@ class LiveClipping(AttachedRun):
         run_name: the run's name in History.
         ring_steps: rows of the in-graph buffer; at least twice `steps_per_execution`.
         poll_seconds: how often the command table is read.
-        window: steps kept in memory at full resolution (see `metrics()`).
+        store_window: steps kept in memory at full resolution (see `metrics()`); not autoclip's
+            `window`, a policy parameter like the others (issue #22: it had swallowed it).
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
     """
 
@@ -91,7 +92,7 @@ class LiveClipping(AttachedRun):
         *,
         ring_steps: int = RING_STEPS,
         poll_seconds: float = POLL_SECONDS,
-        window: int = 100_000,
+        store_window: int = 100_000,
         **policy_params: Any,
     ):
         policies.validate_policy_name(policy)
@@ -113,7 +114,7 @@ class LiveClipping(AttachedRun):
         if isinstance(ring_steps, bool) or not isinstance(ring_steps, int) or ring_steps < 2:
             raise ValueError(f"`ring_steps` must be an integer >= 2. Received: ring_steps={ring_steps!r}")
         self._ring_steps = ring_steps
-        self._window = window
+        self._store_window = store_window
         self._optimizer = None
         self._strategy = None
         self._built = False
@@ -336,7 +337,7 @@ class LiveClipping(AttachedRun):
                 for policy in self._policies
             ]  # fmt: skip
         self._variable_names = [_short_name(v) for v in variables]
-        self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._window)
+        self._store = MetricsStore(self._variable_names, policies.POLICY_NAMES, window=self._store_window)
         self._built = True
 
 
