@@ -280,8 +280,8 @@ def _command(
         _new_widget(name)  # back at the value in effect
         return
     state[_VALUES][name] = value
-    if number_kind is not None and number_text(value) != typed.strip():
-        _new_widget(name)  # "1e-3" shows as 0.001, "5.0" in an integer field as 5
+    if number_kind is not None and number_text(value) != typed:
+        _new_widget(name)  # "1e-3" shows as 0.001, " 0.5 " as 0.5, "5.0" in an integer field as 5
 
 
 def first_click(command: str, last_action_key: str = _LAST_ACTION) -> bool:
