@@ -335,3 +335,18 @@ def test_an_empty_path_is_refused(user_folders, flag, value):
     assert result.returncode == 2
     assert f"{flag} needs a file path, not empty text. Received: {flag} {value!r}" in result.stderr
     assert sorted(os.listdir(work)) == []
+
+
+def test_a_refused_csv_or_database_leaves_the_other_unwritten(user_folders):
+    work, _, env = user_folders
+    bad_csv = run_cli("--csv", "no_such_folder/out.csv", "--steps", "5", cwd=work, env=env, timeout=120)
+    assert bad_csv.returncode == 2 and "cannot write --csv 'no_such_folder/out.csv'" in bad_csv.stderr
+    assert sorted(os.listdir(work)) == []  # no runs/clipwatch.db
+
+    (work / "a_folder").mkdir()
+    (work / "old.csv").write_text("someone's data\n")
+    for csv_name in ("new.csv", "old.csv"):
+        bad_db = run_cli("--db", "a_folder", "--csv", csv_name, "--steps", "5", cwd=work, env=env, timeout=120)
+        assert bad_db.returncode == 2 and "a_folder" in bad_db.stderr.splitlines()[-1]
+    assert sorted(os.listdir(work)) == ["a_folder", "old.csv"]  # no new.csv
+    assert (work / "old.csv").read_text() == "someone's data\n" and os.listdir(work / "a_folder") == []

@@ -20,9 +20,11 @@ the exit status is 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -197,20 +199,32 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     except ValueError as error:
         parser.error(str(error))
 
+    # The CSV opens first, without truncating it: if the database is then refused, a CSV that
+    # was there is left as it was and a new one is removed, so a refused run writes nothing.
+    csv_file, csv_is_new = None, False
+    if args.csv is not None:
+        try:
+            csv_is_new = not os.path.lexists(args.csv)
+            csv_file = open(args.csv, "a", newline="")
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+            parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
+
     database = None
     if not args.no_db:
         try:
             database = RunDatabase(args.db or default_path())
         except DatabaseError as error:
+            if csv_file is not None:
+                csv_file.close()
+                if csv_is_new:
+                    with contextlib.suppress(OSError):
+                        os.unlink(args.csv)
             parser.error(str(error))
 
-    csv_file = None
     sinks = ()
-    if args.csv is not None:
-        try:
-            csv_file = open(args.csv, "w", newline="")
-        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
-            parser.error(f"cannot write --csv {args.csv!r}: {getattr(error, 'strerror', None) or error}")
+    if csv_file is not None:
+        if csv_file.seekable():  # a file, not a pipe or a terminal
+            csv_file.truncate(0)
         sinks = (CsvSink(csv_file),)
     try:
         trainer = trainer_from_settings(**settings, sinks=sinks, database=database)
