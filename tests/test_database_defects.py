@@ -258,6 +258,21 @@ def test_rename_refuses_names_that_would_not_display_as_typed(tmp_path, name):
     assert database.run_info(run_id)["name"] == "before"
 
 
+@pytest.mark.parametrize("name", ["evil\u202etxt.exe", "a\x00b", "x" * (MAX_RUN_NAME_LENGTH + 1)], ids=["RLO", "NUL", "201"])
+def test_a_name_given_at_start_is_checked_as_a_rename_is(tmp_path, name):
+    # The CLI's --name and the page's runs go through Trainer(run_name=...): the same rule.
+    with pytest.raises(ValueError, match=re.escape(f"Received: name={name!r}")):
+        Trainer(task="seed", run_name=name, database=RunDatabase(tmp_path / "runs.db"))
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--steps", "5", "--db", str(tmp_path / "cli.db"), "--name", name],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    ) if "\x00" not in name else None  # a NUL cannot be passed in argv at all
+    if result is not None:
+        assert result.returncode == 2, result.stderr
+        assert "A run's name must be" in result.stderr
+        assert not (tmp_path / "cli.db").exists()
+
+
 def test_a_million_character_name_is_refused_with_a_short_message(tmp_path):
     database = RunDatabase(tmp_path / "runs.db")
     run_id = ended_run(database, name="before")

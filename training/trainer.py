@@ -33,7 +33,7 @@ from training.recorder import Recorder
 from training.step_compiler import BackgroundCompile
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
 from training.xla_fallback import FallbackFunction
-from training.persistence import RunDatabase, is_storable_text
+from training.persistence import RunDatabase, validate_run_name
 from training.tasks import Task, get_task
 from training.tasks.base import make_optimizer, resolve_loss
 
@@ -128,10 +128,10 @@ def _validate_count(name: str, value: Any, minimum: int = 1, maximum: int | None
 
 
 def _validate_run_name(value: Any) -> str | None:
-    """None or "" (the default name), or text SQLite can store."""
-    if value is None or is_storable_text(value):
+    """None or "" (the default name), or a name History can show as typed (as `rename_run`)."""
+    if value is None or (isinstance(value, str) and value == ""):
         return value
-    raise ValueError(f"`run_name` must be text or None. Received: run_name={value!r}")
+    return validate_run_name(value)
 
 
 class Trainer:
