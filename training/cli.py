@@ -170,12 +170,14 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
 
     task = args.task
     if task not in TASK_NAMES:
-        from training.plugins import PluginError, load_task
+        from training.plugins import PluginError, PluginNotFound, load_task
 
         try:
             task = load_task(args.task)
-        except PluginError as error:
+        except PluginNotFound as error:  # perhaps a mistyped built-in name: list them
             parser.error(f"--task {args.task!r} is not a built-in task ({', '.join(TASK_NAMES)}). {error}")
+        except PluginError as error:  # a plug-in that was found but is broken: its message says why
+            parser.error(f"--task {args.task!r}: {error}")
 
     from training.persistence import DatabaseError, RunDatabase, default_path
     from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good

@@ -45,6 +45,10 @@ class PluginError(ValueError):
     """A task plug-in cannot be used; the message names its file and says why."""
 
 
+class PluginNotFound(PluginError):
+    """No plug-in file or module of that name: perhaps a mistyped built-in task."""
+
+
 @dataclass(frozen=True)
 class CatalogueEntry:
     """One option of the page's Task select: a built-in task, a plug-in, or a broken plug-in."""
@@ -291,7 +295,7 @@ def _looks_like_path(target: str) -> bool:
 
 def _load_file(path: Path, attribute: str) -> Task:
     if not path.is_file():
-        raise PluginError(f"Task plug-in file {str(path)!r} does not exist")
+        raise PluginNotFound(f"Task plug-in file {str(path)!r} does not exist")
     resolved = path.resolve()
     mtime = resolved.stat().st_mtime
     key = (str(resolved), attribute, mtime)
@@ -322,7 +326,7 @@ def _load_module(name: str, attribute: str) -> Task:
     else:
         reason = None
     if module_spec is None:
-        raise PluginError(
+        raise PluginNotFound(
             f"Task plug-in module {name!r} cannot be found ({reason or 'no such module'}); "
             "give a path to a .py file, or a module importable from the current directory"
         )
