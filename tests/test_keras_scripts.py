@@ -284,7 +284,7 @@ def test_keras_callbacks_work_beside_it_and_a_reloaded_model_trains_on(tmp_path)
 
 
 def test_the_tensorboard_callback_works_beside_it(tmp_path):
-    pytest.importorskip("tensorboard")  # Keras' TensorBoard callback needs the package
+    # Keras' TensorBoard callback needs the tensorboard package (requirements-dev.txt).
     clipping = LiveClipping(database=RunDatabase(tmp_path / "runs.db"))
     model, train, validation = compiled(clipping)
     tensorboard = keras.callbacks.TensorBoard(log_dir=tmp_path / "logs", update_freq="batch")
