@@ -113,7 +113,7 @@ def _filled(
 
 
 def _step_domain(steps: pd.Series, end: float | None = None) -> list[float] | None:
-    """What `charts._step_axis` puts in the domain (None: no steps, so no domain)."""
+    """What `charts.step_axis` puts in the domain (None: no steps, so no domain)."""
     if not len(steps):
         return None
     return [float(np.min(steps)), float(end if end is not None else np.max(steps))]
@@ -156,7 +156,7 @@ def loss_spec(
     frame = charts.loss_frame(view, log_scale, max_points)
     validation = charts.validation_loss_frame(evaluations)
     if log_scale and len(validation):
-        validation["val_loss"] = charts._positive(validation["val_loss"].to_numpy())
+        validation["val_loss"] = charts.positive_values(validation["val_loss"].to_numpy())
     rules = charts.event_rules_frame(events)
     frames = [frame] + ([validation] if len(validation) else [])
     frames += [] if len(rules) == 0 else [rules, charts.event_labels_frame(rules)]

@@ -147,7 +147,7 @@ def _threshold_against_norm(view: pd.DataFrame) -> np.ndarray:
     return threshold
 
 
-def _positive(values: np.ndarray) -> np.ndarray:
+def positive_values(values: np.ndarray) -> np.ndarray:
     """For log scales: zero and negatives become NaN (a log axis cannot place them)."""
     return np.where(values > 0, values, np.nan)
 
@@ -180,7 +180,7 @@ def gradient_norm_frame(
     )
     if log_scale:
         for column in NORM_COLUMNS:
-            frame[column] = _positive(frame[column].to_numpy())
+            frame[column] = positive_values(frame[column].to_numpy())
     return frame
 
 
@@ -249,7 +249,7 @@ def layer_norm_frame(layer_view: pd.DataFrame, max_points: int = MAX_POINTS) -> 
     long = data.assign(step_end=step_end).melt(
         id_vars=["step", "step_end"], value_vars=layers, var_name="layer", value_name="norm"
     )
-    long["norm"] = _positive(finite(long["norm"]))
+    long["norm"] = positive_values(finite(long["norm"]))
     return long.dropna(subset=["norm"]).reset_index(drop=True)
 
 
@@ -510,7 +510,7 @@ def loss_frame(view: pd.DataFrame, log_scale: bool = False, max_points: int = LI
         {
             "step": data["step"].astype(np.int64),
             "steps": data["steps"].astype(np.int64),
-            "loss": _positive(loss) if log_scale else loss,
+            "loss": positive_values(loss) if log_scale else loss,
         }
     )
 
@@ -559,11 +559,11 @@ def _series_color_scale() -> alt.Scale:
     )
 
 
-def _y_scale(log_scale: bool, zero: bool = True) -> alt.Scale:
+def y_scale(log_scale: bool, zero: bool = True) -> alt.Scale:
     return alt.Scale(type="log") if log_scale else alt.Scale(zero=zero)
 
 
-def _step_axis(steps: Sequence | None = None, end: float | None = None) -> alt.X:
+def step_axis(steps: Sequence | None = None, end: float | None = None) -> alt.X:
     """The shared x axis: steps, labelled 0, 500, 10k, 1.5M; tight to the data."""
     scale = alt.Scale(nice=False, zero=False)
     if steps is not None and len(steps):
@@ -589,7 +589,7 @@ def gradient_norm_chart(
     legend = alt.Legend(title=None, orient="top", symbolOpacity=1, symbolStrokeWidth=3)
     color = alt.Color("series:N", scale=_series_color_scale(), legend=legend)
     y_title = "Gradient norm (global L2)" + (", log scale" if log_scale else "")
-    base = alt.Chart().encode(x=_step_axis(data["step"]))
+    base = alt.Chart().encode(x=step_axis(data["step"]))
 
     def series(key: str, *required: str):
         valid = " && ".join(f"isValid(datum.{column})" for column in required)
@@ -610,7 +610,7 @@ def gradient_norm_chart(
         .encode(y=alt.Y("grad_norm:Q"))
     )
     after = series("after_clip", "clipped_grad_norm_mean").mark_line(strokeWidth=1.6).encode(
-        y=alt.Y("clipped_grad_norm_mean:Q", title=y_title, scale=_y_scale(log_scale)), color=color
+        y=alt.Y("clipped_grad_norm_mean:Q", title=y_title, scale=y_scale(log_scale)), color=color
     )
     threshold = (
         series("threshold", "clip_threshold")
@@ -666,8 +666,8 @@ def loss_chart(
         .transform_filter("isValid(datum.loss)")
         .mark_line(color=COLORS["loss"], strokeWidth=1.4)
         .encode(
-            x=_step_axis(frame["step"]),
-            y=alt.Y("loss:Q", title="Loss (mean per point)", scale=_y_scale(log_scale, zero=False)),
+            x=step_axis(frame["step"]),
+            y=alt.Y("loss:Q", title="Loss (mean per point)", scale=y_scale(log_scale, zero=False)),
             tooltip=[
                 alt.Tooltip("step:Q", title="Step", format=","),
                 alt.Tooltip("steps:Q", title="Steps in point", format=","),
@@ -678,7 +678,7 @@ def loss_chart(
     validation = validation_loss_frame(evaluations)
     if len(validation):
         if log_scale:
-            validation["val_loss"] = _positive(validation["val_loss"].to_numpy())
+            validation["val_loss"] = positive_values(validation["val_loss"].to_numpy())
         line = alt.layer(line, _validation_line(validation))
     rules = event_rules_frame(events)
     if len(rules) == 0:
@@ -736,7 +736,7 @@ def metric_chart(evaluations: pd.DataFrame | None, name: str, height: int = 260)
         .mark_line(color=COLORS["validation" if validation else "loss"], strokeDash=[5, 3] if validation else [],
                    strokeWidth=1.6, point=True)  # fmt: skip
         .encode(
-            x=_step_axis(frame["step"]),
+            x=step_axis(frame["step"]),
             y=alt.Y("value:Q", title=name, scale=alt.Scale(zero=False)),
             tooltip=[
                 alt.Tooltip("step:Q", title="Step", format=","),
@@ -761,7 +761,7 @@ def clip_rate_chart(
             color=COLORS["clip_marker"], opacity=0.35, line={"color": COLORS["clip_marker"]}, interpolate="step-after"
         )
         .encode(
-            x=_step_axis(data["step"]),
+            x=step_axis(data["step"]),
             y=alt.Y(
                 "clip_rate:Q",
                 title=f"Clipped, rolling {window} steps",
@@ -790,7 +790,7 @@ def layer_norm_chart(
         alt.Chart(data)
         .mark_rect()
         .encode(
-            x=_step_axis(data["step"], end=data["step_end"].max() if len(data) else None),
+            x=step_axis(data["step"], end=data["step_end"].max() if len(data) else None),
             x2=alt.X2("step_end"),
             y=alt.Y("layer:N", title=None, sort=layers, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
             color=alt.Color(

@@ -157,7 +157,7 @@ def runs_gradient_norm_chart(
     """
     names = _run_names(long)
     data = _positive_where(run_series_frame(long, max_points), ("grad_norm", "clip_threshold"), log_scale)
-    base = alt.Chart().encode(x=charts._step_axis(data["step"]), color=_color(names))
+    base = alt.Chart().encode(x=charts.step_axis(data["step"]), color=_color(names))
     dash = alt.StrokeDash(
         "series:N",
         scale=alt.Scale(domain=[NORM_SERIES, THRESHOLD_SERIES], range=[[1, 0], [6, 3]]),
@@ -169,7 +169,7 @@ def runs_gradient_norm_chart(
         .transform_calculate(series=f"'{NORM_SERIES}'")
         .mark_line(strokeWidth=1.4)
         .encode(
-            y=alt.Y("grad_norm:Q", title=y_title, scale=charts._y_scale(log_scale)),
+            y=alt.Y("grad_norm:Q", title=y_title, scale=charts.y_scale(log_scale)),
             strokeDash=dash,
             tooltip=[
                 alt.Tooltip(f"{RUN}:N", title="Run"),
@@ -233,13 +233,13 @@ def runs_loss_chart(
     each run's validation loss (`runs_validation_frame`) dashed with dots in its colour."""
     names = _run_names(long)
     data = _positive_where(run_series_frame(long, max_points), ("loss",), log_scale)
-    base = alt.Chart().encode(x=charts._step_axis(data["step"]), color=_color(names))
+    base = alt.Chart().encode(x=charts.step_axis(data["step"]), color=_color(names))
     line = (
         base.transform_filter("isValid(datum.loss)")
         .mark_line(strokeWidth=1.4)
         .encode(
             y=alt.Y("loss:Q", title="Loss (mean per point)" + (", log scale" if log_scale else ""),
-                    scale=charts._y_scale(log_scale, zero=False)),
+                    scale=charts.y_scale(log_scale, zero=False)),
             tooltip=[
                 alt.Tooltip(f"{RUN}:N", title="Run"),
                 alt.Tooltip("step:Q", title="Step", format=","),
@@ -276,7 +276,7 @@ def runs_metric_chart(metric: pd.DataFrame, name: str, names: Sequence[str], hei
         alt.Chart(metric)
         .mark_line(strokeWidth=1.6, point=True, strokeDash=[5, 3] if name.startswith("val_") else [])
         .encode(
-            x=charts._step_axis(metric["step"]),
+            x=charts.step_axis(metric["step"]),
             y=alt.Y("value:Q", title=name, scale=alt.Scale(zero=False)),
             color=_color(names),
             tooltip=[
@@ -303,7 +303,7 @@ def runs_clip_rate_chart(
         .transform_filter("isValid(datum.clip_rate)")
         .mark_line(strokeWidth=1.6, interpolate="step-after")
         .encode(
-            x=charts._step_axis(data["step"]),
+            x=charts.step_axis(data["step"]),
             y=alt.Y(
                 "clip_rate:Q",
                 title=f"Clipped, rolling {window} steps",
