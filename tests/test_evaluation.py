@@ -2,6 +2,7 @@
 retracing the training step, stored in the run database."""
 
 import dataclasses
+import sqlite3
 
 import keras
 import numpy as np
@@ -48,7 +49,11 @@ def test_validation_is_evaluated_every_interval_and_at_the_end(tmp_path):
     np.testing.assert_allclose(stored.value, evaluations.value, rtol=1e-6)
     assert stored.name.tolist() == evaluations.name.tolist() and stored.step.tolist() == evaluations.step.tolist()
     database.delete_run(trainer.status.run_id)
-    assert database.evaluations(trainer.status.run_id).empty
+    with pytest.raises(ValueError, match=f"No run with run_id={trainer.status.run_id}"):
+        database.evaluations(trainer.status.run_id)
+    connection = sqlite3.connect(tmp_path / "runs.db")  # no orphaned evaluation rows either
+    assert connection.execute("SELECT COUNT(*) FROM evaluations").fetchone() == (0,)
+    connection.close()
 
 
 def test_a_task_without_validation_data_has_no_evaluations(tmp_path):
