@@ -40,7 +40,7 @@ def test_validation_is_evaluated_every_interval_and_at_the_end(tmp_path):
     # The last evaluation used the final weights: compare with the loss computed by hand
     # (100 rows in batches of 32: a weighted mean over the last partial batch).
     inputs, targets = validation_rows(0)
-    predictions = trainer._model(inputs, training=False).numpy()
+    predictions = trainer.state.model(inputs, training=False).numpy()
     last = evaluations[evaluations.step == 250].set_index("name").value
     assert last["val_loss"] == pytest.approx(np.mean((predictions - targets) ** 2), rel=1e-5)
     assert last["val_mean_absolute_error"] == pytest.approx(np.mean(np.abs(predictions - targets)), rel=1e-5)

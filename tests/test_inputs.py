@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import from_dtype
 from support import wait_until
 
+from training.clipping.engine import KNOB
 from training import cli
 from training.page_paths import page_database_path
 from training.persistence import DatabaseError, RunDatabase
@@ -195,12 +196,10 @@ def live_trainer():
 
 def compiled_knobs(trainer):
     """The live knobs as the compiled step reads them (its tf.Variables)."""
+    knobs = trainer.state.engine.knobs.numpy()
     return {
-        "clip_threshold": trainer._clip_threshold.numpy(),
-        "percentile": trainer._percentile.numpy(),
-        "clip_factor": trainer._clip_factor.numpy(),
-        "z_threshold": trainer._z_threshold.numpy(),
-        "learning_rate": trainer._optimizer.learning_rate.numpy(),
+        **{name: knobs[KNOB[name]] for name in ("clip_threshold", "percentile", "clip_factor", "z_threshold")},
+        "learning_rate": trainer.state.optimizer.learning_rate.numpy(),
     }
 
 

@@ -24,7 +24,7 @@ def test_commands_sent_while_compiling_survive_the_hand_over(trainers):
     assert "clip_threshold" in kinds and "policy" in kinds and "autoclip.percentile" in kinds
     assert (metrics.policy.iloc[-100:] == "autoclip").all()
     # The optimizer's state carried over: Adam counted every applied (finite) step.
-    assert int(trainer._optimizer.iterations.numpy()) == int(metrics.finite.sum())
+    assert int(trainer.state.optimizer.iterations.numpy()) == int(metrics.finite.sum())
 
 
 def test_the_quick_step_trains_exactly_like_the_full_step(trainers):

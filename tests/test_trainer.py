@@ -119,7 +119,7 @@ def test_non_finite_steps_are_skipped_and_too_many_fail_the_run(trainers, monkey
     assert len(metrics) >= 20 and not metrics.finite.any()
     # No step touched the weights: they equal a freshly built model's.
     fresh = seed_task.build_model(0)
-    for ours, initial in zip(trainer._model.get_weights(), fresh.get_weights()):
+    for ours, initial in zip(trainer.state.model.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(ours, initial)
 
 
@@ -131,7 +131,7 @@ def test_occasional_non_finite_steps_do_not_stop_the_run(trainers, monkeypatch):
     metrics = trainer.metrics()
     skipped = metrics[~metrics.finite]
     assert 0 < len(skipped) < len(metrics) and trainer.status.nonfinite_steps == len(skipped)
-    assert np.isfinite(trainer._model.get_weights()[0]).all()
+    assert np.isfinite(trainer.state.model.get_weights()[0]).all()
 
 
 def test_an_exception_in_the_thread_shows_in_status(trainers, monkeypatch):

@@ -79,7 +79,7 @@ def test_with_a_quick_start_the_fallback_happens_in_the_background_and_is_record
     events = trainer.events()
     fallbacks = events[events.kind == "xla_fallback"]
     assert len(fallbacks) == 1 and "PyFunc" in fallbacks.new.iloc[0]
-    assert not trainer._chunk.uses_xla and trainer.trace_count == 2
+    assert not trainer.steps.function.uses_xla and trainer.trace_count == 2
     assert np.isfinite(trainer.metrics().loss).all()
 
 
@@ -96,5 +96,5 @@ def test_a_model_that_compiles_keeps_xla_and_records_no_fallback(tmp_path):
     trainer = run(task, quick_start=False)
     assert trainer.status.state == "stopped"
     assert "xla_fallback" not in trainer.events().kind.tolist()
-    assert trainer.trace_count == 1 and trainer._chunk.uses_xla
+    assert trainer.trace_count == 1 and trainer.steps.function.uses_xla
     assert np.isfinite(trainer.metrics().loss).all()

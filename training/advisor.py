@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from training import policies
+from .clipping import policies
 
 REPLAYABLE = ("none", "global_norm", "autoclip", "zclip")  # policies defined by the global norm
 

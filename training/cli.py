@@ -33,14 +33,14 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from training.interpreter_lock import switch_threads_often
-from training.policies import POLICY_NAMES, POLICY_PARAMETERS
-from training.store import STEP_COLUMNS
-from training.tasks import TASK_NAMES
+from .interpreter_lock import switch_threads_often
+from .clipping.policies import POLICY_NAMES, POLICY_PARAMETERS
+from .runs.store import STEP_COLUMNS
+from .tasks import TASK_NAMES
 
 if TYPE_CHECKING:
-    from training.persistence import RunDatabase
-    from training.trainer import Trainer
+    from .runs.database import RunDatabase
+    from .loop.trainer import Trainer
 
 # How long a stopped run (Ctrl-C, SIGTERM) may take to flush its last steps before the summary.
 STOP_SECONDS = 60.0
@@ -170,7 +170,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
 
     task = args.task
     if task not in TASK_NAMES:
-        from training.plugins import PluginError, PluginNotFound, load_task
+        from .tasks.plugins import PluginError, PluginNotFound, load_task
 
         try:
             task = load_task(args.task)
@@ -179,8 +179,8 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         except PluginError as error:  # a plug-in that was found but is broken: its message says why
             parser.error(f"--task {args.task!r}: {error}")
 
-    from training.persistence import DatabaseError, RunDatabase, default_path
-    from training.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
+    from .runs.database import DatabaseError, RunDatabase, default_path
+    from .loop.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
     settings = dict(
         task=task,
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         run.close()
 
     status = trainer.status
-    from training.plugins import PluginError
+    from .tasks.plugins import PluginError
 
     plugin_failure = f"{PluginError.__name__}: "
     if status.state == "failed" and (status.error or "").startswith(plugin_failure):

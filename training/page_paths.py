@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from training.persistence import default_path
+from .runs.database import default_path
 
 
 def runs_folder() -> Path:

@@ -1,43 +1,7 @@
-"""Warming up at server start: train the default task's first steps once, in the background.
+"""Moved to `training.loop.warmup`; this name keeps working (it is the same module)."""
 
-The first trainer of a process pays one-off costs on top of its own build and trace: TensorFlow's
-and Keras' lazy initialisation and the first graph optimisation (measured, seed: the first quick
-step took 2.7 s where later ones take 0.4 s). `warm_up()` pays them on a daemon thread as soon as
-the server imports the dashboard, with a throw-away run of one quick chunk that records nothing
-(no database, no sinks) and ends before any XLA compile. It never blocks the caller, and a
-failure only means no warm-up.
-"""
+import sys
 
-from __future__ import annotations
+from .loop import warmup as moved
 
-import threading
-
-DEFAULT_TASK = "seed"
-WARM_UP_STEPS = 16  # one quick chunk: the trace and the first call, no XLA compile (it would
-# compete with a user's first Start for the CPU; the run ends before the full step is wanted)
-
-_started: dict[str, threading.Thread] = {}
-_lock = threading.Lock()
-
-
-def warm_up(task: str = DEFAULT_TASK) -> threading.Thread:
-    """Start warming `task` (once per process and task); return the warm-up thread."""
-    with _lock:
-        thread = _started.get(task)
-        if thread is None:
-            thread = threading.Thread(target=_warm, args=(task,), name=f"clipwatch-warm-up-{task}", daemon=True)
-            _started[task] = thread
-            thread.start()
-        return thread
-
-
-def _warm(task: str) -> None:
-    try:
-        from training.trainer import Trainer
-
-        trainer = Trainer(task=task, max_steps=WARM_UP_STEPS)
-        trainer.start()
-        trainer.wait_until_compiled()  # the run ends after its quick chunk: nothing to compile
-        trainer.stop()
-    except Exception:  # a warm-up is an optimisation: a run started later reports real errors
-        pass
+sys.modules[__name__] = moved

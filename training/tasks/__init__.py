@@ -1,16 +1,15 @@
 """Task registry: a task is a model, its data and its defaults. A new task is one small module.
 
 Built-in tasks generate their data or load it from a package that ships it; nothing is
-downloaded. Users' own tasks come from plug-in files or modules (`training.plugins`).
+downloaded. Users' own tasks come from plug-in files or modules (`training.tasks.plugins`).
 """
 
 from __future__ import annotations
 
-from training.tasks.base import Task
-from training.tasks import digits, exploding_rnn, seed
-
-TASKS: dict[str, Task] = {task.name: task for task in (seed.TASK, exploding_rnn.TASK, digits.TASK)}
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+from . import plugins, streaming
+from .base import Task
+from .builtin import TASK_NAMES, TASKS
+from .plugins import check_data_matches_model
 
 
 def get_task(task: "str | Task") -> Task:
@@ -19,12 +18,10 @@ def get_task(task: "str | Task") -> Task:
         return task
     if isinstance(task, str) and task in TASKS:  # a list would raise TypeError
         return TASKS[task]
-    from training import plugins
-
     loaded = plugins.registered(task) if isinstance(task, str) else None
     if loaded is None:
         raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASK_NAMES)}")
     return loaded
 
 
-__all__ = ["Task", "TASKS", "TASK_NAMES", "get_task"]
+__all__ = ["Task", "TASKS", "TASK_NAMES", "check_data_matches_model", "get_task", "plugins", "streaming"]

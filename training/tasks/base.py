@@ -9,7 +9,7 @@ what was received and what is allowed.
 Example (a plug-in file)::
 
     import numpy as np
-    from training.tasks import Task
+    from clipwatch.tasks import Task
 
     def build_model(seed):
         import keras
@@ -29,8 +29,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+# Tasks seed Keras' global RNG as they build: two models must not build at once (two runs, or
+# a run and a plug-in's check).
+BUILD_LOCK = threading.Lock()
 
 # Keras optimizer names a task may give as `optimizer` (or give a callable instead).
 OPTIMIZER_NAMES = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.tasks.base import Task
+from .base import Task
 
 
 def load_digits(seed: int):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.tasks.base import Task
+from .base import Task
 
 SEQUENCE_LENGTH = 40
 SAMPLES = 4096

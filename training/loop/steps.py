@@ -1,0 +1,196 @@
+"""The trainer's compiled chunk of steps, and the swap from the quick step to the full one.
+
+Each call runs a chunk of steps in-graph (gathering batches from tensors in memory, the engine's
+clip, the optimizer's update, every step's record written into TensorArrays), so there is one
+host sync per chunk, not per step.
+
+The run starts on the quick step (the policy in force alone, not XLA-compiled: it traces and runs
+its first chunk in ~0.4 s where the full step takes 1.3-3.5 s); the full step (every policy in
+one `tf.switch_case`, XLA when it compiles) is traced between two chunks and compiled in the
+background (training/loop/step_compiler.py), then swapped in. Both read and write the same
+variables, so the swap loses nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from ..clipping.engine import KNOB, TrainingState, step_record
+from . import xla_cache
+from .config import MAX_CHUNK_STEPS
+from .step_compiler import BackgroundCompile
+from .xla_fallback import FallbackFunction
+
+# What each step writes into the chunk's buffers: (name, dtype, shape; None: one per variable).
+BUFFERS = (
+    ("loss", tf.float32, []),
+    ("grad_norm", tf.float32, []),
+    ("clipped_grad_norm", tf.float32, []),
+    ("clip_threshold", tf.float32, []),
+    ("clipped", tf.bool, []),
+    ("finite", tf.bool, []),
+    ("layer_norms", tf.float32, None),
+)
+
+
+class ChunkSteps:
+    """The compiled chunk of a `Trainer`'s run, built on the thread that trains.
+
+    Args:
+        state: the run's training state (its engine is built).
+        loss_function: (targets, predictions) -> loss.
+        next_batch: step -> (inputs, targets), traced into the chunk.
+        monitoring: record every step's metrics (False: the benchmark's ceiling).
+        max_nonfinite_steps: a chunk ends at the step that reaches this many non-finite steps in
+            a row (None: no limit).
+        jit_compile: XLA for the full step (None: try it, fall back once).
+        on_event: (kind, old, new) -> None, records an event (an XLA fallback).
+        on_compiling: called with True/False as the full step starts and ends compiling.
+    """
+
+    def __init__(self, state: TrainingState, loss_function: Callable, next_batch: Callable, *,
+                 monitoring: bool, max_nonfinite_steps: int | None, jit_compile: bool | None,
+                 on_event: Callable[[str, Any, Any], None], on_compiling: Callable[[bool], None]):  # fmt: skip
+        self._state, self._loss_function, self._next_batch = state, loss_function, next_batch
+        self._monitoring = monitoring
+        self._nonfinite_limit = max_nonfinite_steps if monitoring else None
+        self.jit_compile = jit_compile
+        self._on_event, self._on_compiling = on_event, on_compiling
+        # Consecutive non-finite steps so far, carried from chunk to chunk: a chunk stops at the
+        # step that reaches the limit, so a failed run ends exactly there.
+        self._nonfinite_run = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.trace_count = 0
+        self.compile_job: BackgroundCompile | None = None
+        self._full_step_wanted = False
+        self._fallback_reasons: list[str] = []  # XLA fallbacks of the compile thread, not recorded yet
+        self.function: Callable | None = None
+
+    @property
+    def compiling(self) -> bool:
+        return self._full_step_wanted or self.compile_job is not None
+
+    def build(self, quick_start: bool) -> None:
+        """Build the steps for the engine's policies as they are now; traces anew."""
+        self.compile_job = None  # a compile still running for the old policies is dropped
+        self._fallback_reasons = []
+        if not quick_start:
+            self.function = self._full_step()
+            return
+        self._full_step_wanted = True
+        self.function = self._quick_step()
+        self._on_compiling(True)
+
+    def policy_switched(self) -> None:
+        """The policy in force changed: a quick step still in use is rebuilt for it."""
+        if self.compiling:
+            self.function = self._quick_step()
+
+    def __call__(self, num_steps: int, first_step: int) -> dict:
+        return self.function(tf.constant(num_steps, tf.int32), tf.constant(first_step, tf.int64))
+
+    def swap_in_full_step(self, steps_done: int) -> None:
+        """Between two chunks: start compiling the full step, or swap it in once it is ready."""
+        if self._full_step_wanted:
+            # Its XLA fallback, if any, happens on the compile thread: keep the reason and record
+            # it here, on the training thread, when the step is swapped in.
+            def full_step_later_reporting_fallback():
+                return self._full_step(on_fallback=self._fallback_reasons.append)
+
+            full_step = full_step_later_reporting_fallback()
+            # Trace here, between two chunks (0.6-0.9 s): a trace on another thread fights this
+            # one for the GIL. The XLA compile then runs in the background (GIL released); if
+            # XLA cannot compile the step, its fallback runs there too (training/loop/xla_fallback.py).
+            full_step.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64))
+            self.compile_job = BackgroundCompile(
+                full_step,
+                full_step_later_reporting_fallback,
+                lambda: (tf.constant(0, tf.int32), tf.constant(steps_done, tf.int64)),
+            )
+            self._full_step_wanted = False
+        compile_job = self.compile_job
+        if compile_job is None or not compile_job.ready():
+            return
+        if compile_job.error is not None:
+            raise compile_job.error
+        self.function = compile_job.function
+        self.compile_job = None
+        while self._fallback_reasons:
+            self._on_xla_fallback(self._fallback_reasons.pop(0))
+        self._on_compiling(False)
+
+    def _quick_step(self):
+        only_policy = int(self._state.engine.knob_values[KNOB["policy"]])
+        return tf.function(functools.partial(self._train_chunk, only_policy=only_policy))
+
+    def _full_step(self, on_fallback: Callable[[str], None] | None = None):
+        """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
+        return FallbackFunction(self._train_chunk, self.jit_compile, on_fallback or self._on_xla_fallback,
+                                self._drop_xla)  # fmt: skip
+
+    def _drop_xla(self) -> None:
+        self.jit_compile = False
+
+    def _on_xla_fallback(self, reason: str) -> None:
+        self._on_event("xla_fallback", "xla", reason)
+        # One of the persistent cache's entries may be what failed: the next run compiles afresh.
+        xla_cache.recover()
+
+    def _train_chunk(self, num_steps, first_step, only_policy: int | None = None):
+        """Run `num_steps` (<= MAX_CHUNK_STEPS) steps; return every step's record and `steps_run`:
+        fewer than `num_steps` when the limit's non-finite step came first (the chunk ends there).
+
+        `only_policy`: the quick step, which applies that policy alone instead of switching.
+        """
+        if only_policy is None:
+            self.trace_count += 1  # Python side effect: runs once per trace of the full step
+        state, engine = self._state, self._state.engine
+        model, optimizer, variables = state.model, state.optimizer, state.variables
+        knobs, states = engine.knobs.read_value(), engine.read_states()
+        static_size = self.jit_compile is not False and only_policy is None
+        # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper to
+        # stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
+        buffers = {
+            name: tf.TensorArray(dtype, size=MAX_CHUNK_STEPS if static_size else num_steps,
+                                 element_shape=[len(variables)] if shape is None else shape)
+            for name, dtype, shape in BUFFERS
+            if self._monitoring
+        }  # fmt: skip
+        limit = self._nonfinite_limit
+
+        def one_step(i, nonfinite_run, states, buffers):
+            inputs, targets = self._next_batch(first_step + tf.cast(i, tf.int64))
+            with tf.GradientTape() as tape:
+                loss = self._loss_function(targets, model(inputs, training=True))
+            gradients = tape.gradient(loss, variables)
+            spike = tf.where(tf.equal(i, 0), knobs[KNOB["spike"]], 1.0)  # a demo spike hits one step
+            step = engine.clip(gradients, variables, loss, knobs, states, spike, only_policy)
+            # A non-finite step changes nothing: no update (and the engine kept the history).
+            tf.cond(step.finite, lambda: optimizer.apply(step.clipped, variables), lambda: None)
+            nonfinite_run = tf.where(step.finite, tf.constant(0, tf.int64), nonfinite_run + 1)
+            record = step_record(loss, step)
+            buffers = {name: buffers[name].write(i, record[name]) for name in buffers}
+            return i + 1, nonfinite_run, step.states, buffers
+
+        def more_steps(i, nonfinite_run, states, buffers):
+            if limit is None:
+                return i < num_steps
+            return tf.logical_and(i < num_steps, nonfinite_run < limit)
+
+        steps_run, nonfinite_run, states, buffers = tf.while_loop(
+            more_steps,
+            one_step,
+            (tf.constant(0), self._nonfinite_run.read_value(), states, buffers),
+            maximum_iterations=MAX_CHUNK_STEPS,
+        )
+
+        def write_back_states():
+            engine.write_states(states)
+            self._nonfinite_run.assign(nonfinite_run)
+
+        # A zero-step call (the background compile) must not write back states it read while the
+        # quick step was updating them.
+        tf.cond(num_steps > 0, write_back_states, lambda: None)
+        return {"steps_run": steps_run, **{name: buffer.stack() for name, buffer in buffers.items()}}

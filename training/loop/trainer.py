@@ -1,0 +1,642 @@
+"""The trainer: one background thread that trains a task, clips every step and records it.
+
+The thread owns the model, the optimizer, the data and the compiled step. Other threads talk to
+it only through thread-safe methods: commands go into a queue that the thread drains between
+chunks (so a command takes effect at most one chunk later), and metrics come out through the
+store as snapshots.
+
+Speed: each compiled call runs a chunk of steps in-graph (gathering batches from tensors in
+memory, clipping, applying, and writing every step's metrics into TensorArrays), so there is one
+host sync per chunk, not per step. Chunks are sized to stay near `TARGET_CHUNK_SECONDS` so
+commands stay responsive. Live knobs are `tf.Variable`s, so changing them never retraces.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import functools
+import queue
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from ..clipping import policies
+from ..clipping.commands import Change, Command, apply_command, check_command
+from ..clipping.engine import KNOB, ClipEngine, TrainingState, variable_name
+from ..runs.evaluation import Evaluator, empty_evaluations
+from ..runs.recorder import Recorder
+from ..runs.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
+from ..tasks import Task, check_data_matches_model, get_task, streaming
+from ..tasks.base import BUILD_LOCK, make_optimizer, resolve_loss
+from .config import (  # noqa: F401  (the constants and checks are re-exported: their old home)
+    DEFAULT_MAX_NONFINITE_STEPS, MAX_BATCH_SIZE, MAX_CHUNK_STEPS, MAX_SEED, MAX_STEPS_PER_SECOND, STATES,
+    TARGET_CHUNK_SECONDS, RunConfig, Sink, TrainerStatus, configured, validate_count, validate_learning_rate,
+    validate_optional_run_name, validate_pace,
+)  # fmt: skip
+from .steps import ChunkSteps
+
+if TYPE_CHECKING:
+    from ..runs.database import RunDatabase
+
+_LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
+
+
+class Trainer:
+    """Trains `task` in a background thread with live-steerable gradient clipping.
+
+    Args:
+        task: a name from `training.tasks.TASK_NAMES`, a `Task`, or the name of a plug-in
+            loaded earlier (`training.plugins.load_task`).
+        policy: a name from `training.policies.POLICY_NAMES`.
+        clip_threshold: c, a finite number > 0 (the cap for `zclip`).
+        learning_rate, batch_size: None takes the task's default.
+        seed: seeds the model's initial weights and the batch order.
+        max_steps: stop after this many steps (None: run until stopped).
+        max_nonfinite_steps: fail after this many consecutive non-finite steps.
+        store_window: steps the in-memory store keeps at full resolution (`metrics()` returns
+            these; the store's summary and the database cover the whole run). Not autoclip's
+            `window`, which is a policy parameter like the others.
+        data: None takes the data as the task gives it: arrays stay in memory and batches
+            are gathered in-graph (fast); a `tf.data.Dataset` is streamed. "stream" sends a
+            task's arrays through the same streamed pipeline (to compare the two).
+        jit_compile: XLA-compile the chunk; None takes the task's default (whose None tries
+            XLA and falls back once, recording an `xla_fallback` event, if it cannot compile).
+        sinks: callables that get every chunk's rows, in order, on the recorder thread (e.g. a CSV
+            writer; training/recorder.py). A sink that raises fails the run.
+        monitoring: False runs the same compiled loop but records no per-step metrics (the
+            benchmark's ceiling); the store then stays empty.
+        database: a `persistence.RunDatabase` to write the run to (None: memory only).
+        run_name: the run's name in the database (default: "run N: task / policy").
+        quick_start: start on the quick step (the policy in force, no XLA) while the full step
+            compiles in the background (training/step_compiler.py); False waits for the full
+            step before the first step (the benchmark's side-by-side baseline).
+        **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
+    """
+
+    def __init__(
+        self,
+        task: "str | Task" = "seed",
+        policy: str = "global_norm",
+        clip_threshold: float = 1.0,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        *,
+        max_steps: int | None = None,
+        max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
+        store_window: int = 100_000,
+        data: str | None = None,
+        jit_compile: bool | None = None,
+        sinks: tuple[Sink, ...] = (),
+        monitoring: bool = True,
+        database: RunDatabase | None = None,
+        run_name: str | None = None,
+        quick_start: bool = True,
+        **policy_params: Any,
+    ):
+        task_spec = get_task(task)
+        policies.validate_policy_name(policy)
+        all_params = {name: policies.validate_policy_params(name, {}) for name in policies.POLICY_NAMES}
+        all_params[policy] = policies.validate_policy_params(policy, policy_params)
+        if not (data is None or (isinstance(data, str) and data == "stream")):
+            raise ValueError(f"`data` must be None or 'stream'. Received: data={data!r}")
+        self._task = task_spec
+        self._data = data
+        # None: try XLA, fall back once if the model does not compile (xla_fallback.py).
+        self._jit_compile = task_spec.jit_compile if jit_compile is None else bool(jit_compile)
+        self._evaluator = None
+        self._max_nonfinite_steps = validate_count("max_nonfinite_steps", max_nonfinite_steps)
+        self._sinks = tuple(sinks)
+        self._monitoring = bool(monitoring)
+        self._database, self._run_name = database, validate_optional_run_name(run_name)
+        self._requested_policy_params: dict[str, dict[str, float]] = {}
+        self._writer = None
+        self._config = RunConfig(
+            task=task_spec.name,
+            policy=policy,
+            clip_threshold=policies.validate_clip_threshold(clip_threshold),
+            learning_rate=task_spec.learning_rate
+            if learning_rate is None
+            else validate_learning_rate(learning_rate),
+            batch_size=task_spec.batch_size
+            if batch_size is None
+            else validate_count("batch_size", batch_size, maximum=MAX_BATCH_SIZE),
+            seed=validate_count("seed", seed, minimum=0, maximum=MAX_SEED),
+            policy_params=all_params,
+            max_steps=None if max_steps is None else validate_count("max_steps", max_steps),
+        )
+        self._store_window = validate_count("store_window", store_window)
+        self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = TrainerStatus(state="idle", step=0, steps_per_second=0.0, config=self._config)
+        self._store: MetricsStore | None = None
+        self._store_ready = threading.Event()  # the model, store and steps are built
+        self._quick_start = bool(quick_start)
+        # The run's state (model, optimizer, the engine's knobs and policy states, step) and its
+        # compiled chunk: built on the training thread (`_build`).
+        self._state: TrainingState | None = None
+        self._steps: ChunkSteps | None = None
+        self._steps_done = 0  # steps the training thread has run (status.step shows them)
+        # The last step the recorder thread has filed: `metrics()` waits until it reaches the
+        # `status.step` it was called at, so a reader that saw step N finds step N.
+        self._recorded_step = 0
+        self._recorded = threading.Condition()
+        self._recorder: Recorder | None = None
+        _LIVE_TRAINERS.add(self)
+
+    # --- commands (any thread) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the training thread; a no-op if it is already running or paused."""
+        with self._lock:
+            if self._thread is not None:
+                if self._status.state in ("stopped", "failed"):
+                    raise RuntimeError(
+                        f"This run is {self._status.state}; create a new Trainer for a new run."
+                    )
+                return
+            self._set_status(state="running")
+            self._thread = threading.Thread(target=self._run, name="clipwatch-trainer", daemon=True)
+            self._thread.start()
+
+    def pause(self) -> None:
+        self._send(check_command("pause"))
+
+    def resume(self) -> None:
+        self._send(check_command("resume"))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and wait for it (at most `timeout` seconds)."""
+        self._stop_requested.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._lock:
+            if self._status.state in ("idle", "running", "paused"):
+                self._set_status(state="stopped")
+
+    def set_clip_threshold(self, value: Any) -> None:
+        self._send(check_command("clip_threshold", value))
+
+    def set_learning_rate(self, value: Any) -> None:
+        self._send(check_command("learning_rate", value))
+
+    def set_policy(self, name: str, **params: Any) -> None:
+        """Switch policy (or change its parameters); missing parameters keep their values."""
+        policies.validate_policy_name(name)
+        with self._lock:
+            # Merge with what was last *requested*, so two quick calls do not undo each other.
+            current = self._requested_policy_params.get(name, self._config.policy_params[name])
+            merged = policies.validate_policy_params(name, {**current, **params})
+            self._requested_policy_params[name] = merged
+        self._send(check_command("policy", name, merged))
+
+    def inject_spike(self, factor: Any) -> None:
+        """Multiply the next step's gradients by `factor` (before clipping), for demos."""
+        self._send(check_command("spike", factor))
+
+    def set_max_steps_per_second(self, value: Any) -> None:
+        """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
+        self._send(Command("max_steps_per_second", validate_pace(value)))
+
+    def _send(self, command: Command) -> None:
+        with self._lock:
+            state = self._status.state
+            if state in ("stopped", "failed"):
+                raise RuntimeError(f"The run is {state}; a {command.kind} command cannot change it.")
+            if self._thread is None:
+                config = configured(self._config, command.kind, command.value, command.params)
+                if config is not None:  # before start, a setting configures the run to build
+                    self._config = config
+                    self._set_status(config=self._config)
+                    return
+            self._commands.put(command)
+            self._wake.set()
+
+    # --- reading (any thread) --------------------------------------------------------------------
+
+    @property
+    def status(self) -> TrainerStatus:
+        return self._status
+
+    @property
+    def config(self) -> RunConfig:
+        return self._config
+
+    @property
+    def writer(self):
+        """The run's `persistence.RunWriter` (its `status` says what reached the database), or None."""
+        return self._writer
+
+    @property
+    def trace_count(self) -> int:
+        steps = self._steps
+        return 0 if steps is None else steps.trace_count
+
+    @property
+    def steps(self) -> ChunkSteps | None:
+        """The run's compiled chunk of steps once built (`steps.function` is the one in use)."""
+        return self._steps
+
+    @property
+    def state(self) -> TrainingState | None:
+        """The run's training state (model, optimizer, engine, step) once built; the training
+        thread owns it: read it from another thread only while the run is paused or over."""
+        return self._state
+
+    @property
+    def store(self) -> MetricsStore | None:
+        """The run's store, once the thread has built the model (None before)."""
+        return self._store
+
+    def wait_until_ready(self, timeout: float = 60.0) -> bool:
+        return self._store_ready.wait(timeout)
+
+    def wait_until_compiled(self, timeout: float = 300.0) -> bool:
+        """Wait until the run trains on its full step (every policy, XLA), or, if it ended
+        before swapping it in, until that step's compile is over; True unless timed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, compile_job = self._status, self._compile_job()
+            if not status.compiling and self._store_ready.is_set():
+                return True
+            if status.state not in ("idle", "running", "paused"):
+                return compile_job is None or compile_job.wait(max(0.0, deadline - time.monotonic()))
+            time.sleep(0.01)
+        return False
+
+    def metrics(self, since: int | None = None):
+        return self._read("metrics", since)
+
+    def layer_norms(self, since: int | None = None):
+        return self._read("layer_norms", since)
+
+    def evaluations(self):
+        """Validation results: `step, time_s, name, value` (`val_loss`, `val_<metric>`)."""
+        evaluator = self._evaluator
+        return empty_evaluations() if evaluator is None else evaluator.frame()
+
+    def events(self):
+        store = self._store
+        if store is None:
+            import pandas as pd
+
+            return pd.DataFrame(columns=list(EVENT_COLUMNS))
+        return store.events()
+
+    def _read(self, what: str, since):
+        store = self._store
+        if store is None:
+            import pandas as pd
+
+            columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
+            return pd.DataFrame(columns=columns)
+        self._wait_until_recorded(self._status.step)
+        return getattr(store, what)(since)
+
+    def _wait_until_recorded(self, step: int, timeout: float = 10.0) -> None:
+        """Until the recorder has filed `step` (a chunk or two behind the training thread)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        with self._recorded:
+            self._recorded.wait_for(
+                lambda: self._recorded_step >= step or recorder.error is not None or recorder.closed, timeout
+            )
+
+    # --- the training thread ---------------------------------------------------------------------
+
+    def _set_status(self, **changes: Any) -> None:
+        # Two threads update the status (the trainer's, and stop() after a timed-out join):
+        # serialise the read-modify-write so neither loses the other's change.
+        with self._status_lock:
+            self._status = replace(self._status, **changes)
+
+    def _run(self) -> None:
+        trace = None
+        try:
+            self._build()
+            state, error = self._loop()
+        except Exception as exception:  # kept for the UI, never lost
+            state, error = "failed", f"{type(exception).__name__}: {exception}"
+            trace = traceback.format_exc()
+        self._store_ready.set()
+        if self._recorder is not None:
+            self._recorder.close()  # every step is in the store, the writer's queue and the sinks
+            with self._recorded:
+                self._recorded.notify_all()
+            if self._recorder.error is not None:  # the sink's own error, not the hand-off's wrapper
+                state, error = "failed", f"{type(self._recorder.error).__name__}: {self._recorder.error}"
+        warning = self._status.warning
+        if self._writer is not None:
+            # the record is complete before the state shows; stopped before its first step: no row
+            self._writer.finish(state, error, discard_if_empty=True)
+            warning = self._writer.status.warning
+        self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
+
+    def _build(self) -> None:
+        config, task = self._config, self._task
+        with BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
+            model = task.build_model(config.seed)
+        optimizer = make_optimizer(task.optimizer, config.learning_rate)
+        variables = model.trainable_variables
+        optimizer.build(variables)
+        data = task.make_data(config.seed)
+        check_data_matches_model(task, model, data)
+
+        engine = ClipEngine(config.policy, config.clip_threshold, config.policy_params)
+        engine.build(variables)
+        self._state = TrainingState(engine, model, optimizer)
+        self._variable_names = [variable_name(v) for v in variables]
+        self._store = MetricsStore(self._variable_names, engine.policy_names, window=self._store_window)
+        if self._database is not None and self._monitoring:
+            self._writer = self._database.start_run(config, self._variable_names, self._run_name, engine.policy_names)
+            self._set_status(run_id=self._writer.run_id)
+        if self._monitoring:
+            writer = (self._writer.append,) if self._writer is not None else ()
+            self._recorder = Recorder((self._store.append, *writer, *self._sinks, self._publish_recorded))
+        jit_compile = self._jit_compile
+        if streaming.is_dataset(data) or self._data == "stream":
+            batches = iter(
+                streaming.training_batches(streaming.as_dataset(data), config.seed, config.batch_size, task.shuffle_buffer)
+            )
+            next_batch = lambda step: next(batches)  # noqa: E731
+            jit_compile = False  # the iterator's ops have no XLA kernels
+        else:
+            inputs, targets = data
+            self._inputs, self._targets = tf.constant(inputs), tf.constant(targets)
+            next_batch = self._gather_batch
+        if task.make_validation_data is not None:
+            validation = task.make_validation_data(config.seed)
+            check_data_matches_model(task, model, validation, "make_validation_data")
+            self._evaluator = Evaluator(task, model, resolve_loss(task.build_loss), validation, config.batch_size)
+        self._steps = ChunkSteps(
+            self._state, resolve_loss(task.build_loss), next_batch,
+            monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps, jit_compile=jit_compile,
+            on_event=self._record, on_compiling=lambda compiling: self._set_status(compiling=compiling),
+        )  # fmt: skip
+        self._steps.build(self._quick_start)
+        self._store_ready.set()
+
+    def _compile_job(self):
+        steps = self._steps
+        return None if steps is None else steps.compile_job
+
+    def _gather_batch(self, step):
+        # Stateless sampling keyed on the step: reproducible, and XLA-friendly.
+        count = tf.shape(self._inputs)[0]
+        seed = tf.stack([tf.constant(self._config.seed, tf.int64), tf.cast(step, tf.int64)])
+        index = tf.random.stateless_uniform(
+            [self._config.batch_size], seed=seed, maxval=count, dtype=tf.int32
+        )
+        return tf.gather(self._inputs, index), tf.gather(self._targets, index)
+
+    def _loop(self) -> tuple[str, str | None]:
+        """Train until stopped, finished or failed; return (final state, error)."""
+        chunk_steps = 16
+        pace_start_time, pace_start_step = time.perf_counter(), 0
+        recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
+        nonfinite_total, nonfinite_run = 0, 0
+        self._record("start", None, self._config.policy)
+        while True:
+            paced_before = self._config.max_steps_per_second
+            steered = self._apply_commands()
+            if self._config.max_steps_per_second != paced_before:
+                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
+            if self._stop_requested.is_set():
+                self._record("stop", None, None)
+                return "stopped", None
+            if self._status.state == "paused":
+                self._wake.wait(0.5)
+                self._wake.clear()
+                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
+                recent.clear()
+                continue
+            step = self._steps_done
+            max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
+            if max_steps is not None and step >= max_steps:
+                self._evaluate(step)  # once at the end
+                self._record("finished", None, step)
+                return "stopped", None
+            steps = chunk_steps
+            if steered:
+                steps = max(1, chunk_steps // 4)  # show the effect of a command sooner
+            if pace is not None:
+                # ~10 updates a second; a chunk that fell behind (the UI took the CPU) catches up.
+                behind = int((time.perf_counter() - pace_start_time) * pace) - (step - pace_start_step)
+                steps = min(steps, max(1, int(pace * 0.1), behind))
+            if max_steps is not None:
+                steps = min(steps, max_steps - step)
+            if self._evaluator is not None:  # a chunk ends exactly where an evaluation is due
+                steps = min(steps, self._evaluator.steps_until_due(step))
+
+            started = time.perf_counter()
+            out = self._steps(steps, step)
+            steps = int(out.pop("steps_run"))  # the host sync; < steps at the non-finite limit
+            if self._monitoring:
+                rows = {"finite": out["finite"].numpy()[:steps]}
+                # The rest of the rows, the store, the database queue and the sinks: on the
+                # recorder thread, overlapping the next chunk (training/recorder.py).
+                self._recorder.submit(
+                    functools.partial(
+                        self._rows, out, step, steps, time.time(), time.perf_counter() - started,
+                        self._config.learning_rate, self._state.engine.policy_names.index(self._config.policy),
+                    )
+                )
+                if self._writer is not None and self._writer.status.warning != self._status.warning:
+                    self._set_status(warning=self._writer.status.warning)  # a fault, or its end
+            else:
+                rows = {"finite": np.ones(steps, bool)}  # eager calls return when the chunk is done
+            elapsed = time.perf_counter() - started
+            engine = self._state.engine
+            if engine.knob_values[KNOB["spike"]] != 1.0:
+                engine.set_knob("spike", 1.0)  # a demo spike hits the chunk's first step only
+
+            # Adapt the chunk so it stays near TARGET_CHUNK_SECONDS (and never over the buffer).
+            per_step = elapsed / max(steps, 1)
+            chunk_steps = int(min(MAX_CHUNK_STEPS, max(1, TARGET_CHUNK_SECONDS / max(per_step, 1e-9))))
+            now = time.perf_counter()
+            recent.append((now, step + steps))
+            window = [(t, s) for t, s in recent if now - t <= 1.0] or [recent[-1]]
+            first_time, first_step = window[0] if len(window) > 1 else (started, step)
+            speed = (step + steps - first_step) / max(now - first_time, 1e-9)
+
+            if self._evaluator is not None and self._evaluator.due(step, step + steps):
+                self._evaluate(step + steps)
+            finite = rows["finite"]
+            nonfinite_total += int((~finite).sum())
+            longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
+            self._steps_done = self._state.step = step + steps
+            self._set_status(
+                step=self._steps_done,
+                steps_per_second=speed,
+                nonfinite_steps=nonfinite_total,
+                trace_count=self._steps.trace_count,
+                chunk_steps=steps,
+            )
+            # The chunk is handed over and counted: now start compiling the full step (its trace
+            # holds this thread 0.6-0.9 s, which must not delay the first step on screen), or swap
+            # it in for the next chunk. Not for a run that has just finished: a short CLI run
+            # would wait for a compile.
+            if max_steps is None or self._steps_done < max_steps:
+                self._steps.swap_in_full_step(self._steps_done)
+            if longest >= self._max_nonfinite_steps:
+                reason = (
+                    f"Stopped after {longest} consecutive non-finite steps (loss or gradient "
+                    f"NaN/inf; limit max_nonfinite_steps={self._max_nonfinite_steps}). "
+                    "Lower the learning rate or the clip threshold."
+                )
+                self._record("failed", None, reason)
+                return "failed", reason
+            if pace is not None:
+                due = pace_start_time + (step + steps - pace_start_step) / pace
+                if due < time.perf_counter() - 1.0:  # far behind (a compile): no catch-up burst
+                    pace_start_time, pace_start_step = time.perf_counter(), step + steps
+                    due = pace_start_time
+                while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
+                    if self._wake.wait(min(delay, 0.05)):
+                        break  # a command arrived: apply it now
+
+    @staticmethod
+    def _rows(
+        out, first_step: int, steps: int, now: float, duration: float, learning_rate: float, policy_code: int
+    ) -> dict[str, np.ndarray]:
+        """One chunk's per-step columns (runs on the recorder thread; arguments as of the chunk)."""
+        rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}
+        rows["step"] = np.arange(first_step + 1, first_step + steps + 1, dtype=np.int64)
+        # Steps inside a chunk are not timed one by one: spread the chunk's wall time evenly.
+        rows["time_s"] = now - duration + duration * np.arange(1, steps + 1) / steps
+        rows["learning_rate"] = np.full(steps, learning_rate, np.float32)
+        rows["policy"] = np.full(steps, policy_code, np.int8)
+        return rows
+
+    def _publish_recorded(self, rows: dict[str, np.ndarray]) -> None:
+        """The recorder's last consumer: every sink has the chunk, so `metrics()` may return it."""
+        with self._recorded:
+            self._recorded_step = int(rows["step"][-1])
+            self._recorded.notify_all()
+
+    def _evaluate(self, step: int) -> None:
+        if self._evaluator is None:
+            return
+        rows = self._evaluator.evaluate(step)
+        if self._writer is not None and rows:
+            self._writer.evaluations(rows)
+
+    def _record(self, kind: str, old: Any, new: Any) -> None:
+        if self._store is not None:
+            event = self._store.record_event(self._steps_done, kind, old, new)
+            if self._writer is not None:
+                self._writer.event(*event)
+
+    def _apply_commands(self) -> bool:
+        """Apply every queued command; return whether there was any."""
+        self._wake.clear()
+        applied = False
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return applied
+            self._apply(command)
+            applied = True
+
+    def _apply(self, command: Command) -> None:
+        config, kind, value = self._config, command.kind, command.value
+        state = self._state
+        applied = apply_command(
+            state.engine, command, state.variables, optimizer=state.optimizer, learning_rate=config.learning_rate
+        )
+        if applied.pause and self._status.state == "running":
+            if self._recorder is not None:
+                self._recorder.flush()  # a paused run shows every step it trained
+            self._set_status(state="paused", steps_per_second=0.0)
+            self._record("pause", None, None)
+        elif applied.pause is False and self._status.state == "paused":
+            self._set_status(state="running")
+            self._record("resume", None, None)
+        if applied.rebuild:
+            state.engine.build_policies(state.variables)  # a new buffer size or constant: retraces
+            self._steps.build(self._quick_start)
+        elif applied.policy_switched:
+            self._steps.policy_switched()
+        if kind == "max_steps_per_second":
+            applied.changes.append(Change(kind, config.max_steps_per_second, value))
+        for change in applied.changes:
+            self._record(change.kind, change.old, change.new)
+        engine = state.engine
+        self._config = replace(
+            config,
+            clip_threshold=value if kind == "clip_threshold" else config.clip_threshold,
+            learning_rate=value if kind == "learning_rate" else config.learning_rate,
+            max_steps_per_second=value if kind == "max_steps_per_second" else config.max_steps_per_second,
+            policy=engine.policy,
+            policy_params=engine.policy_params,
+        )
+        self._set_status(config=self._config)
+
+
+def trainer_from_settings(
+    task: "str | Task",
+    policy: str,
+    clip_threshold: float,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    policy_params: Mapping[str, Any] | None = None,
+    max_steps_per_second: float | None = None,
+    **options: Any,
+) -> Trainer:
+    """The one way a run's settings become a `Trainer` (the dashboard's run and race, the CLI).
+
+    `policy_params` are `policy`'s parameters; `max_steps_per_second` caps the pace from step 1
+    (None: full speed); `options` are the trainer's other keyword arguments (`database`,
+    `run_name`, `max_steps`, `sinks`, ...). ValueError (naming the value) for a bad setting.
+    The trainer is not started.
+    """
+    trainer = Trainer(
+        task=task,
+        policy=policy,
+        clip_threshold=clip_threshold,
+        learning_rate=learning_rate,
+        seed=seed,
+        **options,
+        **dict(policy_params or {}),
+    )
+    if max_steps_per_second is not None:
+        trainer.set_max_steps_per_second(max_steps_per_second)  # before step 1
+    return trainer
+
+
+def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
+    """(longest run of non-finite steps, counting `carried` from before; the trailing run)."""
+    finite_positions = np.flatnonzero(finite)
+    if len(finite_positions) == 0:
+        run = carried + len(finite)
+        return run, run
+    gaps = np.diff(finite_positions) - 1
+    longest = max(carried + finite_positions[0], int(gaps.max(initial=0)), len(finite) - 1 - finite_positions[-1])
+    return longest, len(finite) - 1 - int(finite_positions[-1])
+
+
+@atexit.register
+def _stop_all_trainers() -> None:
+    for trainer in list(_LIVE_TRAINERS):
+        trainer.stop(timeout=1.0)
+    for trainer in list(_LIVE_TRAINERS):
+        # A compile still running when the interpreter shuts down aborts the process
+        # ("terminate called after throwing"): let it finish first.
+        compile_job = trainer._compile_job()
+        if compile_job is not None:
+            compile_job.wait(60.0)
