@@ -9,7 +9,9 @@
 * `race_view`: the A/B race tab: two runs overlaid, each steerable on its own.
 * `history_view`: the History and Compare tabs: recorded runs, read back from the database.
 * `panels`: widgets the tabs share: bordered panels, the advisor's readout, export buttons.
-* `charts`: pure builders of one run's charts from DataFrames (no Streamlit, no TensorFlow).
+* `charts`: how one run's charts look: pure Altair builders from DataFrames (no Streamlit, no TensorFlow).
+  `chart_frames` (the rows each chart draws), `event_frames` (the commands table and the loss
+  chart's rules) and `readouts` (headline, what-if, suggested threshold) are re-exported there.
 * `chart_specs`: the live charts as Vega-Lite dicts filled into cached templates (no Altair per refresh).
 * `shared_charts`: the live charts built once per store change and shared by every session.
 * `comparison`: pure builders of charts over several runs (Compare, the race, History's table).
