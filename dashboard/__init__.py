@@ -1,7 +1,10 @@
 """Clipwatch's Streamlit dashboard: one module, one job.
 
 * `page`: the page's entry point, `render()`: sidebar, header and the four tabs.
-* `controls`: the sidebar's controls: widget keys, their session state, the one callback helper.
+* `controls`: the sidebar: the run's controls and buttons, the view options, their callbacks.
+  `control_state` (what each control shows, its widget key and refusal), `control_commands`
+  (the one callback helper: validate -> send -> report; the button guard), `number_fields`
+  (number text in, a number out) and `database_setting` (the database path) are re-exported there.
 * `operator_controls`: the sidebar's operator-key field, the view-only note, the open-server warning.
 * `access`: who may steer the shared run: viewers, and an operator when a key is configured.
 * `live_view`: the Live tab: the current run's charts in a timed fragment, its advisor, exports.
