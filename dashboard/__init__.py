@@ -1,7 +1,10 @@
 """Clipwatch's Streamlit dashboard: one module, one job.
 
 * `page`: the page's entry point, `render()`: sidebar, header and the four tabs.
-* `controls`: the sidebar's controls: widget keys, their session state, the one callback helper.
+* `controls`: the sidebar: the run's controls and buttons, the view options, their callbacks.
+  `control_state` (what each control shows, its widget key and refusal), `control_commands`
+  (the one callback helper: validate -> send -> report; the button guard), `number_fields`
+  (number text in, a number out) and `database_setting` (the database path) are re-exported there.
 * `operator_controls`: the sidebar's operator-key field, the view-only note, the open-server warning.
 * `access`: who may steer the shared run: viewers, and an operator when a key is configured.
 * `live_view`: the Live tab: the current run's charts in a timed fragment, its advisor, exports.
@@ -9,7 +12,9 @@
 * `race_view`: the A/B race tab: two runs overlaid, each steerable on its own.
 * `history_view`: the History and Compare tabs: recorded runs, read back from the database.
 * `panels`: widgets the tabs share: bordered panels, the advisor's readout, export buttons.
-* `charts`: pure builders of one run's charts from DataFrames (no Streamlit, no TensorFlow).
+* `charts`: how one run's charts look: pure Altair builders from DataFrames (no Streamlit, no TensorFlow).
+  `chart_frames` (the rows each chart draws), `event_frames` (the commands table and the loss
+  chart's rules) and `readouts` (headline, what-if, suggested threshold) are re-exported there.
 * `chart_specs`: the live charts as Vega-Lite dicts filled into cached templates (no Altair per refresh).
 * `shared_charts`: the live charts built once per store change and shared by every session.
 * `comparison`: pure builders of charts over several runs (Compare, the race, History's table).
