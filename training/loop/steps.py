@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import numpy as np
 import tensorflow as tf
 
 from ..clipping.engine import KNOB, TrainingState, step_record
@@ -194,3 +195,16 @@ class ChunkSteps:
         # quick step was updating them.
         tf.cond(num_steps > 0, write_back_states, lambda: None)
         return {"steps_run": steps_run, **{name: buffer.stack() for name, buffer in buffers.items()}}
+
+
+def chunk_rows(
+    out, first_step: int, steps: int, now: float, duration: float, learning_rate: float, policy_code: int
+) -> dict[str, np.ndarray]:
+    """One chunk's per-step columns (runs on the recorder thread; arguments as of the chunk)."""
+    rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}
+    rows["step"] = np.arange(first_step + 1, first_step + steps + 1, dtype=np.int64)
+    # Steps inside a chunk are not timed one by one: spread the chunk's wall time evenly.
+    rows["time_s"] = now - duration + duration * np.arange(1, steps + 1) / steps
+    rows["learning_rate"] = np.full(steps, learning_rate, np.float32)
+    rows["policy"] = np.full(steps, policy_code, np.int8)
+    return rows

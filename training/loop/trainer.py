@@ -28,19 +28,21 @@ import numpy as np
 import tensorflow as tf
 
 from ..clipping import policies
-from ..clipping.commands import Change, Command, apply_command, check_command
+from ..clipping.commands import Change, Command, apply_command
 from ..clipping.engine import KNOB, ClipEngine, TrainingState, variable_name
-from ..runs.evaluation import Evaluator, empty_evaluations
+from ..runs.evaluation import Evaluator
 from ..runs.recorder import Recorder
-from ..runs.store import EVENT_COLUMNS, STEP_COLUMNS, MetricsStore
+from ..runs.store import MetricsStore
 from ..tasks import Task, check_data_matches_model, get_task, streaming
 from ..tasks.base import BUILD_LOCK, make_optimizer, resolve_loss
 from .config import (  # noqa: F401  (the constants and checks are re-exported: their old home)
     DEFAULT_MAX_NONFINITE_STEPS, MAX_BATCH_SIZE, MAX_CHUNK_STEPS, MAX_SEED, MAX_STEPS_PER_SECOND, STATES,
-    TARGET_CHUNK_SECONDS, RunConfig, Sink, TrainerStatus, configured, validate_count, validate_learning_rate,
-    validate_optional_run_name, validate_pace,
+    TARGET_CHUNK_SECONDS, RunConfig, Sink, TrainerStatus, validate_count, validate_learning_rate,
+    validate_optional_run_name,
 )  # fmt: skip
-from .steps import ChunkSteps
+from .reading import RunReading
+from .steering import RunSteering
+from .steps import ChunkSteps, chunk_rows
 
 if TYPE_CHECKING:
     from ..runs.database import RunDatabase
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
-class Trainer:
+class Trainer(RunSteering, RunReading):
     """Trains `task` in a background thread with live-steerable gradient clipping.
 
     Args:
@@ -170,12 +172,6 @@ class Trainer:
             self._thread = threading.Thread(target=self._run, name="clipwatch-trainer", daemon=True)
             self._thread.start()
 
-    def pause(self) -> None:
-        self._send(check_command("pause"))
-
-    def resume(self) -> None:
-        self._send(check_command("resume"))
-
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread and wait for it (at most `timeout` seconds)."""
         self._stop_requested.set()
@@ -186,135 +182,6 @@ class Trainer:
         with self._lock:
             if self._status.state in ("idle", "running", "paused"):
                 self._set_status(state="stopped")
-
-    def set_clip_threshold(self, value: Any) -> None:
-        self._send(check_command("clip_threshold", value))
-
-    def set_learning_rate(self, value: Any) -> None:
-        self._send(check_command("learning_rate", value))
-
-    def set_policy(self, name: str, **params: Any) -> None:
-        """Switch policy (or change its parameters); missing parameters keep their values."""
-        policies.validate_policy_name(name)
-        with self._lock:
-            # Merge with what was last *requested*, so two quick calls do not undo each other.
-            current = self._requested_policy_params.get(name, self._config.policy_params[name])
-            merged = policies.validate_policy_params(name, {**current, **params})
-            self._requested_policy_params[name] = merged
-        self._send(check_command("policy", name, merged))
-
-    def inject_spike(self, factor: Any) -> None:
-        """Multiply the next step's gradients by `factor` (before clipping), for demos."""
-        self._send(check_command("spike", factor))
-
-    def set_max_steps_per_second(self, value: Any) -> None:
-        """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
-        self._send(Command("max_steps_per_second", validate_pace(value)))
-
-    def _send(self, command: Command) -> None:
-        with self._lock:
-            state = self._status.state
-            if state in ("stopped", "failed"):
-                raise RuntimeError(f"The run is {state}; a {command.kind} command cannot change it.")
-            if self._thread is None:
-                config = configured(self._config, command.kind, command.value, command.params)
-                if config is not None:  # before start, a setting configures the run to build
-                    self._config = config
-                    self._set_status(config=self._config)
-                    return
-            self._commands.put(command)
-            self._wake.set()
-
-    # --- reading (any thread) --------------------------------------------------------------------
-
-    @property
-    def status(self) -> TrainerStatus:
-        return self._status
-
-    @property
-    def config(self) -> RunConfig:
-        return self._config
-
-    @property
-    def writer(self):
-        """The run's `persistence.RunWriter` (its `status` says what reached the database), or None."""
-        return self._writer
-
-    @property
-    def trace_count(self) -> int:
-        steps = self._steps
-        return 0 if steps is None else steps.trace_count
-
-    @property
-    def steps(self) -> ChunkSteps | None:
-        """The run's compiled chunk of steps once built (`steps.function` is the one in use)."""
-        return self._steps
-
-    @property
-    def state(self) -> TrainingState | None:
-        """The run's training state (model, optimizer, engine, step) once built; the training
-        thread owns it: read it from another thread only while the run is paused or over."""
-        return self._state
-
-    @property
-    def store(self) -> MetricsStore | None:
-        """The run's store, once the thread has built the model (None before)."""
-        return self._store
-
-    def wait_until_ready(self, timeout: float = 60.0) -> bool:
-        return self._store_ready.wait(timeout)
-
-    def wait_until_compiled(self, timeout: float = 300.0) -> bool:
-        """Wait until the run trains on its full step (every policy, XLA), or, if it ended
-        before swapping it in, until that step's compile is over; True unless timed out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, compile_job = self._status, self._compile_job()
-            if not status.compiling and self._store_ready.is_set():
-                return True
-            if status.state not in ("idle", "running", "paused"):
-                return compile_job is None or compile_job.wait(max(0.0, deadline - time.monotonic()))
-            time.sleep(0.01)
-        return False
-
-    def metrics(self, since: int | None = None):
-        return self._read("metrics", since)
-
-    def layer_norms(self, since: int | None = None):
-        return self._read("layer_norms", since)
-
-    def evaluations(self):
-        """Validation results: `step, time_s, name, value` (`val_loss`, `val_<metric>`)."""
-        evaluator = self._evaluator
-        return empty_evaluations() if evaluator is None else evaluator.frame()
-
-    def events(self):
-        store = self._store
-        if store is None:
-            import pandas as pd
-
-            return pd.DataFrame(columns=list(EVENT_COLUMNS))
-        return store.events()
-
-    def _read(self, what: str, since):
-        store = self._store
-        if store is None:
-            import pandas as pd
-
-            columns = list(STEP_COLUMNS) if what == "metrics" else ["step"]
-            return pd.DataFrame(columns=columns)
-        self._wait_until_recorded(self._status.step)
-        return getattr(store, what)(since)
-
-    def _wait_until_recorded(self, step: int, timeout: float = 10.0) -> None:
-        """Until the recorder has filed `step` (a chunk or two behind the training thread)."""
-        recorder = self._recorder
-        if recorder is None:
-            return
-        with self._recorded:
-            self._recorded.wait_for(
-                lambda: self._recorded_step >= step or recorder.error is not None or recorder.closed, timeout
-            )
 
     # --- the training thread ---------------------------------------------------------------------
 
@@ -390,10 +257,6 @@ class Trainer:
         self._steps.build(self._quick_start)
         self._store_ready.set()
 
-    def _compile_job(self):
-        steps = self._steps
-        return None if steps is None else steps.compile_job
-
     def _gather_batch(self, step):
         # Stateless sampling keyed on the step: reproducible, and XLA-friendly.
         count = tf.shape(self._inputs)[0]
@@ -451,7 +314,7 @@ class Trainer:
                 # recorder thread, overlapping the next chunk (training/recorder.py).
                 self._recorder.submit(
                     functools.partial(
-                        self._rows, out, step, steps, time.time(), time.perf_counter() - started,
+                        chunk_rows, out, step, steps, time.time(), time.perf_counter() - started,
                         self._config.learning_rate, self._state.engine.policy_names.index(self._config.policy),
                     )
                 )
@@ -508,25 +371,6 @@ class Trainer:
                 while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
                     if self._wake.wait(min(delay, 0.05)):
                         break  # a command arrived: apply it now
-
-    @staticmethod
-    def _rows(
-        out, first_step: int, steps: int, now: float, duration: float, learning_rate: float, policy_code: int
-    ) -> dict[str, np.ndarray]:
-        """One chunk's per-step columns (runs on the recorder thread; arguments as of the chunk)."""
-        rows = {name: tensor.numpy()[:steps] for name, tensor in out.items()}
-        rows["step"] = np.arange(first_step + 1, first_step + steps + 1, dtype=np.int64)
-        # Steps inside a chunk are not timed one by one: spread the chunk's wall time evenly.
-        rows["time_s"] = now - duration + duration * np.arange(1, steps + 1) / steps
-        rows["learning_rate"] = np.full(steps, learning_rate, np.float32)
-        rows["policy"] = np.full(steps, policy_code, np.int8)
-        return rows
-
-    def _publish_recorded(self, rows: dict[str, np.ndarray]) -> None:
-        """The recorder's last consumer: every sink has the chunk, so `metrics()` may return it."""
-        with self._recorded:
-            self._recorded_step = int(rows["step"][-1])
-            self._recorded.notify_all()
 
     def _evaluate(self, step: int) -> None:
         if self._evaluator is None:
