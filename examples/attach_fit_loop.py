@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from common import moons_dataset, parse_arguments, report, small_model
-from training.keras import LiveClipping
+from clipwatch.keras import LiveClipping
 
 
 def extra(parser) -> None:

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from common import moons_dataset, parse_arguments, report, small_model
-from training.keras import LiveClipping
+from clipwatch.keras import LiveClipping
 
 
 def main(argv=None) -> None:

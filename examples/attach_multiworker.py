@@ -47,7 +47,7 @@ def train(args) -> None:
     import tensorflow as tf
 
     from common import BATCH_SIZE, moons_dataset, report, small_model
-    from training.keras import LiveClipping
+    from clipwatch.keras import LiveClipping
 
     # A custom loop: Keras 3's `fit` fails under MultiWorkerMirroredStrategy before its first
     # step (keras-team/keras#20585); the optimizer's `apply_gradients` is the same code path.

@@ -16,8 +16,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from training.policies import POLICY_NAMES  # noqa: E402
-from training.tasks.seed import make_moons  # noqa: E402
+try:  # installed (`python -m pip install -e .`): a name a project's own `training` cannot shadow
+    import clipwatch  # noqa: E402,F401
+except ImportError:  # the checkout on PYTHONPATH: its `training` also answers to `clipwatch`
+    import training  # noqa: E402,F401
+from clipwatch.policies import POLICY_NAMES  # noqa: E402
+from clipwatch.tasks.seed import make_moons  # noqa: E402
 
 BATCH_SIZE = 64
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.tasks import Task
+from clipwatch.tasks import Task
 
 TEXT_CHARACTERS = 600_000
 SEQUENCE_LENGTH = 64

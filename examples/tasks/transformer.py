@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.tasks import Task
+from clipwatch.tasks import Task
 
 SEQUENCE_LENGTH = 12
 VOCABULARY = 10
