@@ -32,7 +32,7 @@ from training.persistence import (
     STEP_FIELDS,
     DatabaseError,
     RunDatabase,
-    _SCHEMA,
+    SCHEMA,
 )
 from training.policies import validate_positive
 
@@ -112,13 +112,13 @@ def a_different_runs_schema(path):
 
 def clipwatch_tables_under_another_application_id(path):
     with contextlib.closing(sqlite3.connect(path)) as connection, connection:
-        connection.executescript(_SCHEMA)
+        connection.executescript(SCHEMA)
         connection.execute("PRAGMA application_id = 1234")
 
 
 def clipwatch_tables_and_one_more(path):
     with contextlib.closing(sqlite3.connect(path)) as connection, connection:
-        connection.executescript(_SCHEMA)
+        connection.executescript(SCHEMA)
         connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
 
 
@@ -177,7 +177,7 @@ def test_new_files_and_files_made_before_the_stamp_are_stamped_and_opened(tmp_pa
     assert stamp(new.path) == (APPLICATION_ID, SCHEMA_VERSION) and APPLICATION_ID == 0x434C5057
     old = tmp_path / "old.db"  # what Clipwatch wrote before the stamp: its tables, no stamp
     with contextlib.closing(sqlite3.connect(old)) as connection, connection:
-        connection.executescript(_SCHEMA)
+        connection.executescript(SCHEMA)
         connection.execute(
             "INSERT INTO runs (name, task, policy, clip_threshold, learning_rate, batch_size, seed,"
             " config_json, variable_names_json, state, created_at, updated_at, pid)"
