@@ -366,7 +366,9 @@ def test_two_workers_switch_to_the_chief_threshold_at_the_same_step(tmp_path):
 # --- installable ------------------------------------------------------------------------------
 
 
-def test_pip_install_editable_makes_training_importable_from_anywhere(tmp_path):
+def test_pip_install_editable_makes_clipwatch_importable_from_anywhere(tmp_path):
+    """Installed, the package's name is `clipwatch` (issue #17: `training` was shadowed by a
+    project's own): from a folder with its own `training.py`, the documented imports work."""
     environment = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(environment)], check=True)
     python = str(environment / "bin" / "python")
@@ -375,10 +377,12 @@ def test_pip_install_editable_makes_training_importable_from_anywhere(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert install.returncode == 0, install.stderr
+    (tmp_path / "training.py").write_text("OWN = True\n")  # the user's own module of that name
     probe = subprocess.run(
-        [python, "-c", "import training.keras, training.persistence; print(training.keras.__file__)"],
+        [python, "-c", "import training; assert training.OWN; from clipwatch.keras import LiveClipping; "
+         "import clipwatch.keras, clipwatch.persistence; print(clipwatch.keras.__file__)"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in ENVIRONMENT.items() if k != "PYTHONPATH"},
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
-    assert Path(probe.stdout.strip()) == ROOT / "training" / "keras.py"
+    assert Path(probe.stdout.strip()) == ROOT / "training" / "attach" / "live_clipping.py"
