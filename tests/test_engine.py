@@ -75,6 +75,22 @@ def test_a_registered_policy_runs_in_a_users_keras_fit(halving):
     assert_halved(metrics)
 
 
+def test_a_policy_registered_after_a_run_was_built_is_refused_by_name_and_changes_nothing():
+    engine = ClipEngine.with_defaults("global_norm", 1.0)
+    engine.build([])
+    policies.register_policy("late", halve)
+    try:
+        before = engine.knobs.numpy().copy()
+        with pytest.raises(ValueError, match=r"Policy 'late' was registered after this run was built.*Received: policy='late'"):
+            apply_command(engine, check_command("policy", "late"), [])
+        np.testing.assert_array_equal(engine.knobs.numpy(), before)
+        assert engine.policy == "global_norm"
+        later = ClipEngine("late", 1.0, {})  # an engine built after it offers it, with defaults
+        assert "late" in later.policy_names and later.policy_params["late"] == {}
+    finally:
+        policies.unregister_policy("late")
+
+
 def test_a_policy_name_is_registered_once_and_built_ins_stay():
     with pytest.raises(ValueError, match=r"'global_norm' is registered already"):
         policies.register_policy("global_norm", halve)

@@ -126,6 +126,11 @@ def apply_command(engine: ClipEngine, command: Command, variables, *, optimizer=
 
 def _apply_policy(engine: ClipEngine, name: str, params: dict, variables, structural_changes: bool,
                   applied: Applied) -> None:  # fmt: skip
+    if name not in engine.policy_names:
+        raise ValueError(
+            f"Policy {name!r} was registered after this run was built; the run offers "
+            f"{', '.join(engine.policy_names)}. Received: policy={name!r}"
+        )
     old_params = engine.policy_params[name]
     checked = policies.validate_policy_params(name, {**old_params, **params})
     spec = policies.POLICY_PARAMETERS[name]

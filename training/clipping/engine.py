@@ -77,16 +77,21 @@ class ClipEngine:
 
     def __init__(self, policy: str, clip_threshold: float, policy_params: dict[str, dict[str, float]]):
         self.policy = policies.validate_policy_name(policy)
-        self.policy_params = {name: dict(params) for name, params in policy_params.items()}
+        # The policies this run offers: the registry as it is now (a policy registered later is
+        # not in this run's compiled step, nor in its store's or database's policy codes).
+        self.policy_names = policies.POLICY_NAMES
+        self.policy_params = {
+            name: dict(policy_params.get(name) or policies.validate_policy_params(name, {}))
+            for name in self.policy_names
+        }
         values = np.zeros(len(KNOBS), np.float32)
         values[KNOB["clip_threshold"]] = policies.validate_clip_threshold(clip_threshold)
         values[KNOB["percentile"]] = self.policy_params["autoclip"]["percentile"]
         values[KNOB["clip_factor"]] = self.policy_params["agc"]["clip_factor"]
         values[KNOB["z_threshold"]] = self.policy_params["zclip"]["z_threshold"]
-        values[KNOB["policy"]] = policies.POLICY_NAMES.index(policy)
+        values[KNOB["policy"]] = self.policy_names.index(policy)
         values[KNOB["spike"]] = 1.0
         self.knob_values = values
-        self.policy_names = policies.POLICY_NAMES  # as of this engine: the switch's branches
         self.knobs: tf.Variable | None = None
         self.policies: list[policies.ClipPolicy] = []
         self.policy_states: list[tuple[tf.Variable, ...]] = []
@@ -117,7 +122,6 @@ class ClipEngine:
 
         A compiled step that closed over the old ones must be traced anew.
         """
-        self.policy_names = policies.POLICY_NAMES
         self.policies = [
             policies.make_policy(name, **self.policy_params[name]) for name in self.policy_names
         ]
