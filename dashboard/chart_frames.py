@@ -153,17 +153,50 @@ NORM_COLUMNS = (
 )
 
 
-def loss_frame(view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS) -> pd.DataFrame:
-    """The loss chart's rows: step, steps, loss (mean per point)."""
+MAX_SMOOTHING = 0.999  # 1 would hold the first point for ever
+
+
+def validate_smoothing(value) -> float:
+    """A smoothing weight in [0, MAX_SMOOTHING] (0: off); ValueError naming the value otherwise."""
+    number = float(value) if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) else math.nan
+    if not 0.0 <= number <= MAX_SMOOTHING:
+        raise ValueError(f"Smoothing must be a number in [0, {MAX_SMOOTHING}] (0: off). Received: smoothing={value!r}")
+    return number
+
+
+def smoothed(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the first points are
+    not pulled towards 0: s_t = sum_i w^i x_(t-i) / sum_i w^i over the finite points so far.
+    A point that is not finite (a NaN loss) stays NaN and does not enter the average."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(values.shape, np.nan)
+    weight = validate_smoothing(weight)
+    total = norm = 0.0
+    for index, value in enumerate(values):
+        if not math.isfinite(value):
+            continue
+        total, norm = weight * total + value, weight * norm + 1.0
+        out[index] = total / norm
+    return out
+
+
+def loss_frame(view: pd.DataFrame, log_scale: bool = False, max_points: int = LINE_POINTS,
+               smoothing: float = 0.0) -> pd.DataFrame:  # fmt: skip
+    """The loss chart's rows: step, steps, loss (mean per point), and with `smoothing` > 0 the
+    loss smoothed over the plotted points (`loss_smoothed`), as TensorBoard smooths what it draws."""
     data = even_spans(view, max_points, METRIC_AGGREGATIONS)
     loss = finite(data["loss"])
-    return pd.DataFrame(
+    loss = positive_values(loss) if log_scale else loss
+    frame = pd.DataFrame(
         {
             "step": data["step"].astype(np.int64),
             "steps": data["steps"].astype(np.int64),
-            "loss": positive_values(loss) if log_scale else loss,
+            "loss": loss,
         }
     )
+    if validate_smoothing(smoothing) > 0:
+        frame["loss_smoothed"] = smoothed(frame["loss"].to_numpy(), smoothing)
+    return frame
 
 
 def rolling_clip_rate(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW) -> pd.DataFrame:

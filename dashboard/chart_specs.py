@@ -151,9 +151,10 @@ def loss_spec(
     max_points: int = charts.LINE_POINTS,
     height: int = 260,
     evaluations: pd.DataFrame | None = None,
+    smoothing: float = 0.0,
 ) -> dict:
     """`charts.loss_chart(...)` as a Vega-Lite dict."""
-    frame = charts.loss_frame(view, log_scale, max_points)
+    frame = charts.loss_frame(view, log_scale, max_points, smoothing)
     validation = charts.validation_loss_frame(evaluations)
     if log_scale and len(validation):
         validation["val_loss"] = charts.positive_values(validation["val_loss"].to_numpy())
@@ -162,9 +163,10 @@ def loss_spec(
     frames += [] if len(rules) == 0 else [rules, charts.event_labels_frame(rules)]
     domain = _step_domain(frame["step"])
     return _filled(
-        ("loss", log_scale, height, domain is None, len(frames), len(validation) > 0),
+        ("loss", log_scale, height, domain is None, len(frames), len(validation) > 0, smoothing),
         lambda: charts.loss_chart(
-            view, events, log_scale=log_scale, max_points=max_points, height=height, evaluations=evaluations
+            view, events, log_scale=log_scale, max_points=max_points, height=height, evaluations=evaluations,
+            smoothing=smoothing,
         ),
         frames,
         domain,

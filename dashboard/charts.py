@@ -38,7 +38,10 @@ from dashboard.chart_frames import (
     group_layer_view,
     histogram_frame,
     layer_norm_frame,
+    MAX_SMOOTHING,
     loss_frame,
+    smoothed,
+    validate_smoothing,
     metric_names,
     positive_values,
     rolling_clip_rate,
@@ -55,6 +58,7 @@ from dashboard.event_frames import (
 from dashboard.readouts import Headline, WhatIf, headline, latest_validation, recent_norms, suggest_threshold, what_if
 
 # One colour per meaning, shared by every chart (and the legend).
+RAW_OPACITY = 0.3  # the raw loss behind its smoothed curve, as TensorBoard draws it
 COLORS = {
     "before_clip": "#4C78A8",
     "after_clip": "#54A24B",
@@ -217,24 +221,36 @@ def loss_chart(
     max_points: int = LINE_POINTS,
     height: int = 260,
     evaluations: pd.DataFrame | None = None,
+    smoothing: float = 0.0,
 ) -> alt.LayerChart:
     """Loss (mean per point) with every command drawn as a labelled vertical rule, and the
-    validation loss (`evaluations` rows named `val_loss`) as a dotted line beside it."""
-    frame = loss_frame(view, log_scale, max_points)
+    validation loss (`evaluations` rows named `val_loss`) as a dotted line beside it. With
+    `smoothing` > 0 (TensorBoard's slider), the smoothed loss is drawn over the raw one, faint."""
+    frame = loss_frame(view, log_scale, max_points, smoothing)
+    tooltip = [
+        alt.Tooltip("step:Q", title="Step", format=","),
+        alt.Tooltip("steps:Q", title="Steps in point", format=","),
+        alt.Tooltip("loss:Q", title="Loss", format=".4g"),
+    ]
+    y = alt.Y("loss:Q", title="Loss (mean per point)", scale=y_scale(log_scale, zero=False))
     line = (
         alt.Chart(frame)
         .transform_filter("isValid(datum.loss)")
-        .mark_line(color=COLORS["loss"], strokeWidth=1.4)
-        .encode(
-            x=step_axis(frame["step"]),
-            y=alt.Y("loss:Q", title="Loss (mean per point)", scale=y_scale(log_scale, zero=False)),
-            tooltip=[
-                alt.Tooltip("step:Q", title="Step", format=","),
-                alt.Tooltip("steps:Q", title="Steps in point", format=","),
-                alt.Tooltip("loss:Q", title="Loss", format=".4g"),
-            ],
-        )
+        .mark_line(color=COLORS["loss"], strokeWidth=1.4, opacity=RAW_OPACITY if smoothing > 0 else 1.0)
+        .encode(x=step_axis(frame["step"]), y=y, tooltip=tooltip)
     )
+    if smoothing > 0:
+        smooth = (
+            alt.Chart(frame)
+            .transform_filter("isValid(datum.loss_smoothed)")
+            .mark_line(color=COLORS["loss"], strokeWidth=1.8)
+            .encode(
+                x=step_axis(frame["step"]),
+                y=alt.Y("loss_smoothed:Q", title="Loss (mean per point)", scale=y_scale(log_scale, zero=False)),
+                tooltip=[*tooltip, alt.Tooltip("loss_smoothed:Q", title=f"Smoothed ({smoothing:g})", format=".4g")],
+            )
+        )
+        line = alt.layer(line, smooth)
     validation = validation_loss_frame(evaluations)
     if len(validation):
         if log_scale:
@@ -431,7 +447,7 @@ def chart_rows(chart: alt.TopLevelMixin) -> int:
 
 __all__: Sequence[str] = [
     # drawn here
-    "COLORS", "SERIES_LABELS", "EVENT_GROUP_COLORS",
+    "COLORS", "RAW_OPACITY", "SERIES_LABELS", "EVENT_GROUP_COLORS",
     "vega_lite_spec", "chart_rows", "y_scale", "step_axis", "histogram_lines", "histogram_lines_frame",
     "gradient_norm_chart", "loss_chart", "metric_chart", "clip_rate_chart", "layer_norm_chart",
     "gradient_norm_histogram",
@@ -440,7 +456,7 @@ __all__: Sequence[str] = [
     "MAX_POINTS", "METRIC_AGGREGATIONS", "NORM_COLUMNS", "NORM_THRESHOLD_POLICIES", "WEIGHTED_BY_STEPS",
     "clip_rate_frame", "evaluation_frame", "even_spans", "finite", "gradient_norm_frame",
     "group_layer_view", "histogram_frame", "layer_norm_frame", "loss_frame", "metric_names",
-    "positive_values", "rolling_clip_rate", "validation_loss_frame",
+    "positive_values", "rolling_clip_rate", "validation_loss_frame", "smoothed", "validate_smoothing", "MAX_SMOOTHING",
     # from event_frames
     "MAX_EVENT_RULES", "event_group", "event_label", "event_labels_frame", "event_rules_frame",
     "events_table",

@@ -28,6 +28,7 @@ LEARNING_RATE = "learning_rate"
 SPEED = "speed"
 SPIKE_FACTOR = "spike_factor"
 LOG_SCALE = "log_scale"
+SMOOTHING = "smoothing"  # the loss charts' EMA weight, kept per session (0: off)
 WHAT_IF_THRESHOLD = "what_if_threshold"
 SUGGEST_PERCENTILE = "suggest_percentile"
 RUN = "run"  # where errors of Start / Pause / Resume / Stop / Inject spike show

@@ -23,6 +23,7 @@ from dashboard.control_commands import (
     run_button_refusals,
     send_or_check,
 )
+from dashboard.chart_frames import MAX_SMOOTHING
 from dashboard.control_state import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -30,6 +31,7 @@ from dashboard.control_state import (
     FINGERPRINT,
     LEARNING_RATE,
     LOG_SCALE,
+    SMOOTHING,
     NEEDS_FULL_RERUN,
     POLICY,
     RUN,
@@ -374,6 +376,16 @@ def _view_controls() -> None:
     st.toggle(
         "Log-scale y axes", value=False, key=LOG_SCALE, help="For the gradient-norm and loss charts."
     )
+    st.slider(
+        "Loss smoothing",
+        min_value=0.0,
+        max_value=MAX_SMOOTHING,
+        value=0.0,
+        step=0.01,
+        key=SMOOTHING,
+        help="An exponential moving average of the loss curves, as TensorBoard's smoothing slider: "
+        "the raw curve stays faint behind the smoothed one. 0 is off.",
+    )
     st.number_input(
         "What-if threshold",
         key=WHAT_IF_THRESHOLD,
@@ -401,7 +413,7 @@ __all__ = [
     # from database_setting
     "database_messages",
     # from control_state
-    "ADVISOR", "CLIP_THRESHOLD", "DATABASE_PATH", "FINGERPRINT", "LEARNING_RATE", "LOG_SCALE",
+    "ADVISOR", "CLIP_THRESHOLD", "DATABASE_PATH", "FINGERPRINT", "LEARNING_RATE", "LOG_SCALE", "SMOOTHING",
     "NEEDS_FULL_RERUN", "POLICY", "RUN", "SPEED", "SPEED_OPTIONS", "SPIKE_FACTOR", "SUGGEST_PERCENTILE",
     "TASK", "WHAT_IF_THRESHOLD", "control_value", "param_key", "report", "show_error", "show_value",
     "speed_option", "speed_value", "widget_key",

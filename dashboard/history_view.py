@@ -31,6 +31,7 @@ _COMPARED = "_compare_selected"  # the run ids Compare overlays
 _COMPARE_VERSION = "_compare_version"
 HISTORY_LOG_SCALE = "history.log_scale"
 COMPARE_LOG_SCALE = "compare.log_scale"
+HISTORY_SMOOTHING = "history.smoothing"
 
 
 def _errors() -> dict[str, str]:
@@ -146,6 +147,10 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
         column.metric(label, value, border=True)
 
     log_scale = st.toggle("Log-scale y axes", value=False, key=HISTORY_LOG_SCALE)
+    smoothing = st.slider(
+        "Loss smoothing", min_value=0.0, max_value=charts.MAX_SMOOTHING, value=0.0, step=0.01,
+        key=HISTORY_SMOOTHING, help="An exponential moving average of the loss (TensorBoard's); 0 is off.",
+    )  # fmt: skip
     with panels.panel(
         "history_advisor_panel",
         "Threshold advisor",
@@ -167,7 +172,8 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
 
     def build_figures() -> dict:
         return panels.run_figures(
-            recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts, recorded.evaluations
+            recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts, recorded.evaluations,
+            smoothing,
         )
 
     if len(recorded.metrics_view) == 0:

@@ -23,6 +23,7 @@ from dashboard.controls import (
     CLIP_THRESHOLD,
     FINGERPRINT,
     LOG_SCALE,
+    SMOOTHING,
     NEEDS_FULL_RERUN,
     POLICY,
     RUN,
@@ -253,20 +254,30 @@ def _streamlit_ready(spec: dict) -> dict:
     return {**spec, "datasets": datasets}
 
 
-def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple) -> dict:
+def session_smoothing() -> float:
+    """This session's loss smoothing (the View slider; 0 when unset or not a weight)."""
+    try:
+        return charts.validate_smoothing(st.session_state.get(SMOOTHING, 0.0))
+    except ValueError:
+        return 0.0
+
+
+def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, smoothing: float = 0.0) -> dict:
     """The charts every session with these view settings draws, built once per store change
     (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py)."""
     status = snapshot.status
     # The settings hold a dict (unhashable): their repr stands for them.
     key = (snapshot.run_number, status.step, status.state, len(snapshot.events), len(snapshot.evaluations),
-           repr(snapshot.settings), log_scale, histogram)  # fmt: skip
+           repr(snapshot.settings), log_scale, histogram, smoothing)  # fmt: skip
 
     def build() -> dict:
         view = snapshot.metrics_view
         threshold, suggested, histogram_log_scale, label = histogram
         specs = {
             "gradient_norm": chart_specs.gradient_norm_spec(view, log_scale=log_scale),
-            "loss": chart_specs.loss_spec(view, snapshot.events, log_scale=log_scale, evaluations=snapshot.evaluations),
+            "loss": chart_specs.loss_spec(
+                view, snapshot.events, log_scale=log_scale, evaluations=snapshot.evaluations, smoothing=smoothing
+            ),
             "clip_rate": chart_specs.clip_rate_spec(view),
             "layers": chart_specs.layer_norm_spec(snapshot.layer_view),
             "histogram": chart_specs.gradient_norm_histogram_spec(
@@ -284,9 +295,10 @@ def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple) ->
 def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
     """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed)."""
     log_scale = bool(st.session_state.get(LOG_SCALE))
+    smoothing = session_smoothing()
     view = snapshot.metrics_view
     what_if, histogram = _what_if_numbers(snapshot)
-    shared = _shared_figures(snapshot, log_scale, histogram)
+    shared = _shared_figures(snapshot, log_scale, histogram, smoothing)
     per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
     resolution = (
         "one point per step"
@@ -398,13 +410,15 @@ def _live_tools(manager: RunManager) -> None:
                 manager, live_advice, f"live.proposed@{manager.run_number}", settings.clip_threshold
             )
     log_scale = bool(st.session_state.get(LOG_SCALE))  # read now: the downloads run elsewhere
+    smoothing = session_smoothing()
     run_number = manager.run_number
     ghosts = panels.ghosts_frame(live_advice)
 
     def figures() -> dict:
         snapshot = manager.snapshot()
         return panels.run_figures(
-            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts, snapshot.evaluations
+            snapshot.metrics_view, snapshot.layer_view, snapshot.events, log_scale, ghosts, snapshot.evaluations,
+            smoothing,
         )
 
     with st.expander("Export", icon=":material/download:"):

@@ -212,6 +212,7 @@ def run_figures(
     log_scale: bool = False,
     ghosts: pd.DataFrame | None = None,
     evaluations: pd.DataFrame | None = None,
+    smoothing: float = 0.0,
 ) -> dict[str, alt.TopLevelMixin]:
     """The charts of one run, by name (`CHART_NAMES`), as the live view draws them (the loss
     chart with the validation loss from `evaluations`, when the run has any)."""
@@ -220,7 +221,9 @@ def run_figures(
         gradient_norm = advice_charts.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
     return {
         "Gradient norm": gradient_norm,
-        "Loss and commands": charts.loss_chart(metrics_view, events, log_scale=log_scale, evaluations=evaluations),
+        "Loss and commands": charts.loss_chart(
+            metrics_view, events, log_scale=log_scale, evaluations=evaluations, smoothing=smoothing
+        ),
         "Clip rate": charts.clip_rate_chart(metrics_view),
         "Gradient norm per layer": charts.layer_norm_chart(layer_view),
     }
