@@ -21,6 +21,23 @@ from .engine import KNOB, ClipEngine
 COMMAND_KINDS = (
     "clip_threshold", "policy", "learning_rate", "pause", "resume", "stop", "spike", "max_steps_per_second",
 )  # fmt: skip
+# Above this the pace cannot be told from full speed, and pace x seconds would overflow to inf.
+MAX_STEPS_PER_SECOND = 1e9
+
+
+def validate_pace(value: Any) -> float | None:
+    """A pace for Clipwatch's own loop: None (full speed) or a number in (0, MAX_STEPS_PER_SECOND]."""
+    if value is None:
+        return None
+    pace = policies.validate_positive("max_steps_per_second", value)
+    if pace > MAX_STEPS_PER_SECOND:
+        raise ValueError(
+            f"`max_steps_per_second` must be None (full speed) or a number in (0, "
+            f"{MAX_STEPS_PER_SECOND:g}]. Received: max_steps_per_second={value!r}"
+        )
+    return pace
+
+
 # What travels through the run database to a run in another process (`RunDatabase.send_command`).
 SENT_COMMAND_KINDS = tuple(kind for kind in COMMAND_KINDS if kind != "max_steps_per_second")
 _VALUE_CHECKS = {
@@ -28,6 +45,7 @@ _VALUE_CHECKS = {
     "learning_rate": lambda value: policies.validate_positive("learning_rate", value),
     "spike": lambda value: policies.validate_positive("factor", value),
     "policy": policies.validate_policy_name,
+    "max_steps_per_second": validate_pace,
 }
 
 
@@ -68,8 +86,6 @@ def check_command(kind: Any, value: Any = None, params: Mapping[str, Any] | None
     params = dict(params or {})
     if kind in _VALUE_CHECKS:
         value = _VALUE_CHECKS[kind](value)  # ValueError naming the value as given
-    elif kind == "max_steps_per_second":
-        pass  # the trainer checks its own pace (None is full speed)
     elif value is not None:
         raise ValueError(f"A {kind!r} command takes no value. Received: value={value!r}")
     if kind == "policy":

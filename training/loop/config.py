@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from ..clipping import policies
+from ..clipping.commands import MAX_STEPS_PER_SECOND, validate_pace  # noqa: F401  (re-exported)
 from ..runs.names import validate_run_name
 
 STATES = ("idle", "running", "paused", "stopped", "failed")
@@ -16,8 +17,6 @@ MAX_CHUNK_STEPS = 2048  # the size of the in-graph metric buffers
 DEFAULT_MAX_NONFINITE_STEPS = 50
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed seeds numpy, whose seeds stop here
 MAX_BATCH_SIZE = 65_536
-# Above this the pace cannot be told from full speed, and pace x seconds would overflow to inf.
-MAX_STEPS_PER_SECOND = 1e9
 Sink = Callable[[dict[str, np.ndarray]], None]
 
 
@@ -59,18 +58,6 @@ def validate_learning_rate(value: Any) -> float:
     return policies.validate_positive("learning_rate", value)
 
 
-def validate_pace(value: Any) -> float | None:
-    if value is None:
-        return None
-    pace = policies.validate_positive("max_steps_per_second", value)
-    if pace > MAX_STEPS_PER_SECOND:
-        raise ValueError(
-            f"`max_steps_per_second` must be None (full speed) or a number in (0, "
-            f"{MAX_STEPS_PER_SECOND:g}]. Received: max_steps_per_second={value!r}"
-        )
-    return pace
-
-
 def validate_count(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
     whole = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
     if not whole or value < minimum or (maximum is not None and value > maximum):
@@ -89,8 +76,6 @@ def validate_optional_run_name(value: Any) -> str | None:
 def configured(config: RunConfig, kind: str, value: Any, params: dict) -> RunConfig | None:
     """Before the thread starts, a setting simply configures the run it will build: the new
     config, or None for a command that is not a setting."""
-    from dataclasses import replace
-
     if kind in ("clip_threshold", "learning_rate", "max_steps_per_second"):
         return replace(config, **{kind: value})
     if kind == "policy":

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..clipping import policies
 from ..clipping.commands import Command, check_command
-from .config import configured, validate_pace
+from .config import configured
 
 
 class RunSteering:
@@ -43,7 +43,7 @@ class RunSteering:
 
     def set_max_steps_per_second(self, value: Any) -> None:
         """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
-        self._send(Command("max_steps_per_second", validate_pace(value)))
+        self._send(check_command("max_steps_per_second", value))
 
     def _send(self, command: Command) -> None:
         with self._lock:
