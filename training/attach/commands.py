@@ -22,7 +22,6 @@ from ..runs.database import RunDatabase
 logger = logging.getLogger("training.keras")
 
 
-
 def variable_learning_rate(optimizer) -> bool:
     """Whether `optimizer`'s learning rate is a variable (a number), not a schedule."""
     return optimizer is not None and isinstance(optimizer._learning_rate, keras.Variable)
@@ -81,10 +80,10 @@ class CommandApplier:
             # Keras callbacks write it too (ReduceLROnPlateau): the last writer wins, and both
             # writes show, even one that no step used before this command replaced it.
             self._record(steps_done, "learning_rate", self._learning_rate_seen, old_learning_rate)
+        # A policy switched to starts afresh; no policy's initial state depends on the weights.
         applied = apply_command(
-            engine, command, self._engine_variables(), optimizer=optimizer, structural_changes=False,
-            learning_rate=old_learning_rate,
-        )  # fmt: skip
+            engine, command, [], optimizer=optimizer, structural_changes=False, learning_rate=old_learning_rate
+        )
         if kind == "spike":
             engine.knob_values[KNOB["spike"]] = 1.0  # the graph resets it after one step
         if kind == "learning_rate":
@@ -99,17 +98,12 @@ class CommandApplier:
         for change in applied.changes:
             self._record(steps_done, change.kind, change.old, change.new)
 
-    def _engine_variables(self) -> list:
-        return []  # a policy switched to starts afresh; no built-in policy's state needs the weights
-
     def _checked_optimizer(self, value: Any):
-        """The wrapped optimizer whose learning rate a command may set; ValueError if none."""
+        """The wrapped optimizer whose learning rate a command may set (None without one:
+        `apply_command` refuses that); ValueError for a schedule or across workers."""
         optimizer = self._optimizer
         if optimizer is None:
-            raise ValueError(
-                "The learning rate can change only on an optimizer passed to `wrap`. Received: "
-                f"learning_rate={value!r} for a custom loop's own optimizer."
-            )
+            return None
         if not variable_learning_rate(optimizer):
             schedule = type(optimizer._learning_rate).__name__
             raise ValueError(

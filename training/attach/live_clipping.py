@@ -28,9 +28,9 @@ How it works:
   then `TFOptimizer._backend_update_step` calls `_all_reduce_sum_gradients`), so with N
   replicas its `global_clipnorm` lets through up to N times the threshold; here the optimizer's
   own all-reduce becomes a pass-through, the gradients being summed already.
-* Between batches, the callback (`training.attach_callbacks`, or `sync()` in a custom loop)
-  copies the ring out and applies commands; the run's record and lifetime are
-  `training.attach_run`'s, its commands `training.attach_commands`'. fit's epoch logs and
+* Between batches, the callback (`training.attach.callbacks`, or `sync()` in a custom loop)
+  copies the ring out and applies commands (with the engine's `apply_command`); the run's record
+  and lifetime are `training.attach.run`'s, its commands `training.attach.commands`'. fit's epoch logs and
   `evaluate()`'s results are recorded as the run's evaluations (`record_evaluation` for a
   custom loop's own).
 
@@ -68,7 +68,7 @@ class LiveClipping(AttachedRun):
     normal exit, or a `stop` command (then `stopped` is True and later fits train no step).
 
     Args:
-        policy: a name from `training.policies.POLICY_NAMES`.
+        policy: a name from `training.clipping.policies.POLICY_NAMES`.
         clip_threshold: c, a finite number > 0 (the cap for `zclip`).
         database: a path (or a `RunDatabase`) to record into; None takes the app's default
             (`CLIPWATCH_DB` or runs/clipwatch.db); False records in memory only.
