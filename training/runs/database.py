@@ -435,22 +435,19 @@ class RunDatabase:
         return frame
 
     def events(self, run_id: int) -> pd.DataFrame:
-        with contextlib.closing(self._connect()) as connection:
-            self._run_row(connection, run_id, "run_id")
-            return pd.read_sql_query(
-                "SELECT step, time_s, kind, old, new FROM events WHERE run_id = ? ORDER BY rowid",
-                connection,
-                params=(run_id,),
-            )
+        return self._rows_of(run_id, "events", "step, time_s, kind, old, new")
 
     def evaluations(self, run_id: int) -> pd.DataFrame:
         """The run's validation results: `step, time_s, name, value`."""
+        return self._rows_of(run_id, "evaluations", "step, time_s, name, value")
+
+    def _rows_of(self, run_id: int, table: str, columns: str) -> pd.DataFrame:
+        """`columns` of run `run_id`'s rows in `table` (a constant name), in the order written;
+        ValueError naming the run if there is none."""
         with contextlib.closing(self._connect()) as connection:
             self._run_row(connection, run_id, "run_id")
             return pd.read_sql_query(
-                "SELECT step, time_s, name, value FROM evaluations WHERE run_id = ? ORDER BY rowid",
-                connection,
-                params=(run_id,),
+                f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY rowid", connection, params=(run_id,)
             )
 
     def layer_norms(self, run_id: int) -> pd.DataFrame:
