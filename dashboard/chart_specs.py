@@ -163,7 +163,9 @@ def loss_spec(
     frames += [] if len(rules) == 0 else [rules, charts.event_labels_frame(rules)]
     domain = _step_domain(frame["step"])
     return _filled(
-        ("loss", log_scale, height, domain is None, len(frames), len(validation) > 0, smoothing),
+        # The spec's shape depends on whether it smooths, not on the weight (it is in the data):
+        # dragging the slider fills one template instead of making one per value.
+        ("loss", log_scale, height, domain is None, len(frames), len(validation) > 0, smoothing > 0),
         lambda: charts.loss_chart(
             view, events, log_scale=log_scale, max_points=max_points, height=height, evaluations=evaluations,
             smoothing=smoothing,

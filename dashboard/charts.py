@@ -247,7 +247,7 @@ def loss_chart(
             .encode(
                 x=step_axis(frame["step"]),
                 y=alt.Y("loss_smoothed:Q", title="Loss (mean per point)", scale=y_scale(log_scale, zero=False)),
-                tooltip=[*tooltip, alt.Tooltip("loss_smoothed:Q", title=f"Smoothed ({smoothing:g})", format=".4g")],
+                tooltip=[*tooltip, alt.Tooltip("loss_smoothed:Q", title="Smoothed loss", format=".4g")],
             )
         )
         line = alt.layer(line, smooth)
