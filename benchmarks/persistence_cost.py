@@ -1,5 +1,10 @@
 """Persistence cost (issue #5): steps per second of the seed trainer with full monitoring, with
-and without a run database (`Trainer(..., database=RunDatabase(path))`).
+and without a run database (`Trainer(..., database=RunDatabase(path))`), and (issue #19) with a
+PostgreSQL run database on a local server beside the SQLite one.
+
+The server is a throwaway cluster started for the section (tests/postgres_server.py, with
+fsync on, as a real server runs), or the one $CLIPWATCH_BENCHMARK_POSTGRES names (a URL to an
+empty database); without PostgreSQL binaries the section measures SQLite only and says why.
 
 The two trainers are measured interleaved, like the throughput contenders, and the cost is the
 paired per-repeat ratio. The database lives in a temporary directory, deleted afterwards.
@@ -13,6 +18,8 @@ window. That wait is reported: about `FLUSH_SECONDS` means the writer keeps up.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -32,6 +39,8 @@ from training.persistence import FLUSH_SECONDS, RunDatabase
 
 WITHOUT_DATABASE = MONITORED
 WITH_DATABASE = "Clipwatch, full monitoring + run database"
+WITH_SERVER = "Clipwatch, full monitoring + PostgreSQL run database (local server)"
+SERVER_VARIABLE = "CLIPWATCH_BENCHMARK_POSTGRES"
 CATCH_UP_POLL_SECONDS = 0.01
 STOP_TIMEOUT_SECONDS = 30.0  # the writer's last commit must end before its directory goes
 Log = Callable[[str], None]
@@ -75,6 +84,26 @@ class PersistedTrainerRun(TrainerRun):
         self.trainer.stop(timeout=STOP_TIMEOUT_SECONDS)
 
 
+@contextlib.contextmanager
+def local_server(log: Log):
+    """A URL to an empty PostgreSQL database for the server contender (None: there is none)."""
+    if os.environ.get(SERVER_VARIABLE):
+        yield os.environ[SERVER_VARIABLE]
+        return
+    from tests.postgres_server import PostgresServer, binaries_missing
+
+    missing = binaries_missing()
+    if missing:
+        log(f"  no PostgreSQL contender: {missing}")
+        yield None
+        return
+    server = PostgresServer(fsync=True).start()
+    try:
+        yield server.make_database()
+    finally:
+        server.remove()
+
+
 def run_persistence(
     repeats: int,
     window_seconds: float,
@@ -85,12 +114,14 @@ def run_persistence(
     seed: int = 0,
     timeout: float = 600.0,
 ) -> dict:
-    """Steps per second with and without a run database, and the paired ratio."""
-    with tempfile.TemporaryDirectory(prefix="clipwatch-benchmark-") as directory:
+    """Steps per second without a run database, with SQLite and with PostgreSQL; paired ratios."""
+    with tempfile.TemporaryDirectory(prefix="clipwatch-benchmark-") as directory, local_server(log) as server_url:
         database = RunDatabase(Path(directory) / "runs.db")
         plain = TrainerRun(WITHOUT_DATABASE, task_name, None, seed)
         persisted = PersistedTrainerRun(WITH_DATABASE, task_name, seed, database)
         contenders = [plain, persisted]
+        if server_url is not None:
+            contenders.append(PersistedTrainerRun(WITH_SERVER, task_name, seed, RunDatabase(server_url)))
         for contender in contenders:
             contender.min_chunks = min_chunks
             contender.settle_seconds = FLUSH_SECONDS + SETTLE_SECONDS
@@ -114,6 +145,8 @@ def run_persistence(
         f"  {WITH_DATABASE}: x{rows[WITH_DATABASE]['vs_without_database']:.3f}; database caught up "
         f"{statistics.median(catch_up):.2f} s (median) after each window"
     )
+    if WITH_SERVER in rows:
+        log(f"  {WITH_SERVER}: x{rows[WITH_SERVER]['vs_without_database']:.3f} of the in-memory rate")
     return {
         "task": task_name,
         "repeats": repeats,

@@ -1,7 +1,9 @@
 """The run database setting: the sidebar's Settings (the database path) and the page's warning.
 
 Every new run (and both sides of an A/B race) is recorded in the SQLite file set here; when the
-path cannot be used, the page says so above the tabs and new runs are kept in memory only.
+path cannot be used, the page says so above the tabs and new runs are kept in memory only. A
+PostgreSQL server is the operator's to set (--db or CLIPWATCH_DB): the field then shows its URL
+without the password and cannot be changed.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def settings_controls(manager: RunManager) -> None:
             args=(manager, key),
             help="The SQLite file every new run (and both sides of an A/B race) is recorded in, "
             "for History and Compare: a file in the runs folder. A run already going keeps "
-            "writing where it started.",
-            disabled=not manager.can_steer,
+            "writing where it started. A PostgreSQL server is set by the operator (--db or "
+            "CLIPWATCH_DB), never here.",
+            disabled=not manager.can_steer or status.server,
         )
+        if status.server:
+            st.caption("A PostgreSQL server, set by the operator: the page cannot change it.")
         if status.available:
             st.caption("New runs are recorded here.")
         else:

@@ -22,7 +22,7 @@ import pandas as pd
 from training import POLICY_NAMES
 from training.advisor import replay
 from training.page_paths import page_database_path
-from training.persistence import RUN_LIST_COLUMNS, DatabaseError, RunDatabase
+from training.persistence import RUN_LIST_COLUMNS, DatabaseError, RunDatabase, is_server_location, redacted
 from training.policies import validate_clip_threshold
 from training.store import STEP_COLUMNS, MetricsStore
 
@@ -35,9 +35,10 @@ LOAD_CHUNK_STEPS = 65_536  # rows per append when a recorded run is loaded into 
 class DatabaseStatus:
     """Where runs are recorded, or why they are not."""
 
-    path: str
+    path: str  # as it may be shown: a server URL's password is hidden (`redacted`)
     error: str | None  # why the database cannot be used; None: every new run is recorded
     generation: int  # counts path changes, so the settings control can follow them
+    server: bool = False  # a PostgreSQL server set by the operator: the page cannot change it
 
     @property
     def available(self) -> bool:
@@ -123,12 +124,15 @@ class RunLibrary:
             self._database, self._database_error = None, str(error)
         else:
             self._database, self._database_error = database, None
-        self._database_path = str(path)
+        self._database_path = redacted(path)  # shown on the page: never a password
+        self._database_is_server = is_server_location(path)
         self._database_generation += 1
 
     def database_status(self) -> DatabaseStatus:
         with self._lock:
-            return DatabaseStatus(self._database_path, self._database_error, self._database_generation)
+            return DatabaseStatus(
+                self._database_path, self._database_error, self._database_generation, self._database_is_server
+            )
 
     def set_database_path(self, path: Any) -> DatabaseStatus:
         """Record new runs in the database at `path` from now on (the page's Settings).
@@ -138,6 +142,12 @@ class RunLibrary:
         only choose a file inside the runs folder (`training.page_paths`): anything else (not
         text, empty, outside, `..`, a symbolic link leading out) is refused with ValueError.
         """
+        if self._database_is_server:
+            raise ValueError(
+                f"The run database is the server {self._database_path!r}, set by the operator "
+                "(--db or CLIPWATCH_DB): the page cannot change it. Received: path="
+                f"{redacted(path) if isinstance(path, str) else path!r}"
+            )
         resolved = page_database_path(path)
         with self._lock:
             self._open_database(resolved)
@@ -169,7 +179,7 @@ class RunLibrary:
         database = self._require_database("open a recorded run")
         info = database.run_info(int(run_id))
         version = (info["steps"], info["state"], info["updated_at"], info["name"])
-        key = (str(database.path), int(run_id))
+        key = (database.location, int(run_id))
         with self._cache_lock:
             cached = self._recorded.get(key)
             if cached is not None and cached[0] == version:
@@ -240,7 +250,7 @@ class RunLibrary:
         database.run_info(run_id)
         database.delete_run(run_id)
         with self._cache_lock:
-            self._recorded.pop((str(database.path), run_id), None)
+            self._recorded.pop((database.location, run_id), None)
 
 
     def recorded_advice(self, run_id: int) -> Advice:

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import wait_until
+from postgres_server import BACKENDS, fresh_location
 from test_persistence_faults import without_root_file_rights
 
 from training import POLICY_NAMES, Trainer
@@ -62,24 +63,27 @@ def step_rows(first, count):
     return rows
 
 
-def execute(path, statement, parameters=()):
-    """One statement in a connection of its own, committed and closed (no connection lingers)."""
-    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
-        connection.execute(statement, parameters)
+def execute(database, statement, parameters=()):
+    """One statement (`?` placeholders) in a transaction of its own, as another process would
+    write it, on either backend."""
+    if not isinstance(database, RunDatabase):  # a SQLite file's path
+        with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+            connection.execute(statement, parameters)
+        return
+    with database.backend.transaction() as connection:
+        database.backend.execute(connection, statement, parameters)
 
 
-def rows_of_run(path, run_id):
-    """How many rows mention `run_id`, in every table that has a run column."""
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        tables = [name for (name,) in connection.execute(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]  # fmt: skip
+def rows_of_run(database, run_id):
+    """How many rows mention `run_id`, in every table that has a run column (either backend)."""
+    backend = database.backend
+    with backend.connection() as connection:
         counts = {}
-        for table in tables:
-            columns = {name for (name,) in connection.execute("SELECT name FROM pragma_table_info(?)", (table,))}
+        for table, columns in backend.table_columns(connection).items():
             column = "run_id" if "run_id" in columns else "run" if "run" in columns else None
             if column:
-                counts[table] = connection.execute(
-                    f"SELECT count(*) FROM {table} WHERE {column} = ?", (run_id,)).fetchone()[0]  # fmt: skip
+                counts[table] = backend.execute(
+                    connection, f"SELECT count(*) FROM {table} WHERE {column} = ?", (run_id,)).fetchone()[0]  # fmt: skip
     return counts
 
 
@@ -192,8 +196,8 @@ def test_new_files_and_files_made_before_the_stamp_are_stamped_and_opened(tmp_pa
 # --- 2. deleting: never a live run, never an orphan row ----------------------------------------
 
 
-def test_a_live_run_is_not_deleted_and_an_ended_one_leaves_no_row(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_live_run_is_not_deleted_and_an_ended_one_leaves_no_row(database_location):
+    database = RunDatabase(database_location)
     writer, run_id = live_run(database)
     writer.append(step_rows(1, 10))
     writer.event(3, time.time(), "clip_threshold", "1.0", "0.5")
@@ -205,37 +209,37 @@ def test_a_live_run_is_not_deleted_and_an_ended_one_leaves_no_row(tmp_path):
     assert database.list_runs().run_id.tolist() == [run_id] and len(database.metrics(run_id)) == 10
     writer.finish("stopped")
     database.delete_run(run_id)
-    counts = rows_of_run(database.path, run_id)
+    counts = rows_of_run(database, run_id)
     assert set(counts) == {"runs", "step_chunks", "events", "evaluations", "commands"}
     assert not any(counts.values()), counts
 
 
-def test_the_writer_of_a_deleted_run_adds_no_orphan_chunks(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_the_writer_of_a_deleted_run_adds_no_orphan_chunks(database_location):
+    database = RunDatabase(database_location)
     writer, run_id = live_run(database)
     writer.append(step_rows(1, 10))
     wait_until(lambda: writer.status.steps_written == 10, what="the first steps written")
     # The run shows as ended (another process marked it interrupted) while its writer goes on.
-    execute(database.path, "UPDATE runs SET state = 'interrupted' WHERE run_id = ?", (run_id,))
+    execute(database, "UPDATE runs SET state = 'interrupted' WHERE run_id = ?", (run_id,))
     database.delete_run(run_id)
     writer.append(step_rows(11, 10))
     wait_until(lambda: writer.status.state == "failed", what="the writer to give up on the deleted run",
                state=lambda: writer.status)  # fmt: skip
     assert "the run was deleted from the database" in writer.status.error
     writer.finish("stopped")
-    assert not any(rows_of_run(database.path, run_id).values())
+    assert not any(rows_of_run(database, run_id).values())
 
 
-def test_reading_a_missing_run_names_it(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_reading_a_missing_run_names_it(database_location):
+    database = RunDatabase(database_location)
     for read in (database.metrics, database.events, database.evaluations, database.layer_norms, database.run_info):
-        with pytest.raises(ValueError, match=r"No run with run_id=999 in '.*runs\.db'"):
+        with pytest.raises(ValueError, match=rf"No run with run_id=999 in '{re.escape(database.location)}'"):
             read(999)
     # Chunks left without their run (by an earlier Clipwatch) read as a missing run, not IndexError.
     writer, run_id = live_run(database)
     writer.append(step_rows(1, 5))
     writer.finish("stopped")
-    execute(database.path, "DELETE FROM runs WHERE run_id = ?", (run_id,))
+    execute(database, "DELETE FROM runs WHERE run_id = ?", (run_id,))
     with pytest.raises(ValueError, match=f"No run with run_id={run_id} "):
         database.metrics(run_id)
 
@@ -249,8 +253,8 @@ def test_reading_a_missing_run_names_it(tmp_path):
      "x" * (MAX_RUN_NAME_LENGTH + 1)],
     ids=["NUL", "inner NUL", "RLO", "isolate", "newline", "tab", "DEL", "201 characters"],
 )  # fmt: skip
-def test_rename_refuses_names_that_would_not_display_as_typed(tmp_path, name):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_rename_refuses_names_that_would_not_display_as_typed(database_location, name):
+    database = RunDatabase(database_location)
     run_id = ended_run(database, name="before")
     with pytest.raises(ValueError, match=re.escape(f"Received: name={name!r}")) as refused:
         database.rename_run(run_id, name)
@@ -273,8 +277,8 @@ def test_a_name_given_at_start_is_checked_as_a_rename_is(tmp_path, name):
         assert not (tmp_path / "cli.db").exists()
 
 
-def test_a_million_character_name_is_refused_with_a_short_message(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_million_character_name_is_refused_with_a_short_message(database_location):
+    database = RunDatabase(database_location)
     run_id = ended_run(database, name="before")
     with pytest.raises(ValueError, match=r"Received: name='xxxx.*\.\.\. \(1,000,000 characters\)") as refused:
         database.rename_run(run_id, "x" * 1_000_000)
@@ -282,11 +286,11 @@ def test_a_million_character_name_is_refused_with_a_short_message(tmp_path):
     assert database.run_info(run_id)["name"] == "before"
 
 
-def test_rename_and_delete_of_a_missing_run_raise_as_send_command_does(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_rename_and_delete_of_a_missing_run_raise_as_send_command_does(database_location):
+    database = RunDatabase(database_location)
     for act in (lambda: database.rename_run(999, "a name"), lambda: database.delete_run(999),
                 lambda: database.send_command(999, "stop")):  # fmt: skip
-        with pytest.raises(ValueError, match=r"No run with run_id=999 in '.*runs\.db'"):
+        with pytest.raises(ValueError, match=rf"No run with run_id=999 in '{re.escape(database.location)}'"):
             act()
 
 
@@ -342,8 +346,8 @@ def test_every_accepted_name_round_trips_and_every_refused_one_changes_nothing(t
         ("clip_threshold", 0.5, {"percentile": 20}, "takes no parameters .*Received: percentile=20"),
     ],
 )  # fmt: skip
-def test_a_bad_command_value_is_refused_naming_it_and_nothing_is_queued(tmp_path, kind, value, params, message):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_bad_command_value_is_refused_naming_it_and_nothing_is_queued(database_location, kind, value, params, message):
+    database = RunDatabase(database_location)
     writer, run_id = live_run(database)
     try:
         with pytest.raises(ValueError, match=message):
@@ -353,8 +357,8 @@ def test_a_bad_command_value_is_refused_naming_it_and_nothing_is_queued(tmp_path
         writer.finish("stopped")
 
 
-def test_numbers_beyond_sqlite_integers_are_stored_as_the_number_sent(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_numbers_beyond_sqlite_integers_are_stored_as_the_number_sent(database_location):
+    database = RunDatabase(database_location)
     writer, run_id = live_run(database)
     try:
         command = database.command(database.send_command(run_id, "clip_threshold", 10**20))
@@ -372,10 +376,10 @@ command_values = st.one_of(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def commanded(tmp_path_factory):
-    """One live run for the hypothesis search (its writer finished after the module)."""
-    database = RunDatabase(tmp_path_factory.mktemp("commands") / "runs.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def commanded(tmp_path_factory, request):
+    """One live run for the hypothesis search, per backend (its writer finished after the module)."""
+    database = RunDatabase(fresh_location(request.param, tmp_path_factory.mktemp("commands"), request))
     writer, run_id = live_run(database)
     yield database, run_id
     writer.finish("stopped")
@@ -401,8 +405,8 @@ def test_an_accepted_command_value_is_stored_exactly_and_a_refused_one_stores_no
 
 
 @pytest.mark.parametrize("state", ["finished", "stopped", "failed", "interrupted"])
-def test_a_command_to_an_ended_run_is_refused_at_once(tmp_path, state):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_command_to_an_ended_run_is_refused_at_once(database_location, state):
+    database = RunDatabase(database_location)
     run_id = ended_run(database, state)
     for kind, value in (("stop", None), ("clip_threshold", 0.5)):
         with pytest.raises(ValueError, match=rf"Run {run_id} has ended \(state '{state}'\)"):
@@ -410,13 +414,13 @@ def test_a_command_to_an_ended_run_is_refused_at_once(tmp_path, state):
     assert database.commands(run_id).empty
 
 
-def test_a_command_to_a_run_whose_process_died_is_refused(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_command_to_a_run_whose_process_died_is_refused(database_location):
+    database = RunDatabase(database_location)
     writer, run_id = live_run(database)
     writer.finish("running")  # its record says running...
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     # ...by a process that has ended
-    execute(database.path, "UPDATE runs SET pid = ? WHERE run_id = ?", (int(dead.stdout), run_id))
+    execute(database, "UPDATE runs SET pid = ? WHERE run_id = ?", (int(dead.stdout), run_id))
     with pytest.raises(ValueError, match=rf"Run {run_id} has ended \(state 'interrupted'\)"):
         database.send_command(run_id, "stop")
 
@@ -479,8 +483,8 @@ def test_the_cli_refuses_a_read_only_database_with_exit_2(tmp_path):
 # --- 8. a run stopped before its first step ----------------------------------------------------
 
 
-def test_a_run_stopped_before_its_first_step_leaves_no_history_row(tmp_path, trainers):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_run_stopped_before_its_first_step_leaves_no_history_row(database_location, trainers):
+    database = RunDatabase(database_location)
     kept = ended_run(database, name="an earlier run")
     trainer = trainers(task="seed", database=database)
     trainer.start()
@@ -488,4 +492,4 @@ def test_a_run_stopped_before_its_first_step_leaves_no_history_row(tmp_path, tra
     assert trainer.status.state == "stopped" and trainer.status.step == 0
     run_id = wait_until(lambda: trainer.status.run_id, what="the run's id")
     assert database.list_runs().run_id.tolist() == [kept]
-    assert not any(rows_of_run(database.path, run_id).values())
+    assert not any(rows_of_run(database, run_id).values())

@@ -1,7 +1,7 @@
-"""Run history in SQLite: round trips, SIGKILL durability, concurrent readers, bad paths."""
+"""Run history on both backends (a SQLite file, a PostgreSQL database): round trips, SIGKILL
+durability, concurrent readers, bad paths."""
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,8 +27,8 @@ def finished_run(database, **kwargs):
     return trainer
 
 
-def test_a_run_is_written_and_read_back_identically(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_run_is_written_and_read_back_identically(database_location):
+    database = RunDatabase(database_location)
     trainer = Trainer(task="seed", policy="global_norm", clip_threshold=0.3, database=database,
                       run_name="baseline", max_steps=60_000)
     trainer.start()
@@ -50,8 +50,8 @@ def test_a_run_is_written_and_read_back_identically(tmp_path):
     assert listed.final_loss == pytest.approx(float(trainer.metrics().loss.iloc[-1]))
 
 
-def test_rename_and_delete(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_rename_and_delete(database_location):
+    database = RunDatabase(database_location)
     run_id = finished_run(database, task="seed", max_steps=50).status.run_id
     database.rename_run(run_id, "  keep me  ")
     assert database.run_info(run_id)["name"] == "keep me"
@@ -65,25 +65,30 @@ def test_rename_and_delete(tmp_path):
             read(run_id)
 
 
-def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(tmp_path):
-    path = tmp_path / "runs.db"
+def persisted_steps(location):
+    """Steps committed so far to the database at `location` (0 before it exists)."""
+    if not str(location).startswith("postgresql") and not Path(location).exists():
+        return 0
+    try:
+        runs = RunDatabase(location).list_runs()
+    except DatabaseError:
+        return 0
+    return int(runs.steps.sum())
+
+
+def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(database_location):
+    path = database_location
     process = subprocess.Popen(
         [sys.executable, "-m", "training", "--task", "seed", "--steps", "100000000", "--db", str(path)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        def persisted_steps():
-            if not path.exists():
-                return 0
-            try:
-                with sqlite3.connect(path, timeout=5) as connection:
-                    return connection.execute("SELECT COALESCE(SUM(step_count), 0) FROM step_chunks").fetchone()[0]
-            except sqlite3.Error:
-                return 0
+        def persisted():
+            return persisted_steps(path)
 
-        wait_until(lambda: persisted_steps() > 20_000, timeout=120, what='persisted_steps() > 20_000')
-        committed = persisted_steps()
-        wait_until(lambda: persisted_steps() > committed, what="another commit")  # mid-run, past the first
+        wait_until(lambda: persisted() > 20_000, timeout=120, what='persisted_steps() > 20_000')
+        committed = persisted()
+        wait_until(lambda: persisted() > committed, what="another commit")  # mid-run, past the first
         killed_at = time.time()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
@@ -101,8 +106,8 @@ def test_sigkill_loses_at_most_the_last_second_and_the_run_shows_interrupted(tmp
     assert metrics.time_s.iloc[-1] >= killed_at - 1.0, killed_at - metrics.time_s.iloc[-1]
 
 
-def test_a_reader_reads_while_the_writer_writes(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_a_reader_reads_while_the_writer_writes(database_location):
+    database = RunDatabase(database_location)
     trainer = Trainer(task="seed", database=database)
     trainer.start()
     problems, reads = [], []
@@ -111,7 +116,7 @@ def test_a_reader_reads_while_the_writer_writes(tmp_path):
         run_id = trainer.status.run_id
 
         def read():
-            reader = RunDatabase(database.path)
+            reader = RunDatabase(database_location)
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
                 try:
@@ -153,8 +158,8 @@ def test_the_environment_variable_sets_the_default_path(tmp_path, monkeypatch):
     assert (tmp_path / "from_env.db").exists()
 
 
-def test_send_command_checks_the_kind_and_the_run_and_queues_in_order(tmp_path):
-    database = RunDatabase(tmp_path / "runs.db")
+def test_send_command_checks_the_kind_and_the_run_and_queues_in_order(database_location):
+    database = RunDatabase(database_location)
     # A live run (commands to an ended run are refused since issue #22): recorded by this process.
     writer = database.start_run(Trainer(task="seed").config, ["w"], "live")
     run_id = writer.run_id

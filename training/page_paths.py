@@ -22,12 +22,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .runs.database import default_path
+from .runs.database import DEFAULT_PATH, default_path
+from .runs.locations import is_server_location
 
 
 def runs_folder() -> Path:
-    """The folder the page may use: that of `CLIPWATCH_DB`, else `runs/`."""
-    return default_path().parent
+    """The folder the page may use: that of `CLIPWATCH_DB` (a file), else `runs/`."""
+    default = default_path()
+    return (DEFAULT_PATH if is_server_location(default) else default).parent
 
 
 def page_database_path(text: Any, folder: str | os.PathLike | None = None) -> Path:
@@ -50,6 +52,11 @@ def page_database_path(text: Any, folder: str | os.PathLike | None = None) -> Pa
     raw = os.fspath(text)
     if not isinstance(raw, str) or not raw.strip():
         raise refuse("a path must be non-empty text")
+    if is_server_location(raw):  # a server (and its password) is the operator's to set
+        raise ValueError(
+            "The page cannot choose a database server: the operator sets one with --db or "
+            "CLIPWATCH_DB. Received: a PostgreSQL connection string"
+        )
     if "\x00" in raw:
         raise refuse("a path cannot contain a NUL character")
     try:

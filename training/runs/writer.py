@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-
+from .backend import FinalWriteFault, WriteFault
 from .schema import (
-    FLUSH_SECONDS, MAX_PENDING_STEPS, NO_PAGE_CAP, STEP_DTYPES, STEP_FIELDS, WRITER_BUSY_SECONDS, delete_rows,
+    FLUSH_SECONDS, HEARTBEAT_SECONDS, MAX_PENDING_STEPS, STEP_DTYPES, STEP_FIELDS, WRITER_BUSY_SECONDS, delete_rows,
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -42,29 +40,25 @@ class WriterStatus:
         return self.error or self.notice
 
 
-class _Fault(Exception):
-    """The database cannot be written right now; the message says why."""
-
-
-class _FinalFault(_Fault):
-    """The database cannot be written by this writer again."""
-
-
 class RunWriter:
     """Streams one run's chunks and events to the database from a thread of its own.
 
     `append(rows)` and `event(...)` only enqueue (the training thread never waits on disk);
     the writer commits what has arrived at least every FLUSH_SECONDS, as one transaction.
 
-    Faults do not lose steps: when a commit cannot be made (the file deleted, made read-only,
-    the disk full, another process holding the write lock for more than `busy_seconds`), the
+    While nothing arrives (a paused run) it still commits the run's heartbeat
+    (`runs.last_seen`) every HEARTBEAT_SECONDS, so another host can tell it is alive.
+
+    Faults do not lose steps: when a commit cannot be made (a SQLite file deleted, made
+    read-only, the disk full, another process holding the write lock for more than
+    `busy_seconds`; a PostgreSQL server restarting, unreachable, full or read-only), the
     writer keeps every uncommitted step in memory, says why in `status.error` (and `error`),
-    and retries every FLUSH_SECONDS; the first commit that works writes all of them, so the
-    recorded steps have no gap. A deleted file is rebuilt at its path from the copy the writer
-    still has open (SQLite's backup), so the run's earlier steps and the other runs come back
-    too. It gives up, and says so, only when `max_pending_steps` steps wait (memory stays
-    bounded), when the file was replaced by another, or when a finishing run still cannot be
-    written after `finish_seconds`.
+    and retries every FLUSH_SECONDS on a fresh connection; the first commit that works writes
+    all of them, so the recorded steps have no gap. A deleted file is rebuilt at its path from
+    the copy the writer still has open (SQLite's backup), so the run's earlier steps and the
+    other runs come back too. It gives up, and says so, only when `max_pending_steps` steps wait
+    (memory stays bounded), when the file was replaced by another, or when a finishing run
+    still cannot be written after `finish_seconds`.
     """
 
     def __init__(
@@ -81,8 +75,7 @@ class RunWriter:
         self._status = WriterStatus("writing", 0, 0, 0)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._clips_written = 0
-        self._connection: sqlite3.Connection | None = None
-        self._file_identity: tuple[int, int] | None = None
+        self._link = database.backend.writer_link(busy_seconds)
         self._fault_reason, self._fault_first_step = "", 0
         self._thread = threading.Thread(target=self._run, name="clipwatch-writer", daemon=True)
         self._thread.start()
@@ -125,7 +118,7 @@ class RunWriter:
     def _run(self) -> None:
         pending: list = []  # received and not yet committed, in order
         pending_steps = 0
-        last_attempt = time.monotonic()
+        last_attempt = last_commit = time.monotonic()
         finished, finish_deadline = None, None
         while True:
             try:
@@ -145,16 +138,17 @@ class RunWriter:
                 if finished is not None:
                     break
                 continue
-            if not (finished is not None or (pending and due)):
+            heartbeat_due = time.monotonic() - last_commit >= HEARTBEAT_SECONDS
+            if not (finished is not None or ((pending or heartbeat_due) and due)):
                 continue
             last_attempt = time.monotonic()
             try:
                 self._commit(self._writable_connection(), pending, finished)
-            except (_Fault, sqlite3.Error, OSError) as error:
+            except (WriteFault, OSError, *self.database.errors) as error:
                 out_of_time = finished is not None and time.monotonic() > finish_deadline
                 self._fault(error, pending_steps, out_of_time)
             else:
-                pending, pending_steps = [], 0
+                pending, pending_steps, last_commit = [], 0, time.monotonic()
                 notice = self._status.notice
                 if self._status.state == "waiting":
                     notice = (
@@ -170,15 +164,11 @@ class RunWriter:
                 )
                 if finished is not None:
                     break
-        if self._connection is not None:
-            self._connection.close()
+        self._link.discard()
 
     def _fault(self, error: Exception, pending_steps: int, out_of_time: bool) -> None:
-        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-            reason = f"another process has held its write lock for over {self.busy_seconds:g} s"
-        else:
-            reason = str(error)
-        if isinstance(error, _FinalFault):
+        reason = str(error) if isinstance(error, (WriteFault, OSError)) else self._link.reason(error)
+        if isinstance(error, FinalWriteFault):
             give_up = f"{reason}."
         elif pending_steps > self.max_pending_steps:
             give_up = f"{reason}, and {pending_steps:,} steps waited (the limit is {self.max_pending_steps:,})."
@@ -186,7 +176,7 @@ class RunWriter:
             give_up = f"{reason}, still {self.finish_seconds:g} s after the run ended."
         else:
             give_up = None
-        path, first = str(self.database.path), self._status.last_step_written + 1
+        path, first = self.database.location, self._status.last_step_written + 1
         faults = self._status.faults + (self._status.state != "waiting")  # a new fault, or the same
         self._fault_reason, self._fault_first_step = reason, first
         if give_up is None:
@@ -205,69 +195,31 @@ class RunWriter:
                 error=f"Gave up writing the run database {path!r}: {give_up} Steps from {first} "
                 "on are not in it; the run goes on in memory only.",
             )
-        if not isinstance(error, _Fault) and self._connection is not None:
-            # After a failed write, start the next attempt on a fresh connection.
-            self._connection.close()
-            self._connection = None
+        if not isinstance(error, WriteFault):
+            self._link.discard()  # after a failed write, start the next attempt on a fresh connection
 
-    def _writable_connection(self) -> sqlite3.Connection:
-        """The writer's connection, after checking the file is still there and writable."""
-        path = self.database.path
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            stat = None
-        identity = None if stat is None else (stat.st_dev, stat.st_ino)
-        if self._file_identity is not None and identity != self._file_identity:
-            if identity is not None:
-                raise _FinalFault("the file was replaced by another one; not mixing two databases")
-            self._rebuild_deleted_file()
-        elif not os.access(path, os.W_OK):
-            raise _Fault("the file is read-only")
-        if self._connection is None:
-            self._connection = self.database._connect(busy_seconds=self.busy_seconds)
-            stat = os.stat(path)
-            self._file_identity = (stat.st_dev, stat.st_ino)
-        # The cap can change while the run records (room made on the disk): apply it each time.
-        self._connection.execute(f"PRAGMA max_page_count={int(self.database.max_pages or NO_PAGE_CAP)}")
-        return self._connection
-
-    def _rebuild_deleted_file(self) -> None:
-        """Copy the deleted database (still open through our connection) back to its path."""
-        path = self.database.path
-        if self._connection is None:
-            raise _FinalFault("the file was deleted while no copy of it was open")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rebuilt = path.with_name(path.name + ".rebuilding")
-        copy = sqlite3.connect(rebuilt)
-        try:
-            self._connection.backup(copy)
-        finally:
-            copy.close()
-        self._connection.close()  # its checkpoint goes to the deleted file, not the new one
-        self._connection = None
-        os.replace(rebuilt, path)
-        self._set_status(
-            faults=self._status.faults + 1,
-            notice=f"The run database file {str(path)!r} was deleted after step "
-            f"{self._status.last_step_written}; it was rebuilt at its path from the copy still "
-            "open, with every run and step it held, none lost.",
-        )
+    def _writable_connection(self):
+        """The writer's connection, checked (and repaired: a deleted SQLite file rebuilt)."""
+        connection, notice = self._link.connection(self._status.last_step_written)
+        if notice is not None:
+            self._set_status(faults=self._status.faults + 1, notice=notice)
+        return connection
 
     def _commit(self, connection, pending, finished) -> None:
         chunks = [payload for kind, payload in pending if kind == "rows"]
         event_rows = [payload for kind, payload in pending if kind == "event"]
         evaluation_rows = [payload for kind, payload in pending if kind == "evaluation"]
-        connection.execute("BEGIN IMMEDIATE")  # take the write lock first: waits busy_seconds
+        backend = self.database.backend
+        backend.execute(connection, backend.BEGIN)  # SQLite: the write lock first (waits busy_seconds)
         try:
             self._write(connection, chunks, event_rows, evaluation_rows, finished)
         except BaseException:
             try:
-                connection.execute("ROLLBACK")
-            except sqlite3.Error:
+                backend.execute(connection, "ROLLBACK")
+            except backend.errors:
                 pass  # e.g. the disk is full: the transaction is gone with the connection
             raise
-        connection.execute("COMMIT")
+        backend.execute(connection, "COMMIT")
         if chunks:
             self._clips_written += int(sum(int(c["clipped"].sum()) for c in chunks))
             self._set_status(
@@ -276,10 +228,11 @@ class RunWriter:
             )
 
     def _write(self, connection, chunks, event_rows, evaluation_rows, finished) -> None:
+        backend = self.database.backend
         if finished is not None:
             state, error, discard_if_empty = finished
             if discard_if_empty and state == "stopped" and self._status.steps_written == 0 and not chunks:
-                delete_rows(connection, self.run_id)  # stopped before its first step
+                delete_rows(backend, connection, self.run_id)  # stopped before its first step
                 return
         last = chunks[-1] if chunks else None
         if chunks:
@@ -287,21 +240,26 @@ class RunWriter:
             columns = {name: np.concatenate([c[name] for c in chunks]) for name in STEP_FIELDS}
             layer_norms = np.concatenate([c["layer_norms"] for c in chunks]).astype("<f4")
             blobs = [np.ascontiguousarray(columns[name], STEP_DTYPES[name]).tobytes() for name in STEP_FIELDS]
-            connection.execute(
+            backend.execute(
+                connection,
                 f"INSERT INTO step_chunks (run_id, first_step, step_count, {', '.join(STEP_FIELDS)},"
                 f" layer_norms) VALUES ({', '.join('?' * (len(STEP_FIELDS) + 4))})",
                 (self.run_id, int(columns["step"][0]), len(columns["step"]), *blobs, layer_norms.tobytes()),
             )
-        if event_rows:
-            connection.executemany(
-                "INSERT INTO events (run_id, step, time_s, kind, old, new) VALUES (?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
-        connection.executemany(
+        backend.execute_many(
+            connection,
+            "INSERT INTO events (run_id, step, time_s, kind, old, new) VALUES (?, ?, ?, ?, ?, ?)",
+            event_rows,
+        )
+        backend.execute_many(
+            connection,
             "INSERT INTO evaluations (run_id, step, time_s, name, value) VALUES (?, ?, ?, ?, ?)",
             evaluation_rows,
         )
-        updates = {"updated_at": time.time()}
+        now = time.time()
+        updates = {"last_seen": now}  # the heartbeat; a commit with nothing new is only that
+        if chunks or event_rows or evaluation_rows or finished is not None:
+            updates["updated_at"] = now
         if last is not None:
             steps = self._status.steps_written + int(sum(len(c["step"]) for c in chunks))
             clips = self._clips_written + int(sum(int(c["clipped"].sum()) for c in chunks))
@@ -311,9 +269,9 @@ class RunWriter:
         if finished is not None:
             updates["state"], updates["error"] = state, error
         assignments = ", ".join(f"{key} = ?" for key in updates)
-        updated = connection.execute(
-            f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), self.run_id)
+        updated = backend.execute(
+            connection, f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), self.run_id)
         )
         if updated.rowcount == 0:  # rolled back: its chunks must not outlive the run as orphans
-            raise _FinalFault("the run was deleted from the database")
+            raise FinalWriteFault("the run was deleted from the database")
 

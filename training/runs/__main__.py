@@ -1,0 +1,51 @@
+"""`python -m training.runs copy SOURCE TARGET [--run ID]`: copy runs between two run databases.
+
+SOURCE and TARGET are each a SQLite file's path or a PostgreSQL connection string (as `--db`
+takes). Prints one line per copied run (`run 3 -> 41: name`); a database that cannot be used
+or a run that cannot be copied exits with status 2 and one message. Locations are shown
+redacted (no password).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .copying import copy_runs
+from .database import DatabaseError, RunDatabase
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.runs", description="Manage run databases.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    copy = commands.add_parser(
+        "copy", help="copy runs from SOURCE to TARGET (new ids there; lineage kept)",
+        description="Copy ended runs from SOURCE to TARGET, each with new ids in TARGET; a run "
+        "comes with the runs it was forked from, so its lineage is kept.",
+    )  # fmt: skip
+    copy.add_argument("source", help="a SQLite file or a PostgreSQL URL (postgresql://user@host:port/dbname)")
+    copy.add_argument("target", help="the same kinds; created if new")
+    copy.add_argument("--run", type=int, action="append", dest="runs", metavar="ID",
+                      help="copy only this run (and its ancestors); repeatable (default: every ended run)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        source, target = RunDatabase(args.source), RunDatabase(args.target)
+        if source.location == target.location:
+            parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
+        names = source.list_runs().set_index("run_id").name
+        copied = copy_runs(source, target, args.runs)
+    except (DatabaseError, ValueError) as error:
+        parser.error(str(error))
+    for old, new in copied.items():
+        print(f"run {old} -> {new}: {names[old]}")
+    print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

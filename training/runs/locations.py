@@ -1,0 +1,95 @@
+"""Where a run database is: a SQLite file's path, or a PostgreSQL server's URL, and how to show it.
+
+One setting names the database everywhere (`--db`, `CLIPWATCH_DB`, `LiveClipping(database=...)`,
+`RunDatabase(...)`): a path is a SQLite file; a libpq connection string is a PostgreSQL
+database, either a URL (`postgresql://user@host:port/dbname`, `postgres://...`) or keywords
+(`host=... port=... dbname=...`). libpq reads the rest as `psql` does (PGPASSWORD, ~/.pgpass,
+the other PG* variables, sslmode).
+
+A password written into the setting must never be shown: every place that shows a location
+(the page, logs, errors, the CLI's summary, exported files) shows `redacted(location)`, and
+text that may quote it (a driver's error) passes through `without_password(text, location)`.
+
+Example:
+    >>> redacted("postgresql://ana:s3cret@db.lab:5432/runs")
+    'postgresql://ana:***@db.lab:5432/runs'
+    >>> redacted("host=db.lab password='s3 cret' dbname=runs")
+    'host=db.lab password=*** dbname=runs'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from typing import Any
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+HIDDEN = "***"
+# The libpq keywords a keyword string starts with (`host=db dbname=runs`); a file path does not
+# look like `keyword=`.
+_KEYWORD_START = re.compile(
+    r"^\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|"
+    r"application_name|connect_timeout)\s*=",
+    re.IGNORECASE,
+)
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)([^&#]*)", re.IGNORECASE)
+
+
+def is_server_location(location: Any) -> bool:
+    """Whether `location` names a PostgreSQL database (a URL or a keyword string), not a file."""
+    if not isinstance(location, str):
+        return False
+    return location.strip().lower().startswith(URL_SCHEMES) or bool(_KEYWORD_START.match(location))
+
+
+def redacted(location: str | os.PathLike) -> str:
+    """`location` as it may be shown: any password replaced by ***; a path unchanged."""
+    text = os.fspath(location)
+    if not is_server_location(text):
+        return text
+    if not text.strip().lower().startswith(URL_SCHEMES):
+        return _KEYWORD_PASSWORD.sub(lambda match: match.group(1) + HIDDEN, text)
+    parts = urllib.parse.urlsplit(text.strip())
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, hosts = netloc.rsplit("@", 1)
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":" + HIDDEN
+        netloc = f"{credentials}@{hosts}"
+    query = _QUERY_PASSWORD.sub(lambda match: match.group(1) + HIDDEN, parts.query)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def passwords_in(location: str) -> list[str]:
+    """The password texts written in `location` (as typed and as decoded), longest first."""
+    found = []
+    if location.strip().lower().startswith(URL_SCHEMES):
+        parts = urllib.parse.urlsplit(location.strip())
+        credentials = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+        if ":" in credentials:
+            found.append(credentials.split(":", 1)[1])
+        found += [match.group(2) for match in _QUERY_PASSWORD.finditer(parts.query)]
+    else:
+        found += [match.group(2).strip("'") for match in _KEYWORD_PASSWORD.finditer(location)]
+    found += [urllib.parse.unquote(password) for password in found]
+    return sorted({password for password in found if password}, key=len, reverse=True)
+
+
+def without_password(text: str, location: str | os.PathLike) -> str:
+    """`text` (e.g. a driver's error message) with every password of `location` hidden."""
+    location = os.fspath(location)
+    if not is_server_location(location):
+        return text
+    for password in passwords_in(location):
+        text = text.replace(password, HIDDEN)
+    return text.replace(location, redacted(location))
+
+
+def server_address(parameters: dict[str, str]) -> tuple[str, str]:
+    """(host, port) that libpq will try for these connection parameters (`conninfo_to_dict`),
+    with libpq's defaults: PGHOST / PGPORT, else the local socket and 5432."""
+    host = parameters.get("host") or parameters.get("hostaddr") or os.environ.get("PGHOST") or "the local socket"
+    port = parameters.get("port") or os.environ.get("PGPORT") or "5432"
+    return host, port
