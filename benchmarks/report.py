@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 
-from benchmarks import attach_cost, switch_interval
+from benchmarks import attach_cost, forking, switch_interval
 from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.targets import at_least, at_most_cost, share_at_least, table, target
@@ -197,7 +197,8 @@ def evaluate_targets(results: dict) -> list[dict]:
     targets += char_lstm_targets(results.get("char_lstm", {}), at_least)
     from benchmarks import speed_report  # issue #11's sections
 
-    return targets + speed_report.targets(results) + _attach_targets(results) + _switch_targets(results)
+    forking_targets = forking.targets(results["forking"]) if results.get("forking") else []
+    return targets + speed_report.targets(results) + _attach_targets(results) + _switch_targets(results) + forking_targets
 
 
 # --- the printed report ---------------------------------------------------------------------------
@@ -381,6 +382,7 @@ def format_report(results: dict) -> str:
         ("long_run", speed_report.long_run_lines, False),
         ("attach", lambda attach: attach_cost.lines(attach, table), False),
         ("switch_interval", lambda section: switch_interval.lines(section, table), False),
+        ("forking", lambda section: forking.lines(section, table), False),
     )
     for key, render, whole in sections:
         if results.get(key):

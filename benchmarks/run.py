@@ -12,7 +12,7 @@ from benchmarks import report
 
 SECTIONS = (
     "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
-    "startup", "viewers", "long_run", "attach", "switch_interval",
+    "startup", "viewers", "long_run", "attach", "switch_interval", "forking",
 )  # fmt: skip
 
 
@@ -50,6 +50,11 @@ class Budget:
     long_run_steps: int = 5_000_000
     switch_repeats: int = 5  # alternating rounds at Python's 5 ms and Clipwatch's 0.5 ms
     switch_window_seconds: float = 3.0
+    forking_repeats: int = 7  # alternating windows with and without snapshots (issue #21)
+    forking_window_seconds: float = 2.0
+    fork_trials: int = 10
+    sweep_prefix_steps: int = 20_000  # a sweep from this step vs runs from scratch
+    sweep_steps: int = 2_000
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -66,6 +71,7 @@ QUICK = dataclasses.replace(
     char_lstm_repeats=1, char_lstm_window_seconds=2.0,
     startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
     long_run_steps=500_000, switch_repeats=2, switch_window_seconds=1.0,
+    forking_repeats=3, forking_window_seconds=1.0, fork_trials=3, sweep_prefix_steps=5_000, sweep_steps=500,
 )  # fmt: skip
 
 
@@ -119,8 +125,8 @@ def run_benchmark(
     if sections is None:
         sections, notes = default_sections(budget, browser)
     from benchmarks import (
-        attach_cost, control, dashboard_cost, long_run, persistence_cost, recording, startup, switch_interval, throughput,
-        viewers,
+        attach_cost, control, dashboard_cost, forking, long_run, persistence_cost, recording, startup, switch_interval,
+        throughput, viewers,
     )  # fmt: skip
 
     unknown = set(sections) - set(SECTIONS)
@@ -194,6 +200,10 @@ def run_benchmark(
     ))
     section("switch_interval", "switch interval: 5 ms vs 0.5 ms beside a busy Python thread", lambda: switch_interval.run_switch_interval(
         budget.switch_repeats, budget.switch_window_seconds, log
+    ))
+    section("forking", "forking: snapshot cost, Fork -> first branch step, a sweep vs runs from scratch", lambda: forking.run_forking(
+        budget.forking_repeats, budget.forking_window_seconds, budget.fork_trials, log, budget.sweep_prefix_steps,
+        budget.sweep_steps,
     ))  # fmt: skip
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
     results["targets"] = report.evaluate_targets(results)

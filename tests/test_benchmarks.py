@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from postgres_server import binaries_missing
 
 from benchmarks import report
 from benchmarks.__main__ import main
-from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
+from benchmarks.persistence_cost import WITH_DATABASE, WITH_SERVER, WITHOUT_DATABASE
 from benchmarks.run import FULL, QUICK, SECTIONS, default_sections, run_benchmark
 from benchmarks.throughput import CEILING, HEAVY_BATCH_SIZE, KERAS_DEFAULT, KERAS_TUNED, MIN_HEAVY_STEP_SECONDS, MONITORED
 from training.tasks import TASK_NAMES, get_task
@@ -65,9 +66,11 @@ def test_policies_are_relative_to_global_norm(results):
 def test_persistence_is_relative_to_the_run_without_a_database(results):
     section = results["persistence"]
     rows = section["rows"]
-    assert tuple(rows) == (WITHOUT_DATABASE, WITH_DATABASE)
+    # A local PostgreSQL server is the third contender wherever its binaries are installed (CI).
+    server = () if binaries_missing() else (WITH_SERVER,)
+    assert tuple(rows) == (WITHOUT_DATABASE, WITH_DATABASE, *server)
     assert rows[WITHOUT_DATABASE]["vs_without_database"] == 1.0
-    assert finite_positive(rows[WITH_DATABASE]["vs_without_database"])
+    assert all(finite_positive(rows[label]["vs_without_database"]) for label in (WITH_DATABASE, *server))
     # Every window waited for the writer, so the database held every step trained.
     assert section["steps_in_database"] == section["steps_trained"] > 0
     assert len(section["catch_up_seconds"]["samples"]) == TINY.persistence_repeats
@@ -203,3 +206,21 @@ def test_switch_interval_section_measures_both_intervals_and_restores_the_proces
         assert math.isfinite(section[key]["median"]) and section[key]["median"] > 0
     assert results["targets"] == switch_interval.targets(section, report.at_least)  # wired into the report
     assert "Switch interval: a new seed run" in report.format_report(results)
+
+
+def test_forking_section_measures_snapshots_fork_and_sweep_and_reports_its_targets():
+    """A smoke of the forking section (issue #21): the figures are there and wired into the report
+    (the measurements themselves are the benchmark's: `python -m benchmarks --sections forking`)."""
+    from benchmarks import forking
+
+    budget = dataclasses.replace(QUICK, forking_repeats=2, forking_window_seconds=0.2, fork_trials=1,
+                                 sweep_prefix_steps=300, sweep_steps=100)  # fmt: skip
+    results = run_benchmark(budget, sections=("forking",), log=lambda _: None)
+    section = results["forking"]
+    assert section["snapshots"]["rates"]["snapshots"]["median"] > 0 and section["snapshots"]["bytes_per_snapshot"] > 0
+    assert all(0 <= share < 0.5 for share in section["snapshots"]["time_share"]["samples"])
+    assert 0 < section["fork_seconds"]["median"] < 60
+    assert section["sweep"]["done"] and section["sweep"]["scratch_seconds"] > 0
+    assert results["targets"] == forking.targets(section)
+    printed = report.format_report(results)
+    assert "Fork -> first branch step" in printed and "runs from scratch" in printed and "time in snapshots" in printed

@@ -2,7 +2,10 @@
 (every policy, XLA) without losing a step, the optimizer's state or a command."""
 
 import numpy as np
+import pytest
 from support import wait_until
+
+from training.policies import POLICY_NAMES
 
 
 def test_commands_sent_while_compiling_survive_the_hand_over(trainers):
@@ -17,28 +20,36 @@ def test_commands_sent_while_compiling_survive_the_hand_over(trainers):
     wait_until(lambda: trainer.status.step > 500, what="steps on the full step")
     trainer.pause()
     wait_until(lambda: trainer.status.state == "paused", what="the pause")
-    metrics = trainer.metrics()
-    # Every step, once, in order, across the hand-over.
-    assert metrics.step.tolist() == list(range(1, trainer.status.step + 1))
+    metrics, step = trainer.metrics(), trainer.status.step
+    # Every step, once, in order, across the hand-over (the store keeps the newest 100,000: an
+    # idle machine's full step passes that before the pause lands).
+    assert len(metrics) == min(step, 100_000)
+    assert metrics.step.tolist() == list(range(step - len(metrics) + 1, step + 1))
     kinds = trainer.events().kind.tolist()
     assert "clip_threshold" in kinds and "policy" in kinds and "autoclip.percentile" in kinds
     assert (metrics.policy.iloc[-100:] == "autoclip").all()
     # The optimizer's state carried over: Adam counted every applied (finite) step.
-    assert int(trainer.state.optimizer.iterations.numpy()) == int(metrics.finite.sum())
+    assert int(trainer.state.optimizer.iterations.numpy()) == step - trainer.status.nonfinite_steps
 
 
-def test_the_quick_step_trains_exactly_like_the_full_step(trainers):
-    """Same seed, same batches: a run that starts on the quick step and one that waits for the
-    full step record the same losses and norms (to float32 rounding: XLA fuses differently)."""
-    steps = 300
-    quick = trainers(task="seed", policy="global_norm", clip_threshold=0.5, max_steps=steps)
-    full = trainers(task="seed", policy="global_norm", clip_threshold=0.5, max_steps=steps, quick_start=False)
+@pytest.mark.parametrize(
+    "task, policy, steps",
+    [("seed", policy, 400) for policy in POLICY_NAMES] + [("exploding_rnn", "global_norm", 200), ("exploding_rnn", "zclip", 200)],
+)
+def test_the_quick_step_computes_the_same_bits_as_the_full_step(trainers, task, policy, steps):
+    """Same seed, same batches: a run that starts on the quick step (and swaps to the full step
+    whenever its compile ends) and one on the full step from the start record bit-identical
+    losses and norms. This is what makes a run's numbers independent of the clock: the swap
+    step depends on the machine's load, the numbers must not (issue #21)."""
+    quick = trainers(task=task, policy=policy, clip_threshold=0.5, max_steps=steps)
+    full = trainers(task=task, policy=policy, clip_threshold=0.5, max_steps=steps, quick_start=False)
     for trainer in (quick, full):
         trainer.start()
-    wait_until(lambda: quick.status.state == "stopped" and full.status.state == "stopped", timeout=300, what="both runs")
+    ended = ("stopped", "failed")
+    wait_until(lambda: quick.status.state in ended and full.status.state in ended, timeout=300, what="both runs")
+    assert quick.status.state == full.status.state and quick.status.error == full.status.error
     assert full.trace_count == 1
     ours, reference = quick.metrics(), full.metrics()
-    assert len(ours) == len(reference) == steps
-    for column in ("loss", "grad_norm", "clipped_grad_norm"):
-        np.testing.assert_allclose(ours[column], reference[column], rtol=2e-4, atol=1e-6)
-    assert (ours.clipped == reference.clipped).mean() > 0.99
+    assert len(ours) == len(reference) > 0
+    for column in ("loss", "grad_norm", "clipped_grad_norm", "clip_threshold", "clipped", "finite"):
+        np.testing.assert_array_equal(ours[column].to_numpy(), reference[column].to_numpy(), err_msg=column)

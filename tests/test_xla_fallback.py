@@ -62,15 +62,15 @@ def test_a_model_xla_cannot_compile_falls_back_once_runs_and_says_why(tmp_path):
     assert trainer.trace_count == 2  # the XLA attempt, then the plain graph; never again
 
 
-def test_with_a_quick_start_the_fallback_happens_in_the_background_and_is_recorded_at_the_swap(tmp_path):
-    """The quick step trains while the full step fails XLA on the compile thread and falls back;
-    the training thread records the reason when it swaps that step in, and trains on."""
+def test_with_a_quick_start_the_quick_step_falls_back_and_the_full_step_never_tries_xla(tmp_path):
+    """The quick step is XLA-compiled like the full step (both must compute the same bits), so it
+    meets the unsupported op first: it falls back at step 0 and says why, and the full step is
+    then built without XLA, once. One kind of step for the whole run, whenever the swap comes."""
     task = plugins.load_task(str(write_plugin(tmp_path, "no_xla.py", NO_XLA_MODEL)))
     trainer = Trainer(task=task)
     trainer.start()
     try:
         assert trainer.wait_until_compiled()
-        wait_until(lambda: "xla_fallback" in trainer.events().kind.tolist(), what="the fallback event")
         swapped_at = trainer.status.step
         wait_until(lambda: trainer.status.step > swapped_at + 100, what="steps on the swapped-in step")
     finally:
@@ -79,7 +79,8 @@ def test_with_a_quick_start_the_fallback_happens_in_the_background_and_is_record
     events = trainer.events()
     fallbacks = events[events.kind == "xla_fallback"]
     assert len(fallbacks) == 1 and "PyFunc" in fallbacks.new.iloc[0]
-    assert not trainer.steps.function.uses_xla and trainer.trace_count == 2
+    assert fallbacks.step.iloc[0] == 0  # the quick step's first call
+    assert not trainer.steps.function.uses_xla and trainer.trace_count == 1
     assert np.isfinite(trainer.metrics().loss).all()
 
 

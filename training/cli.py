@@ -14,7 +14,14 @@ Bad arguments exit with status 2 and a message, and write nothing: every setting
 before the database or the CSV is opened. A failed run exits with status 1. Ctrl-C and SIGTERM
 (what `kill`, systemd, Docker and CI runners send) stop the run the same way: every step trained
 is flushed to the CSV and the database, the run is marked "stopped", the summary is printed and
-the exit status is 0.
+the exit status is 0. A run recorded in a database is steered through it like an attached script
+(`RunDatabase.send_command` from another process or machine; a `stop` ends it as Ctrl-C does).
+
+`--sweep 0.1,0.3,1,3 --sweep-steps 500` trains `--steps` steps, then forks the run at its last
+step into one branch per threshold (and the baseline and noise branches) for 500 steps each, on
+the same batches (training/loop/forking.py); the summary gains `sweep` (per threshold:
+`clip_threshold, run_id, final_loss, mean_loss, clip_rate`), `best_clip_threshold` and
+`noise_floor`.
 """
 
 from __future__ import annotations
@@ -29,12 +36,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from .interpreter_lock import switch_threads_often
 from .clipping.policies import POLICY_NAMES, POLICY_PARAMETERS
+from .loop.sweeps import DEFAULT_SWEEP_STEPS, validate_sweep_thresholds
+from .runs.command_relay import CommandRelay
 from .runs.store import STEP_COLUMNS
 from .tasks import TASK_NAMES
 
@@ -51,26 +61,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training", description="Train a task headless with gradient clipping."
     )
     parser.add_argument(
-        "--task", default="seed",
+        "--task", default=None,
         help=f"a built-in task ({', '.join(TASK_NAMES)}), or a plug-in: path/to/my_task.py, "
         "my_package.my_task or my_package.my_task:OTHER_NAME",
     )  # fmt: skip
-    parser.add_argument("--policy", default="global_norm", choices=POLICY_NAMES)
-    parser.add_argument("--clip-threshold", type=float, default=1.0, help="c (zclip: the cap)")
-    parser.add_argument("--steps", type=int, default=2000, help="steps to train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", default=None, choices=POLICY_NAMES, help="default: global_norm")
+    parser.add_argument("--clip-threshold", type=float, default=None, help="c (zclip: the cap; default 1.0)")
+    parser.add_argument("--steps", type=int, default=2000, help="steps to train (after --fork-from: after the fork)")
+    parser.add_argument("--seed", type=int, default=None, help="default: 0")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the task's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the task's")
     parser.add_argument("--csv", default=None, help="write every step to this CSV file")
     parser.add_argument(
         "--db", default=None,
-        help="record the run in this SQLite file (default: $CLIPWATCH_DB or runs/clipwatch.db)",
+        help="record the run in this SQLite file, or a PostgreSQL database "
+        "(postgresql://user@host:port/dbname; default: $CLIPWATCH_DB or runs/clipwatch.db)",
     )  # fmt: skip
     parser.add_argument("--no-db", action="store_true", help="do not record the run")
     parser.add_argument("--name", default=None, help="the run's name in the database")
     parser.add_argument(
         "--max-nonfinite-steps", type=int, default=50,
         help="fail after this many consecutive non-finite steps",
+    )  # fmt: skip
+    parser.add_argument(
+        "--snapshot-every", type=int, default=None, metavar="N",
+        help="write a snapshot of the training state every N steps beside the run database, to fork it later",
+    )  # fmt: skip
+    parser.add_argument(
+        "--snapshot-folder", default=None,
+        help="where snapshot files go (default: snapshots/ beside the SQLite file; needed with a server)",
+    )  # fmt: skip
+    parser.add_argument("--fork-from", type=int, default=None, metavar="RUN_ID",
+                        help="continue this recorded run from its nearest saved snapshot, as a new branch")  # fmt: skip
+    parser.add_argument("--at-step", type=int, default=None, metavar="S",
+                        help="with --fork-from: the snapshot at or before this step (default: the latest)")  # fmt: skip
+    parser.add_argument(
+        "--sweep", default=None, metavar="C1,C2,...",
+        help="after --steps, sweep these clip thresholds from the last step (comma-separated)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-steps", type=int, default=None,
+        help=f"steps each swept threshold trains (default {DEFAULT_SWEEP_STEPS})",
     )  # fmt: skip
     seen = set()
     for policy, parameters in POLICY_PARAMETERS.items():
@@ -133,6 +164,7 @@ class PreparedRun:
     trainer: Trainer
     database: RunDatabase | None
     csv_file: IO[str] | None
+    sweep_id: int | None = None
 
     def close(self) -> None:
         if self.csv_file is not None:
@@ -146,6 +178,10 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    start_from = _settings_of_fork(parser, args) if args.fork_from is not None else None
+    for name, default in (("task", "seed"), ("policy", "global_norm"), ("clip_threshold", 1.0), ("seed", 0)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     policy_params = {
         name: getattr(args, name)
         for name in POLICY_PARAMETERS[args.policy]
@@ -164,6 +200,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         )
     if args.steps < 1:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
+    sweep = _sweep_thresholds(parser, args)
     for flag, path in (("--csv", args.csv), ("--db", args.db)):
         if path is not None and not path.strip():
             parser.error(f"{flag} needs a file path, not empty text. Received: {flag} {path!r}")
@@ -190,9 +227,10 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         seed=args.seed,
         policy_params=policy_params,
         batch_size=args.batch_size,
-        max_steps=args.steps,
+        max_steps=args.steps if start_from is None else start_from[0]["step"] + args.steps,
         max_nonfinite_steps=args.max_nonfinite_steps,
         run_name=args.name,
+        start_from=start_from,
     )
     try:
         # A trainer checks every setting and writes nothing until it starts: build one without
@@ -223,6 +261,8 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
                         os.unlink(args.csv)
             parser.error(str(error))
 
+    if args.snapshot_every is not None:
+        settings.update(_snapshot_files(parser, args, database))
     sinks = ()
     if csv_file is not None:
         if csv_file.seekable():  # a file, not a pipe or a terminal
@@ -234,7 +274,69 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         if csv_file is not None:
             csv_file.close()
         parser.error(str(error))
-    return PreparedRun(trainer, database, csv_file)
+    sweep_id = None
+    if sweep is not None:
+        sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=args.steps)
+    return PreparedRun(trainer, database, csv_file, sweep_id)
+
+
+def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]:
+    """`--fork-from RUN_ID [--at-step S]`: the parent's settings fill every flag not given, and
+    its nearest saved snapshot is where the branch starts. Exits 2 naming what is missing."""
+    from .runs.database import DatabaseError, RunDatabase, default_path
+    from .runs.snapshot_files import SnapshotFileError, nearest_snapshot, read_snapshot
+
+    location = args.db or default_path()
+    if args.no_db:
+        parser.error("--fork-from reads the parent run from the run database: drop --no-db.")
+    if not ("://" in str(location) or "=" in str(location)) and not os.path.exists(location):
+        parser.error(f"--fork-from {args.fork_from}: there is no run database at {str(location)!r}.")
+    try:
+        database = RunDatabase(location)
+        info = database.run_info(args.fork_from)
+        folder = args.snapshot_folder or _default_snapshot_folder(parser, database)
+        snapshot = read_snapshot(nearest_snapshot(folder, args.fork_from, args.at_step))
+    except (DatabaseError, SnapshotFileError, ValueError) as error:
+        parser.error(f"--fork-from {args.fork_from}: {error}")
+    config = info["config"]
+    if args.task is None and config["task"] not in TASK_NAMES:
+        parser.error(f"--fork-from {args.fork_from}: its task {config['task']!r} is a plug-in; name its file with --task.")
+    for name in ("task", "policy", "clip_threshold", "learning_rate", "batch_size", "seed"):
+        if getattr(args, name) is None:
+            setattr(args, name, config[name])
+    for name, value in config["policy_params"].get(args.policy, {}).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return snapshot, args.fork_from
+
+
+def _default_snapshot_folder(parser: argparse.ArgumentParser, database) -> str:
+    if database.path is None:
+        parser.error("With a database server, name where snapshot files go: --snapshot-folder DIR.")
+    return str(Path(database.path).parent / "snapshots")
+
+
+def _snapshot_files(parser: argparse.ArgumentParser, args, database) -> dict:
+    if args.snapshot_every < 1:
+        parser.error(f"--snapshot-every must be an integer >= 1. Received: {args.snapshot_every}")
+    if database is None:
+        parser.error("--snapshot-every writes beside the run database: drop --no-db.")
+    folder = args.snapshot_folder or _default_snapshot_folder(parser, database)
+    return {"snapshot_folder": folder, "persist_every": args.snapshot_every}
+
+
+def _sweep_thresholds(parser: argparse.ArgumentParser, args) -> tuple[float, ...] | None:
+    if args.sweep is None:
+        if args.sweep_steps is not None:
+            parser.error(f"--sweep-steps needs --sweep (the thresholds). Received: --sweep-steps {args.sweep_steps}")
+        return None
+    if args.sweep_steps is not None and args.sweep_steps < 1:
+        parser.error(f"--sweep-steps must be an integer >= 1. Received: {args.sweep_steps}")
+    try:
+        return validate_sweep_thresholds(float(part) for part in args.sweep.split(","))
+    except ValueError as error:
+        parser.error(f"--sweep takes comma-separated clip thresholds such as 0.1,0.3,1. Received: "
+                     f"--sweep {args.sweep!r} ({error})")  # fmt: skip
 
 
 def _interrupt(signal_number, frame) -> None:
@@ -265,13 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     trainer, database = run.trainer, run.database
     steps = trainer.config.max_steps
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    # Commands sent to the run through its database (another process, another machine) are
+    # applied here too; a `stop` among them ends the run as Ctrl-C does.
+    relay = CommandRelay(database) if database is not None else None
     try:
         show_progress = sys.stderr.isatty()
         started = time.perf_counter()
         trainer.start()
         try:
-            while trainer.status.state in ("idle", "running"):
-                time.sleep(0.1)
+            while trainer.status.state in ("idle", "running", "paused"):
+                if relay is None:
+                    time.sleep(0.1)
+                elif relay.follow(trainer):  # waits up to 0.1 s for a command; True: `stop`
+                    trainer.stop(timeout=STOP_SECONDS)  # flushes every step, as for Ctrl-C
+                    break
                 if show_progress:
                     _progress(trainer.status.step, steps, trainer.status.steps_per_second)
         except KeyboardInterrupt:
@@ -283,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("\n")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        if relay is not None:
+            with contextlib.suppress(*database.errors):
+                relay.write_acknowledgements()  # of commands applied in the last chunks
         run.close()
 
     status = trainer.status
@@ -302,11 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     if status.run_id is not None:
         summary["run_id"] = status.run_id
-        summary["db"] = str(database.path)
+        summary["db"] = database.location  # a password in a URL is not shown
     evaluations = trainer.evaluations()
     if len(evaluations):  # the last evaluation's val_loss and val_<metric>
         last = evaluations[evaluations.step == evaluations.step.iloc[-1]]
         summary.update({name: float(value) for name, value in zip(last.name, last.value)})
+    if run.sweep_id is not None:
+        result = trainer.sweep_result(run.sweep_id)
+        keys = ("clip_threshold", "run_id", "final_loss", "mean_loss", "clip_rate")
+        summary["sweep"] = [{key: _json_number(row[key]) for key in keys} for row in result["sweep"]]
+        summary["best_clip_threshold"] = result["best_clip_threshold"]
+        summary["noise_floor"] = result["noise_floor"]
     if status.error:
         summary["error"] = status.error
     print(json.dumps({key: _json_number(value) for key, value in summary.items()}, allow_nan=False))

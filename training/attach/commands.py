@@ -1,14 +1,14 @@
 """The commands of an attached run (`training.keras.LiveClipping`): read, applied, acknowledged.
 
-A poller thread reads the run's new commands from the database five times a second and writes
-the acknowledgements; the training thread applies them between steps (`_apply_commands`), each
+A poller thread reads the run's new commands from the database five times a second (and at once
+when a PostgreSQL server announces one: `RunDatabase.wait_for_commands`) and writes the
+acknowledgements; the training thread applies them between steps (`_apply_commands`), each
 checked before anything changes: a refused one is acknowledged with its error and no step.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -36,7 +36,11 @@ class CommandApplier:
         """The poller thread: read new commands, write acknowledgements; never the graph."""
         last_id = 0
         while True:
-            closing = self._closing.wait(self._poll_seconds)
+            try:
+                database.wait_for_commands(run_id, self._poll_seconds, self._closing)
+            except database.errors:
+                self._closing.wait(self._poll_seconds)  # the server is away: poll as before
+            closing = self._closing.is_set()
             acknowledgements = []
             while not self._acknowledgements.empty():
                 acknowledgements.append(self._acknowledgements.get())
@@ -48,8 +52,8 @@ class CommandApplier:
                 for command in database.pending_commands(run_id, last_id):
                     last_id = command["id"]
                     self._incoming.put(command)
-            except sqlite3.Error as error:
-                self._warn_once("commands", f"Reading commands from {str(database.path)!r} failed: {error}")
+            except database.errors as error:
+                self._warn_once("commands", f"Reading commands from {database.location!r} failed: {error}")
                 if closing:
                     return
 

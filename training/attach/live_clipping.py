@@ -70,11 +70,12 @@ class LiveClipping(AttachedRun):
     Args:
         policy: a name from `training.clipping.policies.POLICY_NAMES`.
         clip_threshold: c, a finite number > 0 (the cap for `zclip`).
-        database: a path (or a `RunDatabase`) to record into; None takes the app's default
-            (`CLIPWATCH_DB` or runs/clipwatch.db); False records in memory only.
+        database: a SQLite file's path, a PostgreSQL URL (`postgresql://user@host:port/dbname`)
+            or a `RunDatabase` to record into; None takes the app's default (`CLIPWATCH_DB` or
+            runs/clipwatch.db); False records in memory only.
         run_name: the run's name in History.
         ring_steps: rows of the in-graph buffer; at least twice `steps_per_execution`.
-        poll_seconds: how often the command table is read.
+        poll_seconds: how often the command table is read (a server's NOTIFY wakes it sooner).
         store_window: steps kept in memory at full resolution (see `metrics()`); not autoclip's
             `window`, a policy parameter like the others (issue #22: it had swallowed it).
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).

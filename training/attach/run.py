@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -121,7 +120,7 @@ class AttachedRun(CommandApplier):
             self._writer = self._database.start_run(
                 config, self._variable_names, self._run_name, self._engine.policy_names
             )
-        except (DatabaseError, sqlite3.Error, OSError) as error:
+        except (DatabaseError, OSError, *getattr(self._database, "errors", ())) as error:
             self._warn_once("database", f"{error} The run is kept in memory only.")
             return
         self._poller = threading.Thread(

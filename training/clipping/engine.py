@@ -24,7 +24,7 @@ host arrays and `restore()` puts a copy back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -218,12 +218,20 @@ class TrainingState:
     model: Any = None
     optimizer: Any = None
     step: int = 0
+    # The driver's own loop variables, snapshot with the rest: the data seed (batches are drawn
+    # by seed and step) and the count of consecutive non-finite steps.
+    data_seed: Any = None
+    loop_variables: list = field(default_factory=list)
+    # One compiled read and one compiled write of every tracked variable: a snapshot or restore is
+    # one call, not one eager op per variable (seed: ~30 variables, taken tens of times a second).
+    _copier: Any = field(default=None, repr=False, compare=False)
 
     @property
     def variables(self) -> list:
         return [] if self.model is None else list(self.model.trainable_variables)
 
-    def _tracked(self) -> list[tf.Variable]:
+    def tracked(self) -> list[tf.Variable]:
+        """Every variable a snapshot holds, in a fixed order."""
         tracked = [] if self.model is None else list(self.model.variables)
         if self.optimizer is not None:
             tracked += list(self.optimizer.variables)  # `iterations` (Adam's bias correction) first
@@ -231,28 +239,50 @@ class TrainingState:
             tracked.append(self.engine.knobs)
         for state in self.engine.policy_states:
             tracked += list(state)
-        return tracked
+        if self.data_seed is not None:
+            tracked.append(self.data_seed)
+        return tracked + list(self.loop_variables)
 
     def snapshot(self) -> dict[str, Any]:
         """A host copy: every variable's value, the step and the engine's host settings."""
         return {
             "step": self.step,
-            "values": [np.array(variable.numpy(), copy=True) for variable in self._tracked()],
+            "values": [np.asarray(value) for value in self._copy().read()],
             "policy": self.engine.policy,
             "policy_params": {name: dict(params) for name, params in self.engine.policy_params.items()},
             "knob_values": self.engine.knob_values.copy(),
         }
 
+    def _copy(self) -> "_VariableCopier":
+        tracked = self.tracked()
+        if self._copier is None or not self._copier.holds(tracked):
+            self._copier = _VariableCopier(tracked)  # the variables changed (a rebuild): trace anew
+        return self._copier
+
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Put `snapshot` back (the same model, optimizer and policies, built)."""
-        tracked = self._tracked()
-        if len(tracked) != len(snapshot["values"]):
+        copier = self._copy()
+        if len(copier.variables) != len(snapshot["values"]):
             raise ValueError(
-                f"The snapshot holds {len(snapshot['values'])} variables; this run has {len(tracked)}."
+                f"The snapshot holds {len(snapshot['values'])} variables; this run has {len(copier.variables)}."
             )
-        for variable, value in zip(tracked, snapshot["values"]):
-            variable.assign(value)
+        copier.write(snapshot["values"])
         self.step = int(snapshot["step"])
         self.engine.policy = snapshot["policy"]
         self.engine.policy_params = {name: dict(params) for name, params in snapshot["policy_params"].items()}
         self.engine.knob_values = snapshot["knob_values"].copy()
+
+
+class _VariableCopier:
+    """Reads or writes a fixed list of variables in one compiled call each."""
+
+    def __init__(self, variables: list):
+        self.variables = list(variables)
+        self.read = tf.function(lambda: [tf.identity(variable) for variable in self.variables])
+        self._write = tf.function(lambda values: [v.assign(x) for v, x in zip(self.variables, values)])
+
+    def holds(self, variables: list) -> bool:
+        return len(variables) == len(self.variables) and all(a is b for a, b in zip(variables, self.variables))
+
+    def write(self, values) -> None:
+        self._write([tf.convert_to_tensor(value, variable.dtype) for variable, value in zip(self.variables, values)])

@@ -49,7 +49,7 @@ class TrainerStatus:
     run_id: int | None = None  # the run's id in the database, when it is persisted
     warning: str | None = None  # e.g. the database could not be written (the run goes on)
     # The full step (every policy, XLA) is still compiling in the background; meanwhile the run
-    # trains on the quick step (the policy in force only, no XLA). See training/loop/steps.py.
+    # trains on the quick step (the policy in force only, the same bits). See training/loop/steps.py.
     compiling: bool = False
 
 

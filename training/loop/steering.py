@@ -5,10 +5,11 @@ which applies it between two chunks. Before the thread starts, a setting just co
 
 from __future__ import annotations
 
-from typing import Any
+import queue
+from typing import Any, Callable
 
 from ..clipping import policies
-from ..clipping.commands import Command, check_command
+from ..clipping.commands import SENT_COMMAND_KINDS, Command, check_command
 from .config import configured
 
 
@@ -29,13 +30,31 @@ class RunSteering:
 
     def set_policy(self, name: str, **params: Any) -> None:
         """Switch policy (or change its parameters); missing parameters keep their values."""
+        self._send(self._policy_command(name, params))
+
+    def _policy_command(self, name: Any, params: dict) -> Command:
         policies.validate_policy_name(name)
         with self._lock:
             # Merge with what was last *requested*, so two quick calls do not undo each other.
             current = self._requested_policy_params.get(name, self._config.policy_params[name])
             merged = policies.validate_policy_params(name, {**current, **params})
             self._requested_policy_params[name] = merged
-        self._send(check_command("policy", name, merged))
+        return check_command("policy", name, merged)
+
+    def send_command(
+        self, kind: str, value: Any = None, *, on_applied: Callable[[int | None, str | None], None] | None = None,
+        **params: Any,
+    ) -> None:
+        """A command by its kind, as `RunDatabase.send_command` carries it (the methods above,
+        by name; `stop` is `stop()`), checked as they check it. `on_applied(step, error)` is
+        called from the training thread once it is applied (`step`: the first step that uses
+        it) or refused by the run's state (`error`: why; nothing changed)."""
+        if kind == "stop":
+            raise ValueError("A 'stop' command ends the run: call stop(). Received: stop")
+        command = self._policy_command(value, params) if kind == "policy" else check_command(
+            kind, value, params, kinds=SENT_COMMAND_KINDS
+        )  # fmt: skip
+        self._send(command, on_applied)
 
     def inject_spike(self, factor: Any) -> None:
         """Multiply the next step's gradients by `factor` (before clipping), for demos."""
@@ -45,7 +64,7 @@ class RunSteering:
         """Cap the pace (None: full speed), so a demo unfolds at a speed people can follow."""
         self._send(check_command("max_steps_per_second", value))
 
-    def _send(self, command: Command) -> None:
+    def _send(self, command: Command, on_applied: Callable[[int | None, str | None], None] | None = None) -> None:
         with self._lock:
             state = self._status.state
             if state in ("stopped", "failed"):
@@ -55,6 +74,31 @@ class RunSteering:
                 if config is not None:  # before start, a setting configures the run to build
                     self._config = config
                     self._set_status(config=self._config)
+                    if on_applied is not None:
+                        on_applied(1, None)  # the run's first step uses it
                     return
-            self._commands.put(command)
+            self._commands.put((command, on_applied))
             self._wake.set()
+
+    # --- the training thread drains the queue, between two chunks ---------------------------------
+
+    def _apply_commands(self) -> bool:
+        """Apply every queued command; return whether there was any."""
+        self._wake.clear()
+        self._adopt_branches()
+        applied = False
+        while True:
+            try:
+                command, on_applied = self._commands.get_nowait()
+            except queue.Empty:
+                return applied
+            if on_applied is None:
+                self._apply(command)
+            else:  # sent from another process: a refusal is its answer, not the run's end
+                try:
+                    self._apply(command)
+                except (ValueError, TypeError) as error:
+                    on_applied(None, str(error))
+                else:
+                    on_applied(self._steps_done + 1, None)
+            applied = True

@@ -3,9 +3,9 @@
 Why: the full step holds every clipping policy in one `tf.switch_case` (so switching policy never
 retraces) and is XLA-compiled. Measured on seed, warm process, quiet machine: tracing it takes
 0.6-0.8 s and its first call (XLA compile) 2.1 s; exploding_rnn 0.8 s + 2.7 s. The quick step
-holds only the policy in force and is not XLA-compiled: 0.2 s + 0.13 s (exploding_rnn
-0.25 s + 0.2 s). So the trainer starts on the quick step at once, this module compiles the full
-one meanwhile, and the trainer swaps it in between two chunks. Both steps read and write the
+holds only the policy in force, so it traces and compiles sooner (it is XLA-compiled too, so
+both compute the same bits: training/loop/steps.py). So the trainer starts on the quick step,
+this module compiles the full one meanwhile, and the trainer swaps it in between two chunks. Both steps read and write the
 same `tf.Variable`s (weights, optimizer slots, policy state, live knobs), so the swap loses no
 step, no optimizer state and no command.
 

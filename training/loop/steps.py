@@ -4,11 +4,12 @@ Each call runs a chunk of steps in-graph (gathering batches from tensors in memo
 clip, the optimizer's update, every step's record written into TensorArrays), so there is one
 host sync per chunk, not per step.
 
-The run starts on the quick step (the policy in force alone, not XLA-compiled: it traces and runs
-its first chunk in ~0.4 s where the full step takes 1.3-3.5 s); the full step (every policy in
-one `tf.switch_case`, XLA when it compiles) is traced between two chunks and compiled in the
-background (training/loop/step_compiler.py), then swapped in. Both read and write the same
-variables, so the swap loses nothing.
+The run starts on the quick step (the policy in force alone: fewer ops to trace and compile than
+the full step's); the full step (every policy in one `tf.switch_case`) is traced between two
+chunks and compiled in the background (training/loop/step_compiler.py), then swapped in. Both read
+and write the same variables, so the swap loses nothing, and both are compiled the same way (XLA
+when it compiles), so they compute the same bits and the swap step, which the clock sets, never
+shows in a run's numbers.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ChunkSteps:
         self._on_event, self._on_compiling = on_event, on_compiling
         # Consecutive non-finite steps so far, carried from chunk to chunk: a chunk stops at the
         # step that reaches the limit, so a failed run ends exactly there.
-        self._nonfinite_run = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.nonfinite_run = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.trace_count = 0
         self.compile_job: BackgroundCompile | None = None
         self._full_step_wanted = False
@@ -122,9 +123,30 @@ class ChunkSteps:
             self._on_xla_fallback(self._fallback_reasons.pop(0))
         self._on_compiling(False)
 
+    def finish_compiling(self, steps_done: int) -> None:
+        """Swap the full step in now, waiting for its compile if it is still running (a branch
+        may switch policy, and only the full step holds every policy)."""
+        if not self.compiling:
+            return
+        self.swap_in_full_step(steps_done)  # traces it and starts its compile, if not yet
+        if self.compile_job is not None:
+            self.compile_job.wait()
+            self.swap_in_full_step(steps_done)
+
     def _quick_step(self):
+        """The policy in force alone, compiled like the full step (XLA when it can be).
+
+        Why XLA here too: XLA and the plain graph compute different last bits, and the swap to
+        the full step comes at a step set by the clock (when its compile ends). A quick step
+        without XLA made two runs of one command differ from that step on (measured: step
+        13,459 of two concurrent 300,000-step runs of seed). With both steps XLA-compiled they
+        compute the same bits (tests/test_step_compiler.py), so a run is a function of its seed
+        and settings alone. If XLA cannot compile the model, the quick step falls back on its
+        first call and the full step is then built without XLA: again one kind for both.
+        """
         only_policy = int(self._state.engine.knob_values[KNOB["policy"]])
-        return tf.function(functools.partial(self._train_chunk, only_policy=only_policy))
+        return FallbackFunction(functools.partial(self._train_chunk, only_policy=only_policy),
+                                self.jit_compile, self._on_xla_fallback, self._drop_xla)  # fmt: skip
 
     def _full_step(self, on_fallback: Callable[[str], None] | None = None):
         """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
@@ -150,7 +172,7 @@ class ChunkSteps:
         state, engine = self._state, self._state.engine
         model, optimizer, variables = state.model, state.optimizer, state.variables
         knobs, states = engine.knobs.read_value(), engine.read_states()
-        static_size = self.jit_compile is not False and only_policy is None
+        static_size = self.jit_compile is not False
         # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper to
         # stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
         buffers = {
@@ -183,18 +205,26 @@ class ChunkSteps:
         steps_run, nonfinite_run, states, buffers = tf.while_loop(
             more_steps,
             one_step,
-            (tf.constant(0), self._nonfinite_run.read_value(), states, buffers),
+            (tf.constant(0), self.nonfinite_run.read_value(), states, buffers),
             maximum_iterations=MAX_CHUNK_STEPS,
         )
 
         def write_back_states():
             engine.write_states(states)
-            self._nonfinite_run.assign(nonfinite_run)
+            self.nonfinite_run.assign(nonfinite_run)
 
         # A zero-step call (the background compile) must not write back states it read while the
         # quick step was updating them.
         tf.cond(num_steps > 0, write_back_states, lambda: None)
         return {"steps_run": steps_run, **{name: buffer.stack() for name, buffer in buffers.items()}}
+
+
+def gather_batch(inputs, targets, data_seed: tf.Variable, batch_size: int, step):
+    """The batch of `step`: stateless sampling keyed on (data seed, step), so any step's batch can
+    be drawn again (a branch replays its parent's), and XLA compiles it."""
+    seed = tf.stack([data_seed.read_value(), tf.cast(step, tf.int64)])
+    index = tf.random.stateless_uniform([batch_size], seed=seed, maxval=tf.shape(inputs)[0], dtype=tf.int32)
+    return tf.gather(inputs, index), tf.gather(targets, index)
 
 
 def chunk_rows(

@@ -40,9 +40,12 @@ from .config import (  # noqa: F401  (the constants and checks are re-exported: 
     TARGET_CHUNK_SECONDS, RunConfig, Sink, TrainerStatus, validate_count, validate_learning_rate,
     validate_optional_run_name,
 )  # fmt: skip
+from .branches import DEFAULT_MIN_SNAPSHOT_SECONDS, DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOTS_KEPT, Forks
+from .forking import ForkDriving, RunForking, start_from_lineage
 from .reading import RunReading
+from .pacing import Pacer
 from .steering import RunSteering
-from .steps import ChunkSteps, chunk_rows
+from .steps import ChunkSteps, chunk_rows, gather_batch
 
 if TYPE_CHECKING:
     from ..runs.database import RunDatabase
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 _LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
-class Trainer(RunSteering, RunReading):
+class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
     """Trains `task` in a background thread with live-steerable gradient clipping.
 
     Args:
@@ -76,9 +79,16 @@ class Trainer(RunSteering, RunReading):
             benchmark's ceiling); the store then stays empty.
         database: a `persistence.RunDatabase` to write the run to (None: memory only).
         run_name: the run's name in the database (default: "run N: task / policy").
-        quick_start: start on the quick step (the policy in force, no XLA) while the full step
+        quick_start: start on the quick step (the policy in force alone) while the full step
             compiles in the background (training/step_compiler.py); False waits for the full
             step before the first step (the benchmark's side-by-side baseline).
+        snapshot_every, snapshots_kept: keep an in-memory snapshot of the training state every
+            this many steps, the last this many (`fork` and `sweep` start branches from them;
+            training/loop/branches.py). None: every 2,000 steps, at most four a second (a fast
+            run's snapshots would cost it several percent); a number given is kept exactly.
+        snapshot_folder, persist_every: also write snapshot files there every this many steps.
+        start_from: (snapshot, parent run id): start as a branch of that run from that snapshot
+            (`--fork-from`); this trainer's settings win over the snapshot's knobs.
         **policy_params: parameters of the policy (see `policies.POLICY_PARAMETERS`).
     """
 
@@ -101,6 +111,11 @@ class Trainer(RunSteering, RunReading):
         database: RunDatabase | None = None,
         run_name: str | None = None,
         quick_start: bool = True,
+        snapshot_every: int | None = None,
+        snapshots_kept: int = DEFAULT_SNAPSHOTS_KEPT,
+        snapshot_folder: str | None = None,
+        persist_every: int | None = None,
+        start_from: "tuple[dict, int] | None" = None,
         **policy_params: Any,
     ):
         task_spec = get_task(task)
@@ -135,9 +150,18 @@ class Trainer(RunSteering, RunReading):
             max_steps=None if max_steps is None else validate_count("max_steps", max_steps),
         )
         self._store_window = validate_count("store_window", store_window)
+        default_cadence = snapshot_every is None
+        self._forks = Forks(DEFAULT_SNAPSHOT_EVERY if default_cadence else validate_count("snapshot_every", snapshot_every),
+                            validate_count("snapshots_kept", snapshots_kept),
+                            DEFAULT_MIN_SNAPSHOT_SECONDS if default_cadence else 0.0)  # fmt: skip
+        self._persisting = self._checked_persisting(snapshot_folder, persist_every)
+        if self._persisting is not None:  # a file needs a snapshot in memory at least as often
+            self._forks.ring.every = min(self._forks.ring.every, self._persisting[1])
+            self._forks.ring.min_seconds = 0.0
+        self._start_from = start_from
         self._lock = threading.Lock()
         self._status_lock = threading.Lock()
-        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[Command, Any]] = queue.SimpleQueue()  # (command, on_applied)
         self._wake = threading.Event()
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,11 +249,14 @@ class Trainer(RunSteering, RunReading):
 
         engine = ClipEngine(config.policy, config.clip_threshold, config.policy_params)
         engine.build(variables)
-        self._state = TrainingState(engine, model, optimizer)
+        data_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False, name="clipwatch_data_seed")
+        self._state = TrainingState(engine, model, optimizer, data_seed=data_seed)
         self._variable_names = [variable_name(v) for v in variables]
         self._store = MetricsStore(self._variable_names, engine.policy_names, window=self._store_window)
         if self._database is not None and self._monitoring:
-            self._writer = self._database.start_run(config, self._variable_names, self._run_name, engine.policy_names)
+            parent, fork_step = start_from_lineage(self._start_from)
+            self._writer = self._database.start_run(config, self._variable_names, self._run_name, engine.policy_names,
+                                                    parent_run_id=parent, fork_step=fork_step)  # fmt: skip
             self._set_status(run_id=self._writer.run_id)
         if self._monitoring:
             writer = (self._writer.append,) if self._writer is not None else ()
@@ -241,10 +268,14 @@ class Trainer(RunSteering, RunReading):
             )
             next_batch = lambda step: next(batches)  # noqa: E731
             jit_compile = False  # the iterator's ops have no XLA kernels
+            self._forks.refusal = (
+                f"Forking needs replayable data: task {task.name!r} streams a tf.data pipeline, whose "
+                "batches cannot be drawn again by step, so a branch would train on other batches "
+                "than its parent. Give the task in-memory arrays (make_data returning (inputs, targets))."
+            )
         else:
             inputs, targets = data
-            self._inputs, self._targets = tf.constant(inputs), tf.constant(targets)
-            next_batch = self._gather_batch
+            next_batch = functools.partial(gather_batch, tf.constant(inputs), tf.constant(targets), data_seed, config.batch_size)
         if task.make_validation_data is not None:
             validation = task.make_validation_data(config.seed)
             check_data_matches_model(task, model, validation, "make_validation_data")
@@ -254,60 +285,69 @@ class Trainer(RunSteering, RunReading):
             monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps, jit_compile=jit_compile,
             on_event=self._record, on_compiling=lambda compiling: self._set_status(compiling=compiling),
         )  # fmt: skip
+        self._state.loop_variables = [self._steps.nonfinite_run]
+        self._prepare_forking()  # a start from a snapshot, snapshot files
+        if not self._monitoring:
+            self._forks.refusal = "Forking needs a monitored run (monitoring=False records no steps to compare)."
         self._steps.build(self._quick_start)
         self._store_ready.set()
-
-    def _gather_batch(self, step):
-        # Stateless sampling keyed on the step: reproducible, and XLA-friendly.
-        count = tf.shape(self._inputs)[0]
-        seed = tf.stack([tf.constant(self._config.seed, tf.int64), tf.cast(step, tf.int64)])
-        index = tf.random.stateless_uniform(
-            [self._config.batch_size], seed=seed, maxval=count, dtype=tf.int32
-        )
-        return tf.gather(self._inputs, index), tf.gather(self._targets, index)
 
     def _loop(self) -> tuple[str, str | None]:
         """Train until stopped, finished or failed; return (final state, error)."""
         chunk_steps = 16
-        pace_start_time, pace_start_step = time.perf_counter(), 0
+        branch_steps = chunk_steps  # a branch's chunk: the parent's last one, so both lines keep pace
+        pacer = Pacer()
         recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
         nonfinite_total, nonfinite_run = 0, 0
+        forks = self._forks
         self._record("start", None, self._config.policy)
+        forks.take_snapshot(self._state)  # step 0
         while True:
             paced_before = self._config.max_steps_per_second
             steered = self._apply_commands()
             if self._config.max_steps_per_second != paced_before:
-                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
+                pacer.reset(self._steps_done)
             if self._stop_requested.is_set():
                 self._record("stop", None, None)
+                forks.close()
                 return "stopped", None
+            step = self._steps_done
+            max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
+            finished = max_steps is not None and step >= max_steps
+            if forks.busy(step):
+                alone = finished or self._status.state == "paused"
+                round_started = time.perf_counter()
+                self._run_branches(chunk_steps if alone else branch_steps)
+                if (spent := time.perf_counter() - round_started) > 0.25:
+                    pacer.hold_back(spent)  # a branch's start (a compile)
+                if alone:
+                    continue  # the branches take turns alone, unpaced
             if self._status.state == "paused":
                 self._wake.wait(0.5)
                 self._wake.clear()
-                pace_start_time, pace_start_step = time.perf_counter(), self._steps_done
+                pacer.reset(self._steps_done)
                 recent.clear()
                 continue
-            step = self._steps_done
-            max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
-            if max_steps is not None and step >= max_steps:
+            if finished:
                 self._evaluate(step)  # once at the end
                 self._record("finished", None, step)
+                forks.close()
                 return "stopped", None
             steps = chunk_steps
             if steered:
                 steps = max(1, chunk_steps // 4)  # show the effect of a command sooner
-            if pace is not None:
-                # ~10 updates a second; a chunk that fell behind (the UI took the CPU) catches up.
-                behind = int((time.perf_counter() - pace_start_time) * pace) - (step - pace_start_step)
-                steps = min(steps, max(1, int(pace * 0.1), behind))
+            steps = pacer.chunk(pace, step, steps)
             if max_steps is not None:
                 steps = min(steps, max_steps - step)
             if self._evaluator is not None:  # a chunk ends exactly where an evaluation is due
                 steps = min(steps, self._evaluator.steps_until_due(step))
+            # ... and where a branch asked to fork
+            steps = min([steps, *(s - step for s in forks.waiting_steps() if s > step)])
 
             started = time.perf_counter()
             out = self._steps(steps, step)
             steps = int(out.pop("steps_run"))  # the host sync; < steps at the non-finite limit
+            branch_steps = max(1, steps)
             if self._monitoring:
                 rows = {"finite": out["finite"].numpy()[:steps]}
                 # The rest of the rows, the store, the database queue and the sinks: on the
@@ -342,6 +382,7 @@ class Trainer(RunSteering, RunReading):
             nonfinite_total += int((~finite).sum())
             longest, nonfinite_run = _nonfinite_runs(finite, nonfinite_run)
             self._steps_done = self._state.step = step + steps
+            forks.take_snapshot(self._state)
             self._set_status(
                 step=self._steps_done,
                 steps_per_second=speed,
@@ -363,14 +404,7 @@ class Trainer(RunSteering, RunReading):
                 )
                 self._record("failed", None, reason)
                 return "failed", reason
-            if pace is not None:
-                due = pace_start_time + (step + steps - pace_start_step) / pace
-                if due < time.perf_counter() - 1.0:  # far behind (a compile): no catch-up burst
-                    pace_start_time, pace_start_step = time.perf_counter(), step + steps
-                    due = pace_start_time
-                while (delay := due - time.perf_counter()) > 0 and not self._stop_requested.is_set():
-                    if self._wake.wait(min(delay, 0.05)):
-                        break  # a command arrived: apply it now
+            pacer.wait(pace, step + steps, self._wake, self._stop_requested)
 
     def _evaluate(self, step: int) -> None:
         if self._evaluator is None:
@@ -384,18 +418,6 @@ class Trainer(RunSteering, RunReading):
             event = self._store.record_event(self._steps_done, kind, old, new)
             if self._writer is not None:
                 self._writer.event(*event)
-
-    def _apply_commands(self) -> bool:
-        """Apply every queued command; return whether there was any."""
-        self._wake.clear()
-        applied = False
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return applied
-            self._apply(command)
-            applied = True
 
     def _apply(self, command: Command) -> None:
         config, kind, value = self._config, command.kind, command.value
@@ -413,6 +435,7 @@ class Trainer(RunSteering, RunReading):
             self._record("resume", None, None)
         if applied.rebuild:
             state.engine.build_policies(state.variables)  # a new buffer size or constant: retraces
+            self._forks.invalidate(f"the run's {command.value!r} parameters were rebuilt at step {self._steps_done}")
             self._steps.build(self._quick_start)
         elif applied.policy_switched:
             self._steps.policy_switched()

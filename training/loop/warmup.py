@@ -4,7 +4,7 @@ The first trainer of a process pays one-off costs on top of its own build and tr
 and Keras' lazy initialisation and the first graph optimisation (measured, seed: the first quick
 step took 2.7 s where later ones take 0.4 s). `warm_up()` pays them on a daemon thread as soon as
 the server imports the dashboard, with a throw-away run of one quick chunk that records nothing
-(no database, no sinks) and ends before any XLA compile. It never blocks the caller, and a
+(no database, no sinks) and ends before the full step is compiled. It never blocks the caller, and a
 failure only means no warm-up.
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 
 DEFAULT_TASK = "seed"
-WARM_UP_STEPS = 16  # one quick chunk: the trace and the first call, no XLA compile (it would
-# compete with a user's first Start for the CPU; the run ends before the full step is wanted)
+WARM_UP_STEPS = 16  # one quick chunk: the trace and the first call (XLA's own one-off start-up
+# with it); the run ends before the full step is wanted, so no full compile competes with a
+# user's first Start for the CPU
 
 _started: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
