@@ -42,12 +42,12 @@ VIEW_ONLY_NOTE = "View only: enter the operator key in the sidebar to steer this
 READ_METHODS = frozenset({
     "database_status", "fingerprint", "snapshot", "live_metrics", "race_snapshot",
     "list_runs", "live_run_ids", "recorded_run", "recorded_metrics", "recorded_advice",
-    "advise_live", "live_advice", "replayed_clip_rate",
+    "advise_live", "live_advice", "replayed_clip_rate", "fork_snapshot",
     "live_runs", "attached_run_settings", "command_status",  # attached scripts: reading only
 })  # fmt: skip
 # The manager's parts (`RunManager.live`, `.race`, `.library`) take commands of their own: a
 # viewer gets none of them (the page reads through the manager's methods).
-PARTS = frozenset({"live", "race", "library"})
+PARTS = frozenset({"live", "forks", "race", "library"})
 
 
 class ViewOnlyError(RuntimeError):

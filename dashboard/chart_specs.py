@@ -48,7 +48,7 @@ def records(frame: pd.DataFrame) -> list[dict]:
     return [dict(zip(names, row)) for row in zip(*columns)]
 
 
-def _visit_dicts(node, visit: Callable[[dict], None]) -> None:
+def visit_dicts(node, visit: Callable[[dict], None]) -> None:
     """Call `visit` on every dict inside `node` (a spec), outermost first."""
     if isinstance(node, dict):
         visit(node)
@@ -59,7 +59,7 @@ def _visit_dicts(node, visit: Callable[[dict], None]) -> None:
         return
     for child in children:
         if isinstance(child, (dict, list)):
-            _visit_dicts(child, visit)
+            visit_dicts(child, visit)
 
 
 def _rename_data(spec: dict, renames: dict[str, str]) -> None:
@@ -70,7 +70,7 @@ def _rename_data(spec: dict, renames: dict[str, str]) -> None:
         if isinstance(data, dict) and data.get("name") in renames:
             node["data"] = {**data, "name": renames[data["name"]]}
 
-    _visit_dicts(spec, rename)
+    visit_dicts(spec, rename)
 
 
 def _set_step_domain(spec: dict, domain: list[float]) -> None:
@@ -81,7 +81,7 @@ def _set_step_domain(spec: dict, domain: list[float]) -> None:
         if isinstance(x, dict) and x.get("field") == "step" and "domain" in x.get("scale", {}):
             node["x"] = {**x, "scale": {**x["scale"], "domain": list(domain)}}
 
-    _visit_dicts(spec, set_domain)
+    visit_dicts(spec, set_domain)
 
 
 def _filled(

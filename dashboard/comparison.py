@@ -18,7 +18,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from dashboard import charts
+from dashboard import charts, lineage
 
 MAX_RUNS = 6  # the most runs one comparison overlays: more lines stop being readable
 # One colour per run, in the order the runs are given (A/B races: A blue, B orange).
@@ -342,14 +342,22 @@ def _number(value: Any) -> float:
 
 
 def history_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The History tab's list: one row per recorded run (`RunDatabase.list_runs()`), newest first."""
-    columns = ["Id", "Name", "Task", "Policy", "Threshold", "Steps", "Final loss", "Clip rate", "State", "Date"]
+    """The History tab's list: one row per recorded run (`RunDatabase.list_runs()`, in its order;
+    `lineage.lineage_order` puts branches under their run and adds the `depth` that indents a
+    branch's name), with the run each branch was forked from."""
+    columns = ["Id", "Name", "Forked from", "Task", "Policy", "Threshold", "Steps", "Final loss", "Clip rate",
+               "State", "Host", "Date"]  # fmt: skip
     if len(runs) == 0:
         return pd.DataFrame({column: [] for column in columns})
+    depths = runs["depth"] if "depth" in runs else [0] * len(runs)
+    parents = runs["parent_run_id"] if "parent_run_id" in runs else [None] * len(runs)
+    fork_steps = runs["fork_step"] if "fork_step" in runs else [None] * len(runs)
     return pd.DataFrame(
         {
             "Id": runs["run_id"].astype(np.int64).to_numpy(),
-            "Name": runs["name"].astype(str).to_numpy(),
+            "Name": [("  " * (int(depth) - 1) + lineage.BRANCH_MARK if depth else "") + str(name)
+                     for name, depth in zip(runs["name"], depths)],  # fmt: skip
+            "Forked from": [lineage.forked_from(parent, step) for parent, step in zip(parents, fork_steps)],
             "Task": runs["task"].astype(str).to_numpy(),
             "Policy": runs["policy"].astype(str).to_numpy(),
             "Threshold": [_number(value) for value in runs["clip_threshold"]],
@@ -357,6 +365,8 @@ def history_table(runs: pd.DataFrame) -> pd.DataFrame:
             "Final loss": [_number(value) for value in runs["final_loss"]],
             "Clip rate": [_number(value) for value in runs["clip_rate"]],
             "State": runs["state"].astype(str).to_numpy(),
+            # The machine recording it (runs shared on a server come from several); "" before hosts were kept.
+            "Host": [value if isinstance(value, str) else "" for value in runs.get("host", [None] * len(runs))],
             "Date": [_date(value) for value in runs["created_at"]],
         }
     )

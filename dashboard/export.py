@@ -1,4 +1,4 @@
-"""Exports of a run: per-step metrics as CSV and Parquet, charts as PNG and SVG, a report as HTML.
+"""Exports of a run: per-step metrics as CSV and Parquet, a sweep's table as CSV, charts as PNG and SVG, a report as HTML.
 
 Pure functions that return bytes or text (no Streamlit, no TensorFlow), so every export can be
 checked in a unit test and handed to `st.download_button` as it is. Charts are rendered by
@@ -68,6 +68,42 @@ def metrics_parquet(metrics: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     export_frame(metrics).to_parquet(buffer, index=False, engine="pyarrow")
     return buffer.getvalue()
+
+
+SWEEP_COLUMNS = ("sweep_id", "fork_step", "clip_threshold", "run_id", "branch_id", "final_loss", "mean_loss",
+                 "clip_rate", "within_noise", "best", "noise_floor", "baseline_mean_loss")  # fmt: skip
+
+
+def sweep_csv(result: Mapping[str, Any]) -> bytes:
+    """A finished sweep (`Trainer.sweep_result`) as UTF-8 CSV: one row per threshold, in the
+    order swept, with the sweep's noise floor and baseline repeated on each row so a row read
+    alone still says whether its threshold beat the run's own noise. ValueError for a sweep
+    still waiting or running (its losses are not known yet)."""
+    rows = list(result.get("sweep") or [])
+    if not result.get("done") or not rows:
+        raise ValueError(
+            f"sweep {result.get('sweep_id')!r} is not finished (done={result.get('done')!r}, "
+            f"{len(rows)} thresholds): only a finished sweep can be exported"
+        )
+    best = result.get("best_clip_threshold")
+    frame = pd.DataFrame(
+        {
+            "sweep_id": result.get("sweep_id"),
+            "fork_step": result.get("fork_step"),
+            "clip_threshold": [float(row["clip_threshold"]) for row in rows],
+            "run_id": pd.array([row.get("run_id") for row in rows], dtype="Int64"),  # none without a database
+            "branch_id": [int(row["branch_id"]) for row in rows],
+            "final_loss": [float(row["final_loss"]) for row in rows],
+            "mean_loss": [float(row["mean_loss"]) for row in rows],
+            "clip_rate": [float(row["clip_rate"]) for row in rows],
+            "within_noise": [bool(row.get("within_noise")) for row in rows],
+            "best": [best is not None and float(row["clip_threshold"]) == float(best) for row in rows],
+            "noise_floor": result.get("noise_floor"),
+            "baseline_mean_loss": result.get("baseline_mean_loss"),
+        },
+        columns=list(SWEEP_COLUMNS),
+    )
+    return frame.to_csv(index=False).encode("utf-8")
 
 
 # --- charts --------------------------------------------------------------------------------------

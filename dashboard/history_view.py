@@ -2,8 +2,9 @@
 
 History lists every recorded run; opening one draws it with the live view's charts (the run is
 loaded into a `MetricsStore` by the manager, so the same builders draw it), with the threshold
-advisor's ghost lines, exports, and rename and delete (delete asks first). Compare overlays up
-to six runs, coloured by run, above a table of their configs and final numbers. Both draw the
+advisor's ghost lines, exports, and rename and delete (delete asks first); a branch is listed
+under the run it was forked from, and "Compare with its branches" picks them for Compare, which
+draws a lineage from its fork step. Compare overlays up to six runs, coloured by run, above a table of their configs and final numbers. Both draw the
 validation loss on the loss chart and offer a run's other recorded metrics (a fit's epoch logs:
 accuracy, val_accuracy, ...) in a select box beside their chart.
 
@@ -17,7 +18,7 @@ import datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, comparison, controls, export, panels
+from dashboard import charts, comparison, controls, export, lineage, panels
 from dashboard.run_library import RecordedRun
 from dashboard.run_manager import RunManager
 
@@ -31,6 +32,7 @@ _COMPARED = "_compare_selected"  # the run ids Compare overlays
 _COMPARE_VERSION = "_compare_version"
 HISTORY_LOG_SCALE = "history.log_scale"
 COMPARE_LOG_SCALE = "compare.log_scale"
+COMPARE_FROM_FORK = "compare.from_fork_step"
 HISTORY_SMOOTHING = "history.smoothing"
 
 
@@ -78,7 +80,7 @@ def render_history(manager: RunManager) -> None:
     notice = state.pop(_NOTICE, None)
     if notice:
         st.success(notice, icon=":material/check_circle:")
-    runs = manager.list_runs()
+    runs = lineage.lineage_order(manager.list_runs())  # each run's branches under it
     if len(runs) == 0:
         st.info(
             f"No recorded runs yet in `{manager.database_status().path}`. Every run you start "
@@ -101,7 +103,7 @@ def render_history(manager: RunManager) -> None:
     run_ids = [int(run_id) for run_id in runs["run_id"]]
     selected = state.get(_SELECTED)
     if selected not in run_ids:
-        selected = run_ids[0]  # the newest
+        selected = run_ids[0]  # the newest (that is no branch)
     key = f"history.run@{state.get(_SELECT_VERSION, 0)}"
     chosen = st.selectbox(
         "Open a run",
@@ -109,7 +111,7 @@ def render_history(manager: RunManager) -> None:
         index=run_ids.index(selected),
         format_func=_run_label(runs),
         key=key,
-        help="Newest first. A recorded run opens read-only, drawn like the live view.",
+        help="Newest first, each run's branches under it. A recorded run opens read-only, drawn like the live view.",
     )
     state[_SELECTED] = selected if chosen is None else int(chosen)
     try:
@@ -117,7 +119,37 @@ def render_history(manager: RunManager) -> None:
     except (ValueError, RuntimeError) as error:
         st.error(str(error), icon=":material/error:")
         return
+    _lineage_line(runs, recorded)
     _recorded_run_view(manager, recorded)
+
+
+def _lineage_line(runs: pd.DataFrame, recorded: RecordedRun) -> None:
+    """Where the run came from and what was forked from it, with a way to overlay them."""
+    info, run_id = recorded.info, recorded.run_id
+    parts = []
+    source = lineage.forked_from(info.get("parent_run_id"), info.get("fork_step"))
+    if source:
+        parts.append(f"Forked from {source}; its steps go on from there.")
+    branches = lineage.branches_of(runs, run_id)
+    if branches:
+        parts.append(f"Branches: {', '.join(f'#{branch}' for branch in branches)}.")
+    if not parts:
+        return
+    text, button = st.columns([4, 1], vertical_alignment="center")
+    text.caption(" ".join(parts), help="A branch starts from a snapshot of its parent and trains on the same batches.")
+    if branches:
+        button.button(
+            "Compare with its branches", key=f"history.compare_branches.{run_id}", on_click=_compare_family,
+            args=(lineage.with_branches(runs, run_id, comparison.MAX_RUNS),), width="stretch",
+            help=f"Overlay this run and its branches on the Compare tab (up to {comparison.MAX_RUNS}).",
+        )  # fmt: skip
+
+
+def _compare_family(run_ids: list[int]) -> None:
+    state = st.session_state
+    state[_COMPARED] = list(run_ids)
+    state[_COMPARE_VERSION] = state.get(_COMPARE_VERSION, 0) + 1  # a fresh widget with them picked
+    state[_NOTICE] = f"Runs {', '.join(f'#{run_id}' for run_id in run_ids)} are picked on the Compare tab."
 
 
 def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
@@ -368,8 +400,17 @@ def render_compare(manager: RunManager) -> None:
             st.error(str(error), icon=":material/error:")
             return
     names = comparison.unique_run_names([str(run.info["name"]) for run in recorded], [run.run_id for run in recorded])
-    long = comparison.runs_long_frame({name: run.metrics_view for name, run in zip(names, recorded)})
-    log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
+    views = {name: run.metrics_view for name, run in zip(names, recorded)}
+    split = lineage.split_step([{**run.info, "run_id": run.run_id} for run in recorded])
+    toggles = st.columns(2)
+    with toggles[0]:
+        log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
+    if split is not None and toggles[1].toggle(
+        "From the fork step", value=True, key=COMPARE_FROM_FORK,
+        help=f"Draw from step {split:,}, where a compared run was forked from another: before it they are one run.",
+    ):  # fmt: skip
+        views = {name: view[view["step"] > split] for name, view in views.items()}
+    long = comparison.runs_long_frame(views)
     figures = {
         "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale),
         "Loss": comparison.runs_loss_chart(

@@ -236,6 +236,16 @@ class LiveRun(TrainerHost):
     def inject_spike(self, factor: Any) -> None:
         self._active_trainer("spike").inject_spike(factor)
 
+    def active_trainer(self, command: str) -> Trainer:
+        """The trainer of the run that is running or paused; RuntimeError naming `command` otherwise."""
+        return self._active_trainer(command)
+
+    def change_settings(self, **changes: Any) -> None:
+        """Record what was asked of the run by another part (e.g. an adopted branch's settings)."""
+        with self._lock:
+            if self.settings is not None:
+                self.settings = replace(self.settings, **changes)
+
     def _active_trainer(self, command: str) -> Trainer:
         trainer = self.trainer
         if trainer is None:

@@ -17,7 +17,7 @@ import streamlit as st
 
 from streamlit import dataframe_util
 
-from dashboard import advice, attached_view, chart_specs, charts, controls, export, panels, shared_charts
+from dashboard import advice, attached_view, chart_specs, charts, controls, export, fork_charts, fork_view, panels, shared_charts
 from dashboard.controls import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -31,6 +31,7 @@ from dashboard.controls import (
     WHAT_IF_THRESHOLD,
     control_value,
 )
+from dashboard.live_forks import ForkSnapshot
 from dashboard.live_run import RunSnapshot
 from dashboard.operator_controls import session_run_manager
 from dashboard.run_manager import RunManager
@@ -53,6 +54,7 @@ def render(manager: RunManager) -> None:
     attached = attached_view.select_live_run(manager)
     if attached is not None:
         attached_view.render_attached(manager, attached)
+        fork_view.attached_note()
         return
     refresh = controls.REFRESH_SECONDS if manager.is_active else None
     waiting = manager.is_active and manager.snapshot().status.step == 0
@@ -64,6 +66,7 @@ def render(manager: RunManager) -> None:
         refresh = VIEWER_IDLE_REFRESH_SECONDS
     st.fragment(_live_view, run_every=refresh)()
     if manager.run_number:
+        fork_view.render(manager)
         _live_tools(manager)
 
 
@@ -88,7 +91,8 @@ def _live_view() -> None:
     # Everything is computed first and then drawn in one go: elements still waiting after half
     # a second of a rerun fade, so spreading the drawing over the computing would flicker.
     ghosts = panels.ghosts_frame(manager.live_advice())
-    figures = _figures(snapshot, ghosts) if len(snapshot.metrics_view) else None
+    forks = manager.fork_snapshot()
+    figures = _figures(snapshot, ghosts, forks) if len(snapshot.metrics_view) else None
     _run_line(snapshot)
     _failure(snapshot)
     _write_warning(snapshot)
@@ -262,13 +266,17 @@ def session_smoothing() -> float:
         return 0.0
 
 
-def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, smoothing: float = 0.0) -> dict:
+def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, smoothing: float = 0.0,
+                    forks: ForkSnapshot | None = None) -> dict:  # fmt: skip
     """The charts every session with these view settings draws, built once per store change
-    (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py)."""
+    (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py), with the run's
+    forks drawn on them (dashboard/fork_charts.py)."""
     status = snapshot.status
+    drawn = () if forks is None else forks.drawn_forks
     # The settings hold a dict (unhashable): their repr stands for them.
     key = (snapshot.run_number, status.step, status.state, len(snapshot.events), len(snapshot.evaluations),
-           repr(snapshot.settings), log_scale, histogram, smoothing)  # fmt: skip
+           repr(snapshot.settings), log_scale, histogram, smoothing,
+           tuple((branch.branch_id, branch.step, branch.state) for branch in drawn))  # fmt: skip
 
     def build() -> dict:
         view = snapshot.metrics_view
@@ -285,6 +293,10 @@ def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, sm
                 threshold_label=label,
             ),
         }
+        if drawn:
+            specs = fork_charts.live_specs_with_branches(
+                specs, *fork_charts.drawn_branches(drawn, forks.fork_metrics), log_scale=log_scale
+            )
         shared = {name: _streamlit_ready(spec) for name, spec in specs.items()}
         shared["events"] = charts.events_table(snapshot.events)
         return shared
@@ -292,13 +304,14 @@ def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, sm
     return shared_charts.LIVE.get(key, build)
 
 
-def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
-    """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed)."""
+def _figures(snapshot: RunSnapshot, ghosts=None, forks: ForkSnapshot | None = None) -> _Figures:
+    """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed);
+    `forks`: the run's branches, drawn on the parent's charts."""
     log_scale = bool(st.session_state.get(LOG_SCALE))
     smoothing = session_smoothing()
     view = snapshot.metrics_view
     what_if, histogram = _what_if_numbers(snapshot)
-    shared = _shared_figures(snapshot, log_scale, histogram, smoothing)
+    shared = _shared_figures(snapshot, log_scale, histogram, smoothing, forks)
     per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
     resolution = (
         "one point per step"
@@ -309,6 +322,11 @@ def _figures(snapshot: RunSnapshot, ghosts=None) -> _Figures:
     gradient_norm = shared["gradient_norm"]
     if ghosts is not None and len(ghosts):  # this session's advisor lines: its own chart
         gradient_norm = advice.with_ghost_thresholds(charts.gradient_norm_chart(view, log_scale=log_scale), ghosts, log_scale)
+        if forks is not None and forks.drawn_forks:
+            gradient_norm = fork_charts.live_specs_with_branches(
+                {"gradient_norm": charts.vega_lite_spec(gradient_norm)},
+                *fork_charts.drawn_branches(forks.drawn_forks, forks.fork_metrics), log_scale=log_scale,
+            )["gradient_norm"]
     return _Figures(
         gradient_norm=gradient_norm,
         loss=shared["loss"],

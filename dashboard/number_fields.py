@@ -9,7 +9,7 @@ of strings and numbers: no Streamlit.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 SHOWN_TEXT_CHARACTERS = 40  # a refusal quotes this much of what was typed, then cuts it
 
@@ -61,3 +61,20 @@ def as_typed(message: str, text: str) -> str:
     if len(shown) > SHOWN_TEXT_CHARACTERS:
         shown = f"{shown[:SHOWN_TEXT_CHARACTERS]}... ({len(shown):,} characters)"
     return f"{head}{received}{name}={shown!r}" if quoted else f"{head}{received}{name}={shown}"
+
+
+def optional_number(text: str, validate: Callable[[Any], Any]) -> Any:
+    """The number typed in an optional field, checked by `validate` (None when left empty); a
+    refusal names the value as typed (`as_typed`)."""
+    if not text.strip():
+        return None
+    try:
+        return validate(typed_number(text, float))
+    except ValueError as error:
+        raise ValueError(as_typed(str(error), text)) from None
+
+
+def number_list(text: str, validate: Callable[[Any], Any]) -> list:
+    """The numbers typed in a list field ("0.1, 0.3 1"; commas or spaces), each checked by
+    `validate`; a refusal names the value as typed."""
+    return [optional_number(piece, validate) for piece in text.replace(",", " ").split()]

@@ -1,10 +1,11 @@
 """The one shared manager every browser tab watches and steers: the live run, the race, the library.
 
 `get_run_manager()` returns a single `RunManager` through `st.cache_resource`, so every session
-(every tab) sees the same run. The manager composes three parts and forwards to them:
-`live_run.LiveRun` (the live run), `race.Race` (the A/B race) and `run_library.RunLibrary` (the
-run database, recorded runs and advisor replays); it adds only what spans them (a run and a race
-never train at once; the controls' fingerprint; stop everything). The page never touches a
+(every tab) sees the same run. The manager composes four parts and forwards to them:
+`live_run.LiveRun` (the live run), `live_forks.LiveForks` (its branches and sweeps), `race.Race`
+(the A/B race) and `run_library.RunLibrary` (the run database, recorded runs and advisor
+replays); it adds only what spans them (a run and a race never train at once; the controls'
+fingerprint; stop everything). The page never touches a
 trainer or TensorFlow: it gets plain snapshots and sends commands.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 import streamlit as st
 
+from dashboard.live_forks import LiveForks
 from dashboard.live_run import ACTIVE_STATES, LiveRun, RunSettings
 from dashboard.race import Race, RaceSettings
 from dashboard.run_library import RunLibrary
@@ -63,6 +65,7 @@ class RunManager:
         self.trainer_options = dict(trainer_options or {})
         self._lock = threading.RLock()  # one lock: a run and a race never start at once
         self.live = LiveRun(max_points, recent_steps, self.trainer_options, self._lock)
+        self.forks = LiveForks(self.live)
         self.race = Race(max_points, recent_steps, self.trainer_options, self._lock)
         self.library = RunLibrary(
             max_points,
@@ -135,6 +138,12 @@ class RunManager:
     live_metrics = _Forward("live")
     advise_live = _Forward("live")
     live_advice = _Forward("live")
+    # Forks of the live run: branches and threshold sweeps (`LiveForks`).
+    fork = _Forward("forks")
+    sweep = _Forward("forks")
+    discard_branch = _Forward("forks")
+    adopt_branch = _Forward("forks")
+    fork_snapshot = _Forward("forks")
     # The A/B race (`Race`).
     race_number = _Forward("race", "number")
     race_settings = _Forward("race", "settings")

@@ -133,10 +133,14 @@ def test_history_and_config_tables_read_the_database_rows():
             "policy": ["global_norm", "none"], "clip_threshold": [0.5, 1.0], "learning_rate": [0.01, 0.01],
             "steps": [1000, None], "final_loss": [0.25, None], "clip_rate": [0.1, None],
             "state": ["stopped", "interrupted"], "error": [None, None], "created_at": [1.7e9, 1.7e9 - 60],
+            "host": ["gpu-box", None],
         }
     )  # fmt: skip
     table = comparison.history_table(runs)
-    assert list(table.columns) == ["Id", "Name", "Task", "Policy", "Threshold", "Steps", "Final loss", "Clip rate", "State", "Date"]
+    assert list(table.columns) == ["Id", "Name", "Forked from", "Task", "Policy", "Threshold", "Steps", "Final loss",
+                                   "Clip rate", "State", "Host", "Date"]  # fmt: skip
+    assert table["Forked from"].tolist() == ["", ""]  # a database from before lineage: no column, no branch
+    assert table["Host"].tolist() == ["gpu-box", ""]  # a run recorded before hosts were kept: blank
     assert table["Name"].tolist() == ["tuned", "baseline"] and table["Steps"].tolist() == [1000, 0]
     assert np.isnan(table["Final loss"].iloc[1]) and table["Date"].iloc[0].startswith("20")
 
