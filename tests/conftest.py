@@ -1,6 +1,8 @@
 import os
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -8,9 +10,27 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The persistent XLA cache goes to a temporary folder, never the checkout's runs/ (it must be
-# set before TensorFlow is imported, so here and not in a fixture).
-os.environ.setdefault("CLIPWATCH_XLA_CACHE", tempfile.mkdtemp(prefix="clipwatch-xla-cache-"))
+# No persistent XLA cache in the suite (it must be set before TensorFlow is imported, so here and
+# not in a fixture; subprocesses inherit it). Shared by the suite's own process and the CLI runs
+# and Streamlit servers it starts and kills, it ended 3 of the last 4 full runs here and on CI
+# with TensorFlow aborting the process (SIGABRT/SIGSEGV) in an XLA compile, at 91%, in a test
+# that passes alone; without it, 11% slower on the trainer modules. tests/test_xla_cache.py and
+# test_reproducibility.py give their own processes their own cache folders.
+os.environ.setdefault("CLIPWATCH_XLA_CACHE", "off")
+
+# Every XLA executable TensorFlow compiles keeps its LLVM code mapped for the life of the process:
+# measured, ~555 memory maps per seed trainer (quick and full step), never returned. The suite
+# starts hundreds of trainers in one process and crossed Linux's default limit of 65,530 maps
+# at 87-91%, where TensorFlow's next compile aborted the process (SIGABRT or SIGSEGV, 4 of the
+# last 5 full runs). Raise the limit for this machine where we may (root, as CI runs).
+_MAPS_NEEDED = 1_048_576
+try:
+    with open("/proc/sys/vm/max_map_count") as _limit:
+        if int(_limit.read()) < _MAPS_NEEDED:
+            with open("/proc/sys/vm/max_map_count", "w") as _raised:
+                _raised.write(str(_MAPS_NEEDED))
+except (OSError, ValueError):
+    pass  # not Linux, or not allowed: a long suite may then hit the limit
 
 # Property-based tests stay bounded so the suite stays fast; `HYPOTHESIS_PROFILE=thorough`
 # searches ten times as many cases. No example database: running the tests writes nothing into
@@ -47,4 +67,61 @@ def trainers():
 
     yield make
     for trainer in made:
-        trainer.stop()
+        trainer.stop(timeout=120)  # joined: a thread still compiling must not run into the next test
+
+
+# Threads that run TensorFlow (a trainer, a step compile, a warm-up). An attached run's command
+# poller ("clipwatch-commands") only reads the database and lives as long as its LiveClipping.
+_COMPILE_THREADS = ("clipwatch-compile", "clipwatch-warm-up-")
+_TENSORFLOW_THREADS = ("clipwatch-trainer", *_COMPILE_THREADS)
+_waited_for_in_vain: set = set()
+
+
+def _join(names: tuple[str, ...], seconds: float = 120.0) -> None:
+    """Join the live threads named `names*`; one still alive after `seconds` is not waited for again."""
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread.name.startswith(names) and thread not in _waited_for_in_vain:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                _waited_for_in_vain.add(thread)
+
+
+@pytest.fixture(autouse=True)
+def no_compile_outlives_its_test():
+    """A full step's background compile (or a warm-up) ends before the next test starts. One that
+    outlived its test (its trainer stopped with a short join) was the one TensorFlow thread at
+    work when the suite died, three times, with SIGABRT or SIGSEGV, while later tests ran and
+    collected earlier tests' objects. Torn down after the fixtures that stop a test's runs."""
+    yield
+    _join(_COMPILE_THREADS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_training_thread_outlives_its_module():
+    """Each module's trainers (a module may share one running trainer among its tests), compiles
+    and warm-ups end before the next module starts."""
+    yield
+    _join(_TENSORFLOW_THREADS)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the session (tests/postgres_server.py), removed after.
+    Skipped only where no PostgreSQL binaries are installed (CI installs them)."""
+    from postgres_server import PostgresServer, binaries_missing
+
+    missing = binaries_missing()
+    if missing:
+        pytest.skip(missing)
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_location(request, tmp_path):
+    """Where a test's run database is, once per backend: a SQLite path or a PostgreSQL URL."""
+    from postgres_server import fresh_location
+
+    return fresh_location(request.param, tmp_path, request)
