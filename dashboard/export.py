@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import vl_convert
 
+from dashboard import fork_charts
+
 EXPORT_WIDTH = 900  # pixels; charts on the page stretch to their column, a file needs a size
 PNG_SCALE = 2  # sharp on high-density screens and in slides
 REQUIRED_METRIC_COLUMNS = ("step",)
@@ -85,24 +87,18 @@ def sweep_csv(result: Mapping[str, Any]) -> bytes:
             f"sweep {result.get('sweep_id')!r} is not finished (done={result.get('done')!r}, "
             f"{len(rows)} thresholds): only a finished sweep can be exported"
         )
-    best = result.get("best_clip_threshold")
-    frame = pd.DataFrame(
-        {
-            "sweep_id": result.get("sweep_id"),
-            "fork_step": result.get("fork_step"),
-            "clip_threshold": [float(row["clip_threshold"]) for row in rows],
-            "run_id": pd.array([row.get("run_id") for row in rows], dtype="Int64"),  # none without a database
-            "branch_id": [int(row["branch_id"]) for row in rows],
-            "final_loss": [float(row["final_loss"]) for row in rows],
-            "mean_loss": [float(row["mean_loss"]) for row in rows],
-            "clip_rate": [float(row["clip_rate"]) for row in rows],
-            "within_noise": [bool(row.get("within_noise")) for row in rows],
-            "best": [best is not None and float(row["clip_threshold"]) == float(best) for row in rows],
-            "noise_floor": result.get("noise_floor"),
-            "baseline_mean_loss": result.get("baseline_mean_loss"),
-        },
-        columns=list(SWEEP_COLUMNS),
+    table = fork_charts.sweep_frame(result).assign(
+        sweep_id=result.get("sweep_id"),
+        fork_step=result.get("fork_step"),
+        run_id=pd.array([row.get("run_id") for row in rows], dtype="Int64"),  # none without a database
+        within_noise=[bool(row.get("within_noise")) for row in rows],
+        # As trained: a diverged branch's inf stays inf here (the chart's frame drops it).
+        final_loss=[float(row["final_loss"]) for row in rows],
+        mean_loss=[float(row["mean_loss"]) for row in rows],
+        noise_floor=result.get("noise_floor"),
+        baseline_mean_loss=result.get("baseline_mean_loss"),
     )
+    frame = table[list(SWEEP_COLUMNS)]
     return frame.to_csv(index=False).encode("utf-8")
 
 

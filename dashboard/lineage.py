@@ -15,8 +15,9 @@ import pandas as pd
 BRANCH_MARK = "└ "  # before a branch's name in History's list, indented by its depth
 
 
-def _parent(value: Any) -> int | None:
-    """A `parent_run_id` cell as an int, or None (NULL reads back as None or NaN)."""
+def _optional_int(value: Any) -> int | None:
+    """A nullable integer cell (`parent_run_id`, `fork_step`) as an int, or None (NULL reads
+    back as None, NaN or pd.NA)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return None
     return int(value)
@@ -26,7 +27,7 @@ def parents(runs: pd.DataFrame) -> dict[int, int | None]:
     """run id -> the id of the run it was forked from (None: not a branch, or its parent is gone)."""
     run_ids = {int(run_id) for run_id in runs["run_id"]}
     column = runs["parent_run_id"] if "parent_run_id" in runs else [None] * len(runs)
-    found = {int(run_id): _parent(parent) for run_id, parent in zip(runs["run_id"], column)}
+    found = {int(run_id): _optional_int(parent) for run_id, parent in zip(runs["run_id"], column)}
     return {run_id: parent if parent in run_ids else None for run_id, parent in found.items()}
 
 
@@ -59,9 +60,11 @@ def branches_of(runs: pd.DataFrame, run_id: int) -> list[int]:
     return sorted(child for child, parent in parents(runs).items() if parent == int(run_id))
 
 
-def with_branches(runs: pd.DataFrame, run_id: int, limit: int) -> list[int]:
-    """`run_id` and the runs forked from it (and from those), in History's order, at most `limit`."""
-    ordered = lineage_order(runs)
+def with_branches(ordered: pd.DataFrame, run_id: int, limit: int) -> list[int]:
+    """`run_id` and the runs forked from it (and from those), in History's order, at most `limit`.
+    `ordered` is `lineage_order(runs)` (History holds it already; a plain list is ordered here)."""
+    if "depth" not in ordered:
+        ordered = lineage_order(ordered)
     ids = ordered["run_id"].astype(int).tolist()
     start = ids.index(int(run_id))
     depth = int(ordered["depth"].iloc[start])
@@ -75,10 +78,10 @@ def with_branches(runs: pd.DataFrame, run_id: int, limit: int) -> list[int]:
 
 def forked_from(parent_run_id: Any, fork_step: Any) -> str:
     """History's "Forked from" cell: "#3 at step 2,000", or "" for a run that is no branch."""
-    parent = _parent(parent_run_id)
+    parent = _optional_int(parent_run_id)
     if parent is None:
         return ""
-    return f"#{parent} at step {int(fork_step):,}" if _parent(fork_step) is not None else f"#{parent}"
+    return f"#{parent} at step {int(fork_step):,}" if _optional_int(fork_step) is not None else f"#{parent}"
 
 
 def split_step(infos: Sequence[Mapping[str, Any]]) -> int | None:
@@ -87,6 +90,6 @@ def split_step(infos: Sequence[Mapping[str, Any]]) -> int | None:
     compared = {int(info["run_id"]) for info in infos}
     steps = [
         int(info["fork_step"]) for info in infos
-        if _parent(info.get("parent_run_id")) in compared and _parent(info.get("fork_step")) is not None
+        if _optional_int(info.get("parent_run_id")) in compared and _optional_int(info.get("fork_step")) is not None
     ]  # fmt: skip
     return min(steps) if steps else None
