@@ -51,7 +51,8 @@ def render(manager: RunManager) -> None:
     When another process records a live run in the database, a selector above offers it; an
     attached run is drawn from the database and steered through it (`attached_view`).
     """
-    attached = attached_view.select_live_run(manager)
+    with st.container():  # one slot, whether or not there is a selector (see _live_view)
+        attached = attached_view.select_live_run(manager)
     if attached is not None:
         attached_view.render_attached(manager, attached)
         fork_view.attached_note()
@@ -93,9 +94,14 @@ def _live_view() -> None:
     ghosts = panels.ghosts_frame(manager.live_advice())
     forks = manager.fork_snapshot()
     figures = _figures(snapshot, ghosts, forks) if len(snapshot.metrics_view) else None
-    _run_line(snapshot)
-    _failure(snapshot)
-    _write_warning(snapshot)
+    # Messages that come and go sit in one container, so the header below has one place in the
+    # page whatever they say: a header drawn by a timed rerun that a full rerun cut short then
+    # lands where the new one goes and is replaced by it. CI once saw a second header, still
+    # "Running", beside the new one after Stop was pressed during a refresh.
+    with st.container():
+        _run_line(snapshot)
+        _failure(snapshot)
+        _write_warning(snapshot)
     _headline(snapshot)
     if snapshot.run_number == 0:
         st.info(

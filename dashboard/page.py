@@ -29,8 +29,9 @@ def render() -> None:
     controls.sidebar(manager)
     st.title(TITLE, anchor=False)
     st.markdown(SUBTITLE)
-    open_server_warning()
-    controls.database_messages(manager)
+    with st.container():  # one slot, whatever it holds (the header cards keep their place: live_view._live_view)
+        open_server_warning()
+        controls.database_messages(manager)
     views = (live_view.render, race_view.render, history_view.render_history, history_view.render_compare)
     for tab, view in zip(st.tabs(TABS, key=SECTION, on_change="rerun"), views):
         if tab.open:
