@@ -234,11 +234,18 @@ def rolling_clip_rate(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW) -> pd.
     )
 
 
-def clip_rate_frame(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW, max_points: int = LINE_POINTS) -> pd.DataFrame:
-    """The clip-rate chart's rows: the rolling clip rate merged into at most `max_points` spans."""
+def clip_rate_frame(view: pd.DataFrame, window: int = CLIP_RATE_WINDOW, max_points: int = LINE_POINTS,
+                    from_step: int | None = None) -> pd.DataFrame:  # fmt: skip
+    """The clip-rate chart's rows: the rolling clip rate merged into at most `max_points` spans.
+
+    With `from_step`, rows ending before it are left out of the chart but still fill the rolling
+    window (a zoomed chart's first points count the `window` steps before them)."""
     rate = rolling_clip_rate(view, window)
     if len(view):
         rate["steps"] = view["steps"].to_numpy(np.int64)
+        if from_step is not None:
+            ends = rate["step"].to_numpy(np.int64) + rate["steps"].to_numpy(np.int64) - 1
+            rate = rate[ends >= from_step].reset_index(drop=True)
     return even_spans(rate, max_points, {"clip_rate": "mean", "steps_in_window": "max"})
 
 

@@ -175,12 +175,13 @@ def loss_spec(
     )
 
 
-def clip_rate_spec(view: pd.DataFrame, window: int = charts.CLIP_RATE_WINDOW, max_points: int = charts.LINE_POINTS, height: int = 260) -> dict:
+def clip_rate_spec(view: pd.DataFrame, window: int = charts.CLIP_RATE_WINDOW, max_points: int = charts.LINE_POINTS,
+                   height: int = 260, from_step: int | None = None) -> dict:  # fmt: skip
     """`charts.clip_rate_chart(...)` as a Vega-Lite dict."""
     return _one_frame_spec(
         ("clip_rate", window, height),
-        charts.clip_rate_frame(view, window, max_points),
-        lambda: charts.clip_rate_chart(view, window=window, max_points=max_points, height=height),
+        charts.clip_rate_frame(view, window, max_points, from_step),
+        lambda: charts.clip_rate_chart(view, window=window, max_points=max_points, height=height, from_step=from_step),
     )
 
 

@@ -328,9 +328,11 @@ def clip_rate_chart(
     window: int = CLIP_RATE_WINDOW,
     max_points: int = LINE_POINTS,
     height: int = 260,
+    from_step: int | None = None,
 ) -> alt.Chart:
-    """Share of clipped steps over a rolling window of `window` steps (mean per point)."""
-    data = clip_rate_frame(view, window, max_points)
+    """Share of clipped steps over a rolling window of `window` steps (mean per point); drawn
+    from `from_step` when given (earlier rows only fill the window: `clip_rate_frame`)."""
+    data = clip_rate_frame(view, window, max_points, from_step)
     return (
         alt.Chart(data)
         .mark_area(

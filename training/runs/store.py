@@ -11,7 +11,8 @@ Memory is bounded however long a run goes:
 
 `view(max_points)` reduces all of it to a bounded number of rows for drawing: recent steps raw,
 older steps bucketed keeping each bucket's max so spikes stay visible. Its cost depends on
-`max_points`, not on the run's length.
+`max_points`, not on the run's length. `view_range(first, last, max_points)` does the same for
+one range of steps (a chart's zoom), as finely as the ring and the summary hold it.
 """
 
 from __future__ import annotations
@@ -351,6 +352,40 @@ class MetricsStore:
                     older = _concat([older, _merge(gap, _group_starts(gap["step"], width))])
         return self._frames(_concat([older, raw]))
 
+    def view_range(self, first: int, last: int, max_points: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """`view()` over steps `first`..`last` only, at the finest resolution the store holds.
+
+        Every step of the range the ring still holds is its own row; older steps come from the
+        summary's buckets that overlap the range (a bucket that straddles the ring's oldest step
+        stands for its steps, which the ring's rows then leave out). More rows than
+        `max_points` merge into neighbours, keeping each merged row's max. A zoom on a spike
+        therefore shows every step around it while the spike is in the ring.
+        """
+        if not (_is_whole(first) and _is_whole(last)) or last < first:
+            raise ValueError(f"view_range needs integer steps first <= last. Received: first={first!r}, last={last!r}")
+        if not _is_whole(max_points) or max_points < 1:
+            raise ValueError(f"max_points must be an integer >= 1. Received: max_points={max_points!r}")
+        with self._lock:
+            self._fold_pending()
+            ordered = self._ordered_indices()
+            steps = self._columns["step"][ordered]
+            older = {}
+            if self._bucket_count and (not len(steps) or steps[0] > first):
+                buckets = {name: values[: self._bucket_count] for name, values in self._buckets.items()}
+                # Buckets that hold steps the ring no longer has, and that overlap the range.
+                before_ring = buckets["step"] < steps[0] if len(steps) else np.ones(self._bucket_count, bool)
+                keep = before_ring & (buckets["last_step"] >= first) & (buckets["step"] <= last)
+                older = {name: values[keep] for name, values in buckets.items()}
+            covered = int(older["last_step"][-1]) if older and len(older["step"]) else first - 1
+            low = np.searchsorted(steps, max(first, covered + 1), side="left")
+            high = np.searchsorted(steps, last, side="right")
+            raw = self._take(ordered[low:high]) if high > low else {}
+        rows = _concat([older, raw])
+        count = len(rows["step"]) if rows else 0
+        if count > max_points:
+            rows = _merge(rows, np.arange(0, count, math.ceil(count / max_points)))
+        return self._frames(rows)
+
     def _take(self, index: np.ndarray) -> dict[str, np.ndarray]:
         rows = {name: self._columns[name][index] for name in STEP_COLUMNS}
         rows["layer_norms"] = self._layer_norms[index]
@@ -384,6 +419,11 @@ class MetricsStore:
         layers = pd.DataFrame(buckets["layer_max"], columns=self.variable_names)
         layers.insert(0, "step", buckets["step"])
         return metrics, layers
+
+
+def _is_whole(value) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _text(value) -> str:
