@@ -18,7 +18,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from dashboard import charts, lineage
+from dashboard import charts, lineage, step_range
 
 MAX_RUNS = 6  # the most runs one comparison overlays: more lines stop being readable
 # One colour per run, in the order the runs are given (A/B races: A blue, B orange).
@@ -53,6 +53,15 @@ def runs_long_frame(views: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return long
 
 
+def covered_steps(views: Mapping[str, pd.DataFrame]) -> tuple[int, int] | None:
+    """The first and the newest step any of several runs' views stands for; None if all are empty."""
+    covered = [step_range.covered_steps(view) for view in views.values()]
+    covered = [pair for pair in covered if pair is not None]
+    if not covered:
+        return None
+    return min(first for first, _ in covered), max(newest for _, newest in covered)
+
+
 def _normalized(view: pd.DataFrame) -> pd.DataFrame:
     """A view or raw metrics in the columns of a view (`steps`, counts of clipped and NaN steps)."""
     frame = pd.DataFrame({"step": view["step"].to_numpy(np.int64)})
@@ -72,13 +81,15 @@ def _normalized(view: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_series_frame(
-    long: pd.DataFrame, max_points: int = charts.LINE_POINTS, window: int = charts.CLIP_RATE_WINDOW
+    long: pd.DataFrame, max_points: int = charts.LINE_POINTS, window: int = charts.CLIP_RATE_WINDOW,
+    from_step: int | None = None,
 ) -> pd.DataFrame:
     """What the multi-run charts draw: per run, at most `max_points` rows.
 
     Columns: run, step, steps, loss (mean), grad_norm (max), grad_norm_mean, clip_threshold
     (last; NaN where the policy does not compare it with the norm), clip_rate (rolling over
     `window` steps, mean per point), nonfinite (how many of the point's steps were NaN/inf).
+    With `from_step`, rows ending before it only fill the rolling window (a zoom's first points).
     """
     columns = [
         RUN, "step", "steps", "loss", "grad_norm", "grad_norm_mean", "clip_threshold", "clip_rate",
@@ -94,6 +105,10 @@ def run_series_frame(
             continue
         view = _normalized(view)
         view["clip_rate"] = charts.rolling_clip_rate(view, window)["clip_rate"].to_numpy()
+        if from_step is not None:
+            view = view[view["step"] + view["steps"] - 1 >= from_step].reset_index(drop=True)
+            if len(view) == 0:
+                continue
         spans = charts.even_spans(view, max_points, {**charts.METRIC_AGGREGATIONS, "clip_rate": "mean"})
         threshold = charts.finite(spans["clip_threshold"])
         compares_norm = spans["policy"].astype(str).isin(charts.NORM_THRESHOLD_POLICIES).to_numpy()
@@ -148,15 +163,18 @@ def _positive_where(frame: pd.DataFrame, columns: Sequence[str], log_scale: bool
 
 
 def runs_gradient_norm_chart(
-    long: pd.DataFrame, log_scale: bool = False, max_points: int = charts.LINE_POINTS, height: int = 320
+    long: pd.DataFrame, log_scale: bool = False, max_points: int = charts.LINE_POINTS, height: int = 320,
+    from_step: int | None = None,
 ) -> alt.LayerChart:
-    """Each run's pre-clip gradient norm (max per point), with its threshold dashed, by colour.
+    """Each run's pre-clip gradient norm (max per point), with its threshold dashed, by colour;
+    from `from_step` when given (`run_series_frame`).
 
     Where a run had NaN/inf steps there is no line; a small triangle along the top edge marks
     them instead (a run that diverged shows where).
     """
     names = _run_names(long)
-    data = _positive_where(run_series_frame(long, max_points), ("grad_norm", "clip_threshold"), log_scale)
+    data = run_series_frame(long, max_points, from_step=from_step)
+    data = _positive_where(data, ("grad_norm", "clip_threshold"), log_scale)
     base = alt.Chart().encode(x=charts.step_axis(data["step"]), color=_color(names))
     dash = alt.StrokeDash(
         "series:N",
@@ -228,11 +246,13 @@ def runs_loss_chart(
     max_points: int = charts.LINE_POINTS,
     height: int = 260,
     validation: pd.DataFrame | None = None,
+    from_step: int | None = None,
 ) -> alt.LayerChart:
     """Each run's loss (mean per point), by colour; NaN/inf steps marked along the top edge;
-    each run's validation loss (`runs_validation_frame`) dashed with dots in its colour."""
+    each run's validation loss (`runs_validation_frame`) dashed with dots in its colour; from
+    `from_step` when given (`run_series_frame`)."""
     names = _run_names(long)
-    data = _positive_where(run_series_frame(long, max_points), ("loss",), log_scale)
+    data = _positive_where(run_series_frame(long, max_points, from_step=from_step), ("loss",), log_scale)
     base = alt.Chart().encode(x=charts.step_axis(data["step"]), color=_color(names))
     line = (
         base.transform_filter("isValid(datum.loss)")
@@ -294,10 +314,12 @@ def runs_clip_rate_chart(
     window: int = charts.CLIP_RATE_WINDOW,
     max_points: int = charts.LINE_POINTS,
     height: int = 260,
+    from_step: int | None = None,
 ) -> alt.Chart:
-    """Each run's share of clipped steps over a rolling window of `window` steps, by colour."""
+    """Each run's share of clipped steps over a rolling window of `window` steps, by colour;
+    from `from_step` when given (the steps before it still fill the window)."""
     names = _run_names(long)
-    data = run_series_frame(long, max_points, window)
+    data = run_series_frame(long, max_points, window, from_step)
     return (
         alt.Chart(data)
         .transform_filter("isValid(datum.clip_rate)")
@@ -417,6 +439,7 @@ def unique_run_names(names: Sequence[str], run_ids: Sequence[int]) -> list[str]:
 __all__ = [
     "MAX_RUNS",
     "RUN_COLORS",
+    "covered_steps",
     "history_table",
     "run_color_scale",
     "run_series_frame",

@@ -18,7 +18,7 @@ import datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, comparison, controls, export, lineage, panels
+from dashboard import charts, comparison, controls, export, lineage, panels, step_range
 from dashboard.run_library import RecordedRun
 from dashboard.run_manager import RunManager
 
@@ -183,6 +183,8 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
         "Loss smoothing", min_value=0.0, max_value=charts.MAX_SMOOTHING, value=0.0, step=0.01,
         key=HISTORY_SMOOTHING, help="An exponential moving average of the loss (TensorBoard's); 0 is off.",
     )  # fmt: skip
+    place = panels.ZoomPlace("history", run_id)
+    panels.steps_shown_control(place, st.columns([1, 3])[0])
     with panels.panel(
         "history_advisor_panel",
         "Threshold advisor",
@@ -202,16 +204,20 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
             )
     ghosts = panels.ghosts_frame(advice)
 
-    def build_figures() -> dict:
+    def build_figures(shown: step_range.StepRange | None = None) -> dict:
         return panels.run_figures(
             recorded.metrics_view, recorded.layer_view, recorded.events, log_scale, ghosts, recorded.evaluations,
-            smoothing,
+            smoothing, shown,
         )
 
     if len(recorded.metrics_view) == 0:
         st.info("This run recorded no steps.", icon=":material/info:")
     else:
-        _draw_run(build_figures(), recorded, proposed, log_scale)
+        # The charts draw the run as the library holds it (its newest steps one by one, older
+        # ones in buckets): a zoom into old steps of a long run shows those buckets.
+        shown = panels.shown_steps(place, step_range.covered_steps(recorded.metrics_view))
+        panels.zoom_bar(place, shown, zoomed=panels.session_zoom(place) is not None)
+        _draw_run(build_figures(shown), recorded, proposed, log_scale, place)
         with st.expander("Export", icon=":material/download:"):
             # Each download builds its own data when clicked (in a thread of Streamlit's own).
             panels.export_buttons(
@@ -225,7 +231,8 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
     _manage(manager, recorded)
 
 
-def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale: bool) -> None:
+def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale: bool,
+              zoom: panels.ZoomPlace | None = None) -> None:  # fmt: skip
     norms = charts.recent_norms(recorded.recent)
     histogram = charts.gradient_norm_histogram(norms, proposed, log_scale=log_scale, threshold_label="proposed")
     panels.panel_rows((
@@ -241,7 +248,7 @@ def _draw_run(figures, recorded: RecordedRun, proposed: float | None, log_scale:
           figures["Gradient norm per layer"]),
          ("history_histogram_panel", "Last gradient norms",
           f"The run's last {len(norms):,} steps before clipping, with the proposed threshold.", histogram)),
-    ))  # fmt: skip
+    ), zoom=zoom)  # fmt: skip
     metric_panel("history_metric_panel", recorded.evaluations, f"history.metric@{recorded.run_id}")
     panels.events_panel("history_events_panel", charts.events_table(recorded.events), "Every command, newest first")
 
@@ -402,25 +409,30 @@ def render_compare(manager: RunManager) -> None:
     names = comparison.unique_run_names([str(run.info["name"]) for run in recorded], [run.run_id for run in recorded])
     views = {name: run.metrics_view for name, run in zip(names, recorded)}
     split = lineage.split_step([{**run.info, "run_id": run.run_id} for run in recorded])
-    toggles = st.columns(2)
+    place = panels.ZoomPlace("compare", tuple(run.run_id for run in recorded))
+    toggles = st.columns([1, 1, 2], vertical_alignment="center")
     with toggles[0]:
         log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
+    panels.steps_shown_control(place, toggles[2])
     if split is not None and toggles[1].toggle(
         "From the fork step", value=True, key=COMPARE_FROM_FORK,
         help=f"Draw from step {split:,}, where a compared run was forked from another: before it they are one run.",
     ):  # fmt: skip
         views = {name: view[view["step"] > split] for name, view in views.items()}
+    shown = panels.shown_steps(place, comparison.covered_steps(views))
+    validation = comparison.runs_validation_frame({name: run.evaluations for name, run in zip(names, recorded)})
+    from_step = None
+    if shown is not None:  # the rows before the range only fill the clip rate's rolling window
+        from_step, lookback = shown.first, step_range.with_lookback(shown, charts.CLIP_RATE_WINDOW)
+        views = {name: step_range.crop(view, lookback) for name, view in views.items()}
+        validation = step_range.crop(validation, shown)
     long = comparison.runs_long_frame(views)
     figures = {
-        "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale),
-        "Loss": comparison.runs_loss_chart(
-            long, log_scale=log_scale,
-            validation=comparison.runs_validation_frame(
-                {name: run.evaluations for name, run in zip(names, recorded)}
-            ),
-        ),  # fmt: skip
-        "Clip rate": comparison.runs_clip_rate_chart(long),
+        "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale, from_step=from_step),
+        "Loss": comparison.runs_loss_chart(long, log_scale=log_scale, validation=validation, from_step=from_step),
+        "Clip rate": comparison.runs_clip_rate_chart(long, from_step=from_step),
     }
+    panels.zoom_bar(place, shown, zoomed=panels.session_zoom(place) is not None)
     panels.panel_rows((
         (("compare_gradient_norm_panel", "Gradient norm before clipping",
           "The largest norm per point, with each run's threshold dashed in its colour.", figures["Gradient norm"]),),
@@ -428,7 +440,7 @@ def render_compare(manager: RunManager) -> None:
           figures["Loss"]),
          ("compare_clip_rate_panel", "Clip rate", f"Rolling over {charts.CLIP_RATE_WINDOW} steps.",
           figures["Clip rate"])),
-    ))  # fmt: skip
+    ), zoom=place)  # fmt: skip
     _compare_metric(names, recorded)
     infos = [
         {**run.info, "nonfinite_steps": run.nonfinite_steps,

@@ -13,11 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from streamlit import dataframe_util
 
-from dashboard import advice, attached_view, chart_specs, charts, controls, export, fork_charts, fork_view, panels, shared_charts
+from dashboard import (
+    advice, attached_view, chart_specs, charts, controls, export, fork_charts, fork_view, panels, shared_charts, step_range,
+)
 from dashboard.controls import (
     ADVISOR,
     CLIP_THRESHOLD,
@@ -35,6 +38,7 @@ from dashboard.live_forks import ForkSnapshot
 from dashboard.live_run import RunSnapshot
 from dashboard.operator_controls import session_run_manager
 from dashboard.run_manager import RunManager
+from dashboard.step_range import StepRange
 from training.policies import validate_clip_threshold
 
 # The policies for which a global-norm threshold read off the histogram means what it says.
@@ -43,6 +47,14 @@ VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
 FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's first step
+# The step charts of a window or a zoom: shared by the sessions that show the same steps, apart
+# from the whole-run charts so that many sessions' zooms cannot push those out.
+RANGED = shared_charts.SharedCharts()
+
+
+def zoom_place(run_number: int) -> panels.ZoomPlace:
+    """Where a session keeps its zoom of the live run `run_number` and its "Steps shown"."""
+    return panels.ZoomPlace("live", run_number)
 
 
 def render(manager: RunManager) -> None:
@@ -65,6 +77,8 @@ def render(manager: RunManager) -> None:
     if refresh is None and not manager.can_steer:
         # A viewer cannot start a run itself: it looks now and then for the operator's.
         refresh = VIEWER_IDLE_REFRESH_SECONDS
+    if manager.run_number:  # outside the timed fragment, as every control
+        panels.steps_shown_control(zoom_place(manager.run_number), st.columns([1, 3])[0])
     st.fragment(_live_view, run_every=refresh)()
     if manager.run_number:
         fork_view.render(manager)
@@ -93,7 +107,9 @@ def _live_view() -> None:
     # a second of a rerun fade, so spreading the drawing over the computing would flicker.
     ghosts = panels.ghosts_frame(manager.live_advice())
     forks = manager.fork_snapshot()
-    figures = _figures(snapshot, ghosts, forks) if len(snapshot.metrics_view) else None
+    place = zoom_place(snapshot.run_number)
+    shown = panels.shown_steps(place, step_range.covered_steps(snapshot.metrics_view))
+    figures = _figures(snapshot, ghosts, forks, shown, _range_reader(manager, snapshot)) if len(snapshot.metrics_view) else None
     # Messages that come and go sit in one container, so the header below has one place in the
     # page whatever they say: a header drawn by a timed rerun that a full rerun cut short then
     # lands where the new one goes and is replaced by it. CI once saw a second header, still
@@ -122,7 +138,22 @@ def _live_view() -> None:
             ":material/hourglass_top: Compiling the full training step in the background (every "
             "policy, XLA); the run trains on a quick step meanwhile, losing nothing at the switch."
         )
-    _charts(manager, figures)
+    _charts(manager, figures, place, shown)
+
+
+def _range_reader(manager: RunManager, snapshot: RunSnapshot):
+    """A function reading a range of the snapshot's run at the finest resolution there is: the
+    trainer's store while it is the snapshot's run (`MetricsStore.view_range`; the snapshot's
+    whole-run view holds only its newest steps one by one), else the snapshot's view, cropped."""
+
+    def read(steps: StepRange) -> tuple:
+        trainer = manager.trainer
+        store = trainer.store if trainer is not None and manager.run_number == snapshot.run_number else None
+        if store is None:
+            return step_range.crop_views(snapshot.metrics_view, snapshot.layer_view, steps)
+        return store.view_range(steps.first, steps.last, max_points=manager.max_points)
+
+    return read
 
 
 def _run_line(snapshot: RunSnapshot) -> None:
@@ -272,37 +303,52 @@ def session_smoothing() -> float:
         return 0.0
 
 
+def _step_specs(metrics: pd.DataFrame, layers: pd.DataFrame, events: pd.DataFrame, evaluations: pd.DataFrame,
+                log_scale: bool, smoothing: float, lookback: pd.DataFrame | None = None,
+                from_step: int | None = None) -> dict:  # fmt: skip
+    """The four charts drawn over steps, as Vega-Lite dicts; the clip rate from `lookback` (the
+    rows before `from_step` too, when a range is shown) so its first points count a full window."""
+    return {
+        "gradient_norm": chart_specs.gradient_norm_spec(metrics, log_scale=log_scale),
+        "loss": chart_specs.loss_spec(metrics, events, log_scale=log_scale, evaluations=evaluations, smoothing=smoothing),
+        "clip_rate": chart_specs.clip_rate_spec(metrics if lookback is None else lookback, from_step=from_step),
+        "layers": chart_specs.layer_norm_spec(layers),
+    }
+
+
+def _drawn_branches(forks: ForkSnapshot | None, shown: StepRange | None = None) -> tuple[dict, dict]:
+    """The forks to draw (name -> rows, name -> colour), their rows cropped to `shown`."""
+    if forks is None or not forks.drawn_forks:
+        return {}, {}
+    rows, colors = fork_charts.drawn_branches(forks.drawn_forks, forks.fork_metrics)
+    return {name: step_range.crop(frame, shown) for name, frame in rows.items()}, colors
+
+
 def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, smoothing: float = 0.0,
-                    forks: ForkSnapshot | None = None) -> dict:  # fmt: skip
+                    forks: ForkSnapshot | None = None, step_charts: bool = True) -> dict:  # fmt: skip
     """The charts every session with these view settings draws, built once per store change
     (dashboard/shared_charts.py) as Vega-Lite dicts (dashboard/chart_specs.py), with the run's
-    forks drawn on them (dashboard/fork_charts.py)."""
+    forks drawn on them (dashboard/fork_charts.py). `step_charts=False`: the histogram and the
+    events only (a session showing a range draws its step charts from `_ranged_figures`)."""
     status = snapshot.status
     drawn = () if forks is None else forks.drawn_forks
     # The settings hold a dict (unhashable): their repr stands for them.
     key = (snapshot.run_number, status.step, status.state, len(snapshot.events), len(snapshot.evaluations),
            repr(snapshot.settings), log_scale, histogram, smoothing,
-           tuple((branch.branch_id, branch.step, branch.state) for branch in drawn))  # fmt: skip
+           tuple((branch.branch_id, branch.step, branch.state) for branch in drawn), step_charts)  # fmt: skip
 
     def build() -> dict:
-        view = snapshot.metrics_view
         threshold, suggested, histogram_log_scale, label = histogram
-        specs = {
-            "gradient_norm": chart_specs.gradient_norm_spec(view, log_scale=log_scale),
-            "loss": chart_specs.loss_spec(
-                view, snapshot.events, log_scale=log_scale, evaluations=snapshot.evaluations, smoothing=smoothing
-            ),
-            "clip_rate": chart_specs.clip_rate_spec(view),
-            "layers": chart_specs.layer_norm_spec(snapshot.layer_view),
-            "histogram": chart_specs.gradient_norm_histogram_spec(
-                charts.recent_norms(snapshot.recent), threshold, suggested, log_scale=histogram_log_scale,
-                threshold_label=label,
-            ),
-        }
-        if drawn:
-            specs = fork_charts.live_specs_with_branches(
-                specs, *fork_charts.drawn_branches(drawn, forks.fork_metrics), log_scale=log_scale
-            )
+        specs = {}
+        if step_charts:
+            specs = _step_specs(snapshot.metrics_view, snapshot.layer_view, snapshot.events, snapshot.evaluations,
+                                log_scale, smoothing)  # fmt: skip
+        specs["histogram"] = chart_specs.gradient_norm_histogram_spec(
+            charts.recent_norms(snapshot.recent), threshold, suggested, log_scale=histogram_log_scale,
+            threshold_label=label,
+        )
+        if drawn and step_charts:
+            specs = fork_charts.live_specs_with_branches(specs, *_drawn_branches(forks), log_scale=log_scale)
         shared = {name: _streamlit_ready(spec) for name, spec in specs.items()}
         shared["events"] = charts.events_table(snapshot.events)
         return shared
@@ -310,34 +356,63 @@ def _shared_figures(snapshot: RunSnapshot, log_scale: bool, histogram: tuple, sm
     return shared_charts.LIVE.get(key, build)
 
 
-def _figures(snapshot: RunSnapshot, ghosts=None, forks: ForkSnapshot | None = None) -> _Figures:
+def _ranged_figures(snapshot: RunSnapshot, shown: StepRange, read, log_scale: bool, smoothing: float = 0.0,
+                    forks: ForkSnapshot | None = None) -> dict:  # fmt: skip
+    """The step charts of steps `shown` only (a window or a zoom), read by `read(steps)` as
+    finely as the store holds them; also `view`, the metrics drawn. Shared (`RANGED`) by the
+    sessions showing the same steps."""
+    drawn = () if forks is None else forks.drawn_forks
+    newest = step_range.covered_steps(snapshot.metrics_view)[1]
+    # A zoom that ends before the newest step no longer changes: built once, it is a cache hit
+    # on every refresh after that, and the browser gets the same chart (its brush stays put).
+    key = (snapshot.run_number, shown, min(newest, shown.last), len(snapshot.events), len(snapshot.evaluations),
+           log_scale, smoothing, tuple((branch.branch_id, branch.step, branch.state) for branch in drawn))  # fmt: skip
+
+    def build() -> dict:
+        lookback, lookback_layers = read(step_range.with_lookback(shown, charts.CLIP_RATE_WINDOW))
+        metrics, layers = step_range.crop_views(lookback, lookback_layers, shown)
+        specs = _step_specs(metrics, layers, step_range.crop(snapshot.events, shown),
+                            step_range.crop(snapshot.evaluations, shown), log_scale, smoothing, lookback, shown.first)  # fmt: skip
+        if drawn:
+            specs = fork_charts.live_specs_with_branches(specs, *_drawn_branches(forks, shown), log_scale=log_scale)
+        ranged = {name: _streamlit_ready(spec) for name, spec in specs.items()}
+        ranged["view"] = metrics
+        return ranged
+
+    return RANGED.get(key, build)
+
+
+def _figures(snapshot: RunSnapshot, ghosts=None, forks: ForkSnapshot | None = None, shown: StepRange | None = None,
+             read=None) -> _Figures:  # fmt: skip
     """Every chart of the live view; `ghosts`: the advisor's thresholds to draw (dashed);
-    `forks`: the run's branches, drawn on the parent's charts."""
+    `forks`: the run's branches, drawn on the parent's charts; `shown`: the steps the step
+    charts show (None: the whole run), read by `read(steps)` (`_range_reader`)."""
     log_scale = bool(st.session_state.get(LOG_SCALE))
     smoothing = session_smoothing()
-    view = snapshot.metrics_view
     what_if, histogram = _what_if_numbers(snapshot)
-    shared = _shared_figures(snapshot, log_scale, histogram, smoothing, forks)
-    per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS)
+    shared = _shared_figures(snapshot, log_scale, histogram, smoothing, forks, step_charts=shown is None)
+    steps = shared if shown is None else _ranged_figures(snapshot, shown, read, log_scale, smoothing, forks)
+    view = snapshot.metrics_view if shown is None else steps["view"]
+    per_point = math.ceil(int(view["steps"].sum()) / charts.LINE_POINTS) if len(view) else 1
     resolution = (
         "one point per step"
         if per_point <= 1
         else f"one point per {per_point:,} steps: its mean, in a band from its smallest to its "
         "largest norm, so spikes stay visible"
     )
-    gradient_norm = shared["gradient_norm"]
+    gradient_norm = steps["gradient_norm"]
     if ghosts is not None and len(ghosts):  # this session's advisor lines: its own chart
+        ghosts = step_range.crop(ghosts, shown)
         gradient_norm = advice.with_ghost_thresholds(charts.gradient_norm_chart(view, log_scale=log_scale), ghosts, log_scale)
         if forks is not None and forks.drawn_forks:
             gradient_norm = fork_charts.live_specs_with_branches(
-                {"gradient_norm": charts.vega_lite_spec(gradient_norm)},
-                *fork_charts.drawn_branches(forks.drawn_forks, forks.fork_metrics), log_scale=log_scale,
+                {"gradient_norm": charts.vega_lite_spec(gradient_norm)}, *_drawn_branches(forks, shown), log_scale=log_scale,
             )["gradient_norm"]
     return _Figures(
         gradient_norm=gradient_norm,
-        loss=shared["loss"],
-        clip_rate=shared["clip_rate"],
-        layers=shared["layers"],
+        loss=steps["loss"],
+        clip_rate=steps["clip_rate"],
+        layers=steps["layers"],
         histogram=shared["histogram"],
         what_if=what_if,
         events=shared["events"],
@@ -345,8 +420,9 @@ def _figures(snapshot: RunSnapshot, ghosts=None, forks: ForkSnapshot | None = No
     )
 
 
-def _charts(manager: RunManager, figures: _Figures) -> None:
+def _charts(manager: RunManager, figures: _Figures, place: panels.ZoomPlace, shown: StepRange | None) -> None:
     resolution = figures.resolution
+    panels.zoom_bar(place, shown, zoomed=panels.session_zoom(place) is not None)
     panels.panel_rows((
         (("gradient_norm_panel", "Gradient norm",
           f"Before and after clipping, with the threshold and clip events ({resolution}).", figures.gradient_norm),),
@@ -358,7 +434,7 @@ def _charts(manager: RunManager, figures: _Figures) -> None:
          ("histogram_panel", "Recent gradient norms",
           f"The last {figures.what_if.norms_count:,} steps before clipping, with a what-if readout.",
           lambda: _what_if_panel(manager, figures.what_if, figures.histogram))),
-    ))  # fmt: skip
+    ), zoom=place)  # fmt: skip
     panels.events_panel("events_panel", figures.events, "Every command, newest first, at the step it took effect")
 
 

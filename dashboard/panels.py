@@ -1,4 +1,5 @@
-"""Widgets shared by the Live, A/B race, History and Compare tabs: drawing, the advisor, exports.
+"""Widgets shared by the Live, A/B race, History and Compare tabs: drawing, the step zoom and
+window (`step_range`), the advisor, exports.
 
 Streamlit only: every number comes from the `RunManager` (the glue) and every chart from the
 pure builders (`charts`, `comparison`, `advice`, `export`). Nothing here loops, sleeps or starts
@@ -10,25 +11,120 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import re
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from dashboard import advice as advice_charts
-from dashboard import charts, export
+from dashboard import charts, export, step_range
+from dashboard.step_range import StepRange
 from dashboard.run_library import Advice
 from dashboard.run_manager import RunManager
 
 
-def draw(chart: alt.TopLevelMixin | dict) -> None:
+@dataclass(frozen=True)
+class ZoomPlace:
+    """Where one view (Live, History, Compare) keeps its step zoom and its window in the session.
+
+    `owner`: the run (or runs) on screen; a zoom kept for another owner is no zoom, so opening
+    another run starts unzoomed.
+    """
+
+    name: str  # "live", "history", "compare": prefixes the session keys and the charts' keys
+    owner: Hashable
+
+    @property
+    def zoom_key(self) -> str:
+        return f"_{self.name}.step_zoom"
+
+    @property
+    def window_key(self) -> str:  # the accepted "Steps shown", kept while its widget is not drawn
+        return f"_{self.name}.steps_shown"
+
+
+def session_zoom(place: ZoomPlace) -> StepRange | None:
+    """This session's zoom of `place` (None: not zoomed)."""
+    return step_range.stored_zoom(st.session_state.get(place.zoom_key), place.owner)
+
+
+def session_window(place: ZoomPlace) -> int | None:
+    """How many newest steps `place` shows in this session (None: all)."""
+    try:
+        return step_range.window_steps(st.session_state.get(place.window_key, step_range.ALL_STEPS))
+    except ValueError:
+        return None
+
+
+def steps_shown_control(place: ZoomPlace, where: Any = st) -> None:
+    """The "Steps shown" choice of `place`: a window of the newest steps, which drops the zoom.
+
+    Kept per session under `place.window_key`: a tab that is not open draws no widget, and
+    Streamlit forgets a widget's own state when it is not drawn.
+    """
+    state = st.session_state
+    labels = list(step_range.WINDOWS)
+    kept = state.get(place.window_key, step_range.ALL_STEPS)
+    widget_key = f"{place.name}.steps_shown"
+
+    def chosen() -> None:
+        state[place.window_key] = state[widget_key]
+        step_range.reset_zoom(state, place.zoom_key)
+
+    where.selectbox(
+        "Steps shown", labels, index=labels.index(kept) if kept in labels else 0, key=widget_key,
+        on_change=chosen, help="Only the newest steps, following the run as it grows; drag across a "
+        "chart's steps to zoom in on any range instead.",
+    )  # fmt: skip
+
+
+def shown_steps(place: ZoomPlace, covered: tuple[int, int] | None) -> StepRange | None:
+    """The steps `place`'s charts show in this session, of a run (or runs) covering steps
+    `covered` (first, newest; `step_range.covered_steps`): the zoom, else the window, else None
+    (the whole run)."""
+    if covered is None:
+        return None
+    return step_range.shown_range(*covered, session_window(place), session_zoom(place))
+
+
+def zoom_bar(place: ZoomPlace, shown: StepRange | None, zoomed: bool) -> None:
+    """What the step charts show, and the "Reset zoom" button (disabled unless zoomed)."""
+    text, button = st.columns([6, 1], vertical_alignment="center")
+    if zoomed:
+        text.caption(f":material/zoom_in: Zoomed to {shown.text()}, kept while new steps arrive. Drag across a chart to zoom further.")
+    else:
+        showing = f"Showing {shown.text()}. " if shown is not None else ""
+        text.caption(f"{showing}Drag across a chart's steps to zoom in.")
+    button.button(
+        "Reset zoom", key=f"{place.name}.reset_zoom", disabled=not zoomed, icon=":material/zoom_out:", width="stretch",
+        on_click=step_range.reset_zoom, args=(st.session_state, place.zoom_key),
+    )  # fmt: skip
+
+
+def _on_brush(place: ZoomPlace, chart_key: str) -> None:
+    step_range.apply_selection(st.session_state, chart_key, place.zoom_key, place.owner)
+
+
+def draw(chart: alt.TopLevelMixin | dict, place: ZoomPlace | None = None, name: str = "") -> None:
     """Draw a built chart (or its Vega-Lite dict) across its column (the builders' output is
-    validated by the tests)."""
+    validated by the tests). With a `place`, a chart drawn over steps takes the zoom brush: a
+    drag across it zooms `place` (the chart `name` keys it)."""
     spec = chart if isinstance(chart, dict) else charts.vega_lite_spec(chart)
-    st.vega_lite_chart(spec=spec, width="stretch")
+    if place is None or not step_range.drawn_over_steps(spec):
+        st.vega_lite_chart(spec=spec, width="stretch")
+        return
+    # The key carries the zoom count: a new zoom draws a fresh chart, with no brush left on it.
+    version = st.session_state.get(step_range.zoom_version_key(place.zoom_key), 0)
+    key = f"{place.name}.chart.{name}.{version}"
+    st.vega_lite_chart(
+        spec=step_range.with_brush(spec), width="stretch", key=key, on_select=functools.partial(_on_brush, place, key),
+        selection_mode=[step_range.ZOOM_PARAM],
+    )  # fmt: skip
 
 
 def panel(key: str, title: str, caption: str):
@@ -39,18 +135,18 @@ def panel(key: str, title: str, caption: str):
     return box
 
 
-def panel_rows(rows: Sequence[Sequence[tuple[str, str, str, Any]]]) -> None:
+def panel_rows(rows: Sequence[Sequence[tuple[str, str, str, Any]]], zoom: ZoomPlace | None = None) -> None:
     """Panels laid out in rows: a row of one spans the page, a row of two splits it in columns.
 
     Each panel is (key, title, caption, content): content is a built chart, or a function that
-    draws the panel's body.
+    draws the panel's body. With `zoom`, the charts drawn over steps take its brush (`draw`).
     """
     for row in rows:
         places = [contextlib.nullcontext()] if len(row) == 1 else st.columns(len(row))
         for place, (key, title, caption, content) in zip(places, row):
             with place, panel(key, title, caption):
                 if isinstance(content, (alt.TopLevelMixin, dict)):
-                    draw(content)
+                    draw(content, zoom, key)
                 else:
                     content()
 
@@ -213,9 +309,18 @@ def run_figures(
     ghosts: pd.DataFrame | None = None,
     evaluations: pd.DataFrame | None = None,
     smoothing: float = 0.0,
+    shown: StepRange | None = None,
 ) -> dict[str, alt.TopLevelMixin]:
     """The charts of one run, by name (`CHART_NAMES`), as the live view draws them (the loss
-    chart with the validation loss from `evaluations`, when the run has any)."""
+    chart with the validation loss from `evaluations`, when the run has any); with `shown`,
+    only those steps (the clip rate still counts the window before them)."""
+    lookback = metrics_view
+    if shown is not None:
+        lookback = step_range.crop(metrics_view, step_range.with_lookback(shown, charts.CLIP_RATE_WINDOW))
+        metrics_view, layer_view = step_range.crop_views(metrics_view, layer_view, shown)
+        events = step_range.crop(events, shown)
+        evaluations = None if evaluations is None else step_range.crop(evaluations, shown)
+        ghosts = None if ghosts is None else step_range.crop(ghosts, shown)
     gradient_norm = charts.gradient_norm_chart(metrics_view, log_scale=log_scale)
     if ghosts is not None and len(ghosts):
         gradient_norm = advice_charts.with_ghost_thresholds(gradient_norm, ghosts, log_scale)
@@ -224,6 +329,6 @@ def run_figures(
         "Loss and commands": charts.loss_chart(
             metrics_view, events, log_scale=log_scale, evaluations=evaluations, smoothing=smoothing
         ),
-        "Clip rate": charts.clip_rate_chart(metrics_view),
+        "Clip rate": charts.clip_rate_chart(lookback, from_step=None if shown is None else shown.first),
         "Gradient norm per layer": charts.layer_norm_chart(layer_view),
     }

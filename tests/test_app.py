@@ -7,6 +7,7 @@ trainer the page steers.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -15,7 +16,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard import live_view, step_range
 from dashboard.run_manager import RunManager, get_run_manager
+from dashboard.step_range import StepRange
 from support import wait_until
 
 from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
@@ -311,3 +314,98 @@ def test_the_page_switches_threads_often_so_its_charts_do_not_hold_up_a_trace(ma
     app = AppTest.from_file(APP, default_timeout=60).run()
     assert not app.exception
     assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
+
+
+
+# --- the step charts' window and zoom (issue #20) ------------------------------------------------
+
+
+def step_domains(at: AppTest, prefix: str) -> dict[str, list[float]]:
+    """The step axis's domain of each zoomable chart whose key starts with `prefix`, by key."""
+    domains = {}
+    for chart in at.get("vega_lite_chart"):
+        key = chart.proto.id.split("-", 2)[-1]
+        if not key.startswith(prefix):
+            continue
+        found = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                x = node.get("x")
+                if isinstance(x, dict) and x.get("field") == "step" and "domain" in x.get("scale", {}):
+                    found.append(x["scale"]["domain"])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(json.loads(chart.proto.spec))
+        domains[key.split(".")[2]] = found[0]
+    return domains
+
+
+def shown_caption(at: AppTest) -> tuple[int, int]:
+    """The steps the zoom bar says the charts show ("Showing steps 4,001–5,000")."""
+    text = next(element.value for element in at.caption if "steps" in element.value and "–" in element.value)
+    first, last = re.search(r"steps ([0-9,]+)–([0-9,]+)", text).groups()
+    return int(first.replace(",", "")), int(last.replace(",", ""))
+
+
+def test_the_window_crops_the_live_charts_and_a_zoom_survives_refreshes_until_reset(app, manager):
+    control(app, "Speed").set_value(1000).run()
+    app.button(key="start").click().run()
+    wait_until(lambda: manager.trainer.store is not None and manager.trainer.store.total_steps >= 1_500, what="1,500 steps")
+    app.run()
+    charts = ("gradient_norm_panel", "loss_panel", "clip_rate_panel", "layer_panel")
+    domains = step_domains(app, "live.chart.")
+    assert sorted(domains) == sorted(charts)  # every chart over steps takes the brush; the histogram not
+    assert all(domain[0] == 1 for domain in domains.values())  # the whole run
+
+    # The window: the newest 1,000 steps, following the run.
+    app.selectbox(key="live.steps_shown").select("Last 1,000 steps").run()
+    assert not app.exception
+    first, last = shown_caption(app)
+    assert last - first == 999 and last >= 1_500
+    for name, (start, end) in step_domains(app, "live.chart.").items():
+        assert start == first and last - 2 <= end <= last + 1, (name, start, end)
+    wait_until(lambda: manager.trainer.store.total_steps > last + 300, what="300 more steps")
+    app.run()
+    moved_first, moved_last = shown_caption(app)
+    assert moved_first > first + 300 and moved_last - moved_first == 999
+    assert all(domain[0] == moved_first for domain in step_domains(app, "live.chart.").values())
+
+    # A zoom. AppTest cannot drag a brush, so the test writes the zoom where the brush's callback
+    # writes it (panels._on_brush -> step_range.apply_selection, unit-tested on Streamlit's own
+    # payload in tests/test_step_range.py).
+    app.session_state[live_view.zoom_place(1).zoom_key] = step_range.zoom_entry(1, StepRange(200, 400))
+    app.run()
+    assert shown_caption(app) == (200, 400)
+    assert any("Zoomed to steps 200–400" in element.value for element in app.caption)
+    assert any("one point per step" in element.value for element in app.caption)  # the ring's steps, one by one
+    zoomed = step_domains(app, "live.chart.")
+    assert zoomed.pop("layer_panel") == [200, 401]  # its cells end where the next step starts
+    assert all(domain == [200, 400] for domain in zoomed.values()), zoomed
+    drawn = {chart.proto.id: chart.proto.spec for chart in app.get("vega_lite_chart") if "live.chart." in chart.proto.id}
+    assert not app.button(key="live.reset_zoom").disabled
+
+    # Refreshes while new steps arrive keep it, and send the browser the very same charts (their
+    # brushes and keys stay put).
+    step = manager.trainer.store.total_steps
+    wait_until(lambda: manager.trainer.store.total_steps > step + 300, what="300 more steps")
+    app.run()
+    assert manager.trainer.status.state == "running"
+    assert shown_caption(app) == (200, 400)
+    assert {chart.proto.id: chart.proto.spec for chart in app.get("vega_lite_chart") if "live.chart." in chart.proto.id} == drawn
+
+    # Reset zoom: back to the window.
+    app.button(key="live.reset_zoom").click().run()
+    assert live_view.zoom_place(1).zoom_key not in app.session_state
+    assert shown_caption(app)[1] - shown_caption(app)[0] == 999
+    assert app.button(key="live.reset_zoom").disabled
+    # Another window drops a zoom too; "All steps" draws the whole run again.
+    app.session_state[live_view.zoom_place(1).zoom_key] = step_range.zoom_entry(1, StepRange(200, 400))
+    app.run()
+    app.selectbox(key="live.steps_shown").select("All steps").run()
+    assert live_view.zoom_place(1).zoom_key not in app.session_state
+    assert all(domain[0] == 1 for domain in step_domains(app, "live.chart.").values())

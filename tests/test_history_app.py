@@ -18,7 +18,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard import panels, step_range
 from dashboard.run_manager import RunManager, get_run_manager
+from dashboard.step_range import StepRange
 from support import wait_until
 from training import Trainer
 from training.persistence import RunDatabase
@@ -141,6 +143,61 @@ def test_a_run_still_training_cannot_be_deleted(manager):
     assert len(manager.database.list_runs()) == 1 and trainer.status.state == "running"
 
 
+
+def step_domains(at: AppTest, prefix: str) -> dict[str, list[float]]:
+    """The step axis's domain of each zoomable chart whose key starts with `prefix`, by panel."""
+    domains = {}
+    for chart in at.get("vega_lite_chart"):
+        key = chart.proto.id.split("-", 2)[-1]
+        if key.startswith(prefix):
+            domains[key.split(".")[2]] = _first_step_domain(json.loads(chart.proto.spec))
+    return domains
+
+
+def _first_step_domain(node):
+    if isinstance(node, dict):
+        x = node.get("x")
+        if isinstance(x, dict) and x.get("field") == "step" and "domain" in x.get("scale", {}):
+            return [float(end) for end in x["scale"]["domain"]]
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = _first_step_domain(child)
+        if found is not None:
+            return found
+    return None
+
+
+def test_history_draws_a_window_and_a_zoom_of_the_recorded_run_and_resets_it(manager):
+    run_id = record_run(manager.database, "long", steps=1_500)
+    at = open_tab(AppTest.from_file(APP, default_timeout=90).run(), "History")
+    assert not at.exception, at.exception
+    panels_over_steps = ["history_clip_rate_panel", "history_gradient_norm_panel", "history_layer_panel", "history_loss_panel"]
+    domains = step_domains(at, "history.chart.")
+    assert sorted(domains) == panels_over_steps  # the histogram (over norms) takes no brush
+    assert all(domain[0] == 1 for domain in domains.values())
+
+    at.selectbox(key="history.steps_shown").select("Last 1,000 steps").run()
+    assert any("Showing steps 501–1,500" in text for text in texts(at.caption))
+    assert all(domain[0] == 501 for domain in step_domains(at, "history.chart.").values())
+
+    # AppTest cannot drag a brush: the zoom goes where the brush's callback puts it
+    # (step_range.apply_selection, unit-tested on Streamlit's payload in test_step_range.py).
+    place = panels.ZoomPlace("history", run_id)
+    at.session_state[place.zoom_key] = step_range.zoom_entry(run_id, StepRange(100, 300))
+    at.run()
+    assert any("Zoomed to steps 100–300" in text for text in texts(at.caption))
+    zoomed = step_domains(at, "history.chart.")
+    assert zoomed.pop("history_layer_panel") == [100, 301]
+    assert all(domain == [100, 300] for domain in zoomed.values()), zoomed
+    at.button(key="history.reset_zoom").click().run()
+    assert place.zoom_key not in at.session_state
+    assert all(domain[0] == 501 for domain in step_domains(at, "history.chart.").values())
+
+
 # --- Compare -------------------------------------------------------------------------------------
 
 
@@ -159,6 +216,15 @@ def test_compare_overlays_two_runs_coloured_by_run(manager):
     for spec in drawn:
         domains = run_color_domains(spec)
         assert domains and all(domain == ["clipped at 0.1", "unclipped"] for domain in domains)
+    # A zoom crops every run (AppTest cannot drag a brush: the zoom goes where its callback puts it).
+    place = panels.ZoomPlace("compare", (clipped, unclipped))
+    at.session_state[place.zoom_key] = step_range.zoom_entry(place.owner, StepRange(50, 150))
+    at.run()
+    zoomed = step_domains(at, "compare.chart.")
+    assert sorted(zoomed) == ["compare_clip_rate_panel", "compare_gradient_norm_panel", "compare_loss_panel"]
+    assert all(domain == [50, 150] for domain in zoomed.values()), zoomed
+    at.button(key="compare.reset_zoom").click().run()
+    assert all(domain == [1, 300] for domain in step_domains(at, "compare.chart.").values())
     table = at.dataframe[0].value
     assert table["Run"].tolist() == ["clipped at 0.1", "unclipped"]
     assert table["Policy"].tolist() == ["global_norm", "none"]
