@@ -84,6 +84,43 @@ def _set_step_domain(spec: dict, domain: list[float]) -> None:
     visit_dicts(spec, set_domain)
 
 
+def redrawn_in_place(spec: dict) -> dict:
+    """`spec` as it can be redrawn in place: its datasets named by their order (Altair's names
+    hash their rows) and its step axes
+    without an explicit domain (the data's extent, which is the same: `charts.step_axis` sets
+    the domain to the data's first and last step, `nice` off, no zero).
+
+    Why: the browser draws a chart anew whenever its spec changes, and the hashed dataset names
+    and the domain change with every new step: a live refresh (every second) then dropped a
+    brush being dragged across the chart (measured: a 1.5 s drag never zoomed). With these
+    names the spec stays the same from refresh to refresh and only the data is replaced.
+    Datasets are shared, not copied; the rest is copied along the way.
+    """
+    datasets = spec.get("datasets", {})
+    # Not "data_0": Vega-Lite names its own derived data that way, and a clash draws nothing.
+    renames = {name: f"rows_{index}" if name.startswith("data-") else name for index, name in enumerate(datasets)}
+
+    def renamed(node):
+        if isinstance(node, list):
+            return [renamed(child) for child in node]
+        if not isinstance(node, dict):
+            return node
+        node = {key: renamed(value) for key, value in node.items() if key != "datasets"}
+        data = node.get("data")
+        if isinstance(data, dict) and data.get("name") in renames:
+            node["data"] = {**data, "name": renames[data["name"]]}
+        x = node.get("x")
+        if isinstance(x, dict) and x.get("field") == "step" and "domain" in x.get("scale", {}):
+            scale = {key: value for key, value in x["scale"].items() if key != "domain"}
+            node["x"] = {**x, "scale": {**scale, "nice": False, "zero": False}}
+        return node
+
+    result = renamed(spec)
+    if datasets:
+        result["datasets"] = {renames[name]: rows for name, rows in datasets.items()}
+    return result
+
+
 def _filled(
     key: Hashable,
     build: Callable[[], object],

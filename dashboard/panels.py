@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import advice as advice_charts
-from dashboard import charts, export, step_range
+from dashboard import chart_specs, charts, export, step_range
 from dashboard.step_range import StepRange
 from dashboard.run_library import Advice
 from dashboard.run_manager import RunManager
@@ -121,8 +121,9 @@ def draw(chart: alt.TopLevelMixin | dict, place: ZoomPlace | None = None, name: 
     # The key carries the zoom count: a new zoom draws a fresh chart, with no brush left on it.
     version = st.session_state.get(step_range.zoom_version_key(place.zoom_key), 0)
     key = f"{place.name}.chart.{name}.{version}"
+    spec = chart_specs.redrawn_in_place(step_range.with_brush(spec))  # a refresh must not drop a brush mid-drag
     st.vega_lite_chart(
-        spec=step_range.with_brush(spec), width="stretch", key=key, on_select=functools.partial(_on_brush, place, key),
+        spec=spec, width="stretch", key=key, on_select=functools.partial(_on_brush, place, key),
         selection_mode=[step_range.ZOOM_PARAM],
     )  # fmt: skip
 

@@ -123,3 +123,37 @@ def test_specs_equal_altair_with_validation_loss_and_hundreds_of_variables(store
         assert comparable(ours) == altair_spec(charts.loss_chart(view, events, log_scale=log_scale, evaluations=evaluations))
         assert comparable(chart_specs.layer_norm_spec(wide)) == altair_spec(charts.layer_norm_chart(wide))
         wide.iloc[:, 1:] = wide.iloc[:, 1:] * 1.5
+
+
+def test_a_chart_redrawn_in_place_keeps_its_spec_from_refresh_to_refresh_and_draws_the_same():
+    """The browser draws a chart anew (dropping a brush being dragged) whenever its spec changes;
+    in place, two refreshes of a growing run differ only in their datasets."""
+    import vl_convert
+
+    earlier, later = filled_store(3_000, seed=7), filled_store(3_400, seed=7)
+    earlier.record_event(1_500, "clip_threshold", 1.0, 0.5)
+    later.record_event(1_500, "clip_threshold", 1.0, 0.5)
+
+    def specs(store):
+        view, layer_view = store.view(2000)
+        return {
+            "gradient_norm": chart_specs.gradient_norm_spec(view),
+            "loss": chart_specs.loss_spec(view, store.events(), smoothing=0.5),
+            "clip_rate": chart_specs.clip_rate_spec(view),
+            "layers": chart_specs.layer_norm_spec(layer_view),
+        }
+
+    def without_data(spec):
+        return json.dumps({key: value for key, value in spec.items() if key != "datasets"}, sort_keys=True)
+
+    def svg(spec):  # the renderer numbers gradients with a global counter
+        return re.sub(r"gradient_\d+", "GRADIENT", vl_convert.vegalite_to_svg(spec))
+
+    for name, spec in specs(earlier).items():
+        refreshed = specs(later)[name]
+        assert without_data(spec) != without_data(refreshed), name  # as built: a new chart per refresh
+        in_place, refreshed_in_place = chart_specs.redrawn_in_place(spec), chart_specs.redrawn_in_place(refreshed)
+        assert without_data(in_place) == without_data(refreshed_in_place), name
+        assert list(in_place["datasets"].values()) == list(spec["datasets"].values())  # the same rows
+        assert all(rows is spec["datasets"][old] for rows, old in zip(in_place["datasets"].values(), spec["datasets"]))
+        assert svg(in_place) == svg(spec), f"{name} is drawn differently in place"

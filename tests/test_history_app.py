@@ -14,6 +14,7 @@ import re
 import sqlite3
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -145,30 +146,16 @@ def test_a_run_still_training_cannot_be_deleted(manager):
 
 
 def step_domains(at: AppTest, prefix: str) -> dict[str, list[float]]:
-    """The step axis's domain of each zoomable chart whose key starts with `prefix`, by panel."""
+    """The steps each zoomable chart whose key starts with `prefix` spans, by panel: the extent of
+    its rows (sent as Arrow beside the spec), which its step axis takes (`redrawn_in_place`)."""
     domains = {}
     for chart in at.get("vega_lite_chart"):
         key = chart.proto.id.split("-", 2)[-1]
         if key.startswith(prefix):
-            domains[key.split(".")[2]] = _first_step_domain(json.loads(chart.proto.spec))
+            frames = [pa.ipc.open_stream(dataset.data.data).read_pandas() for dataset in chart.proto.datasets]
+            steps = [frame[column] for frame in frames for column in ("step", "step_end") if column in frame]
+            domains[key.split(".")[2]] = [min(float(values.min()) for values in steps), max(float(values.max()) for values in steps)]
     return domains
-
-
-def _first_step_domain(node):
-    if isinstance(node, dict):
-        x = node.get("x")
-        if isinstance(x, dict) and x.get("field") == "step" and "domain" in x.get("scale", {}):
-            return [float(end) for end in x["scale"]["domain"]]
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = _first_step_domain(child)
-        if found is not None:
-            return found
-    return None
 
 
 def test_history_draws_a_window_and_a_zoom_of_the_recorded_run_and_resets_it(manager):
