@@ -6,7 +6,8 @@ advisor's ghost lines, exports, and rename and delete (delete asks first); a bra
 under the run it was forked from, and "Compare with its branches" picks them for Compare, which
 draws a lineage from its fork step. Compare overlays up to six runs, coloured by run, above a table of their configs and final numbers. Both draw the
 validation loss on the loss chart and offer a run's other recorded metrics (a fit's epoch logs:
-accuracy, val_accuracy, ...) in a select box beside their chart.
+accuracy, val_accuracy, ...) in a select box beside their chart, and a "Steps shown" window and a
+drag-to-zoom on their charts over steps (`panels.ZoomPlace`, kept per session and run).
 
 Nothing here loops, sleeps or starts a thread; commands go through callbacks to the manager.
 """
