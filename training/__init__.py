@@ -27,8 +27,21 @@ from .loop import xla_cache  # noqa: E402
 
 xla_cache.configure()
 
-from .clipping.policies import POLICY_NAMES  # noqa: E402
-from .tasks import TASK_NAMES  # noqa: E402
-from .loop.trainer import Trainer, TrainerStatus  # noqa: E402
-
+# The names below load on first use (PEP 562), not with the package: the dashboard's first paint
+# imports parts of this package that need no TensorFlow (run records, task names, settings
+# checks), and TensorFlow alone takes 5-13 s to import on 2 cores.
+_LAZY = {
+    "Trainer": ".loop.trainer",
+    "TrainerStatus": ".loop.trainer",
+    "POLICY_NAMES": ".clipping.policies",
+    "TASK_NAMES": ".tasks",
+}
 __all__ = ["Trainer", "TrainerStatus", "POLICY_NAMES", "TASK_NAMES"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from .lazy_import import tf  # TensorFlow at first use: History and the page import the replay
 
 from .clipping import policies
 

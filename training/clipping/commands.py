@@ -12,10 +12,13 @@ a driver can do (pause its loop, end its run, retrace its step) comes back as fl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import policies
-from .engine import KNOB, ClipEngine
+from .knobs import KNOB
+
+if TYPE_CHECKING:  # the engine (TensorFlow) is the caller's: checking a command needs none
+    from .engine import ClipEngine
 
 # Every command kind. `max_steps_per_second` paces Clipwatch's own loop only.
 COMMAND_KINDS = (

@@ -28,18 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import tensorflow as tf
+
+from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 from . import policies
+from .knobs import KNOB, KNOBS, STEP_RECORD  # noqa: F401  (the engine's layouts, re-exported)
 
-# The live knobs, in their order in the knob vector.
-KNOBS = ("clip_threshold", "percentile", "clip_factor", "z_threshold", "policy", "spike", "stop")
-KNOB = {name: index for index, name in enumerate(KNOBS)}
-
-# One step's record, in order: what the trainer buffers per step and LiveClipping's ring holds.
-STEP_RECORD = ("loss", "grad_norm", "clipped_grad_norm", "clip_threshold", "clipped", "finite")
-
-MakeVariable = Callable[[Any, str, tf.DType], tf.Variable]
+MakeVariable = Callable[[Any, str, Any], Any]  # (value, name, dtype) -> a tf.Variable
 
 
 def variable_name(variable) -> str:

@@ -30,7 +30,8 @@ import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from ..lazy_import import tf  # TensorFlow at first use: the page's first paint imports this
 
 State = tuple  # a tuple of tensors; () for stateless policies
 

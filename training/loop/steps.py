@@ -18,7 +18,8 @@ import functools
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
+
+from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 from ..clipping.engine import KNOB, TrainingState, step_record
 from . import xla_cache
@@ -27,14 +28,15 @@ from .step_compiler import BackgroundCompile
 from .xla_fallback import FallbackFunction
 
 # What each step writes into the chunk's buffers: (name, dtype, shape; None: one per variable).
+# Dtypes by name: this table loads with the module, before TensorFlow does.
 BUFFERS = (
-    ("loss", tf.float32, []),
-    ("grad_norm", tf.float32, []),
-    ("clipped_grad_norm", tf.float32, []),
-    ("clip_threshold", tf.float32, []),
-    ("clipped", tf.bool, []),
-    ("finite", tf.bool, []),
-    ("layer_norms", tf.float32, None),
+    ("loss", "float32", []),
+    ("grad_norm", "float32", []),
+    ("clipped_grad_norm", "float32", []),
+    ("clip_threshold", "float32", []),
+    ("clipped", "bool", []),
+    ("finite", "bool", []),
+    ("layer_norms", "float32", None),
 )
 
 
@@ -176,7 +178,7 @@ class ChunkSteps:
         # XLA needs a static size; without it, a buffer of the chunk's own size is cheaper to
         # stack (a 1-step chunk of a heavy task would stack 2,048 empty slots).
         buffers = {
-            name: tf.TensorArray(dtype, size=MAX_CHUNK_STEPS if static_size else num_steps,
+            name: tf.TensorArray(tf.as_dtype(dtype), size=MAX_CHUNK_STEPS if static_size else num_steps,
                                  element_shape=[len(variables)] if shape is None else shape)
             for name, dtype, shape in BUFFERS
             if self._monitoring

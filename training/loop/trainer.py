@@ -25,7 +25,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import tensorflow as tf
+
+from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 from ..clipping import policies
 from ..clipping.commands import Change, Command, apply_command

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-import tensorflow as tf
+from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 _UNSUPPORTED_OP = re.compile(r"on (XLA_\w+): (\w+) \(No registered '(\w+)' OpKernel")
 

@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 import pandas as pd
-import tensorflow as tf
+
+from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 from ..tasks.streaming import as_dataset, is_endless
 

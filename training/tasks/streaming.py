@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from ..lazy_import import tf  # TensorFlow at first use: the page's first paint imports this
 
 
 def is_dataset(data: Any) -> bool:
