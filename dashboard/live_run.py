@@ -21,6 +21,7 @@ from training import Trainer, TrainerStatus
 from training.persistence import RunDatabase
 from training.policies import validate_policy_params
 from training.evaluation import EVALUATION_COLUMNS
+from training.lazy_import import tensorflow_ready
 from training.store import EVENT_COLUMNS, STEP_COLUMNS, VIEW_COLUMNS
 from training.trainer import trainer_from_settings
 
@@ -58,6 +59,7 @@ class RunSnapshot:
     recent: pd.DataFrame  # the newest raw rows (store.metrics(last=...))
     events: pd.DataFrame
     evaluations: pd.DataFrame  # validation results: step, time_s, name, value
+    loading_tensorflow: bool = False  # the run waits for TensorFlow's first import in this server
 
     @property
     def state(self) -> str:
@@ -136,7 +138,8 @@ class LiveRun(TrainerHost):
             store = trainer.store
             if store is None:  # the thread is still building the model
                 return RunSnapshot(
-                    run_number, status, settings, started_at, **empty_snapshot_frames()
+                    run_number, status, settings, started_at, **empty_snapshot_frames(),
+                    loading_tensorflow=not tensorflow_ready(),
                 )
             events = store.events()
             evaluations = trainer.evaluations()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,10 +129,7 @@ def _live_view() -> None:
         return
     if figures is None:
         if snapshot.is_active:
-            st.info(
-                "Building the model and tracing its first training step…",
-                icon=":material/hourglass_top:",
-            )
+            st.info(_waiting_for(snapshot), icon=":material/hourglass_top:")
         return
     if snapshot.is_active and snapshot.status.compiling:
         st.caption(
@@ -154,6 +152,17 @@ def _range_reader(manager: RunManager, snapshot: RunSnapshot):
         return store.view_range(steps.first, steps.last, max_points=manager.max_points)
 
     return read
+
+
+def _waiting_for(snapshot: RunSnapshot) -> str:
+    """What a started run waits for before its first step, and for how long so far."""
+    waited = f" ({time.time() - snapshot.started_at:.0f} s)" if snapshot.started_at else ""
+    if snapshot.loading_tensorflow:
+        return (
+            f"Loading TensorFlow{waited}: the server imports it once, in the background, after "
+            "it starts. The run begins as soon as it is loaded."
+        )
+    return f"Building the model and tracing its first training step{waited}…"
 
 
 def _run_line(snapshot: RunSnapshot) -> None:
