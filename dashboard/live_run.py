@@ -159,6 +159,15 @@ class LiveRun(TrainerHost):
             return snapshot
 
 
+    def view_range(self, run_number: int, first: int, last: int) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """Steps `first`..`last` of run `run_number` as finely as its store holds them (every step
+        the ring still has; `MetricsStore.view_range`), or None once that run is not the current
+        one or has no store yet (the caller then crops the snapshot it holds)."""
+        with self._lock:
+            trainer = self.trainer if self.run_number == run_number else None
+        store = trainer.store if trainer is not None else None
+        return None if store is None else store.view_range(first, last, max_points=self.max_points)
+
     # --- commands --------------------------------------------------------------------------
 
     def refuse_start(self, what: str) -> None:

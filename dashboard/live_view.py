@@ -141,15 +141,12 @@ def _live_view() -> None:
 
 def _range_reader(manager: RunManager, snapshot: RunSnapshot):
     """A function reading a range of the snapshot's run at the finest resolution there is: the
-    trainer's store while it is the snapshot's run (`MetricsStore.view_range`; the snapshot's
-    whole-run view holds only its newest steps one by one), else the snapshot's view, cropped."""
+    run's store while it is the current run (`RunManager.view_range`; the snapshot's whole-run
+    view holds only its newest steps one by one), else the snapshot's view, cropped."""
 
     def read(steps: StepRange) -> tuple:
-        trainer = manager.trainer
-        store = trainer.store if trainer is not None and manager.run_number == snapshot.run_number else None
-        if store is None:
-            return step_range.crop_views(snapshot.metrics_view, snapshot.layer_view, steps)
-        return store.view_range(steps.first, steps.last, max_points=manager.max_points)
+        views = manager.view_range(snapshot.run_number, steps.first, steps.last)
+        return step_range.crop_views(snapshot.metrics_view, snapshot.layer_view, steps) if views is None else views
 
     return read
 

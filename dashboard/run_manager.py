@@ -123,6 +123,7 @@ class RunManager:
     # The live run (`LiveRun`).
     trainer = _Forward("live")
     run_number = _Forward("live")
+    view_range = _Forward("live")
     settings = _Forward("live")
     state = _Forward("live")
     is_active = _Forward("live")
