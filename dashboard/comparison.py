@@ -247,16 +247,24 @@ def runs_loss_chart(
     height: int = 260,
     validation: pd.DataFrame | None = None,
     from_step: int | None = None,
+    smoothing: float = 0.0,
 ) -> alt.LayerChart:
     """Each run's loss (mean per point), by colour; NaN/inf steps marked along the top edge;
     each run's validation loss (`runs_validation_frame`) dashed with dots in its colour; from
-    `from_step` when given (`run_series_frame`)."""
+    `from_step` when given (`run_series_frame`). With `smoothing` > 0, each run's loss smoothed
+    over its own plotted points (`charts.smoothed`, TensorBoard's) is drawn over its raw curve,
+    which stays behind it, faint, as on the Live tab."""
+    smoothing = charts.validate_smoothing(smoothing)
     names = _run_names(long)
     data = _positive_where(run_series_frame(long, max_points, from_step=from_step), ("loss",), log_scale)
+    if smoothing > 0:
+        data["loss_smoothed"] = np.nan
+        for _, rows in data.groupby(RUN, sort=False):  # each run on its own: runs never blend
+            data.loc[rows.index, "loss_smoothed"] = charts.smoothed(rows["loss"].to_numpy(), smoothing)
     base = alt.Chart().encode(x=charts.step_axis(data["step"]), color=_color(names))
     line = (
         base.transform_filter("isValid(datum.loss)")
-        .mark_line(strokeWidth=1.4)
+        .mark_line(strokeWidth=1.4, opacity=charts.RAW_OPACITY if smoothing > 0 else 1.0)
         .encode(
             y=alt.Y("loss:Q", title="Loss (mean per point)" + (", log scale" if log_scale else ""),
                     scale=charts.y_scale(log_scale, zero=False)),
@@ -267,6 +275,20 @@ def runs_loss_chart(
             ],
         )
     )
+    if smoothing > 0:
+        line = alt.layer(line, (
+            base.transform_filter("isValid(datum.loss_smoothed)")
+            .mark_line(strokeWidth=1.8)
+            .encode(
+                y=alt.Y("loss_smoothed:Q", scale=charts.y_scale(log_scale, zero=False)),
+                tooltip=[
+                    alt.Tooltip(f"{RUN}:N", title="Run"),
+                    alt.Tooltip("step:Q", title="Step", format=","),
+                    alt.Tooltip("loss:Q", title="Loss", format=".4g"),
+                    alt.Tooltip("loss_smoothed:Q", title="Smoothed loss", format=".4g"),
+                ],
+            )
+        ))  # fmt: skip
     layers = alt.layer(line, _nonfinite_markers(base), data=data)
     if validation is not None and len(validation):
         validation = _positive_where(validation.copy(), ("val_loss",), log_scale)

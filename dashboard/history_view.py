@@ -35,6 +35,7 @@ HISTORY_LOG_SCALE = "history.log_scale"
 COMPARE_LOG_SCALE = "compare.log_scale"
 COMPARE_FROM_FORK = "compare.from_fork_step"
 HISTORY_SMOOTHING = "history.smoothing"
+COMPARE_SMOOTHING = "compare.smoothing"
 
 
 def _errors() -> dict[str, str]:
@@ -415,6 +416,10 @@ def render_compare(manager: RunManager) -> None:
     with toggles[0]:
         log_scale = st.toggle("Log-scale y axes", value=False, key=COMPARE_LOG_SCALE)
     panels.steps_shown_control(place, toggles[2])
+    smoothing = st.slider(
+        "Loss smoothing", min_value=0.0, max_value=charts.MAX_SMOOTHING, value=0.0, step=0.01,
+        key=COMPARE_SMOOTHING, help="Each run's loss smoothed on its own (TensorBoard's moving average); 0 is off.",
+    )  # fmt: skip
     if split is not None and toggles[1].toggle(
         "From the fork step", value=True, key=COMPARE_FROM_FORK,
         help=f"Draw from step {split:,}, where a compared run was forked from another: before it they are one run.",
@@ -430,7 +435,8 @@ def render_compare(manager: RunManager) -> None:
     long = comparison.runs_long_frame(views)
     figures = {
         "Gradient norm": comparison.runs_gradient_norm_chart(long, log_scale=log_scale, from_step=from_step),
-        "Loss": comparison.runs_loss_chart(long, log_scale=log_scale, validation=validation, from_step=from_step),
+        "Loss": comparison.runs_loss_chart(long, log_scale=log_scale, validation=validation, from_step=from_step,
+                                           smoothing=smoothing),
         "Clip rate": comparison.runs_clip_rate_chart(long, from_step=from_step),
     }
     panels.zoom_bar(place, shown, zoomed=panels.session_zoom(place) is not None)

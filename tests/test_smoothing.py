@@ -79,3 +79,24 @@ def test_the_view_slider_smooths_the_live_loss_and_is_kept_across_reruns(tmp_pat
     (slider,) = [s for s in at.sidebar.slider if s.label == "Loss smoothing"]
     assert slider.value == 0.6 and not at.exception
     assert at.session_state["smoothing"] == 0.6  # the key the live view's charts read
+
+
+def test_compare_smooths_each_run_on_its_own_over_its_raw_curve():
+    from dashboard import comparison
+
+    views = {"first": filled_store(3_000, seed=7).view(2000)[0], "second": filled_store(2_000, seed=8).view(2000)[0]}
+    long = comparison.runs_long_frame(views)
+    raw = comparison.run_series_frame(long)
+    chart = comparison.runs_loss_chart(long, smoothing=0.7)
+    spec = charts.vega_lite_spec(chart)
+    data = pd.DataFrame(next(iter(spec["datasets"].values())))
+    for name in ("first", "second"):  # each run's own EMA: the second run's first point is its own loss
+        rows = data[data[comparison.RUN] == name]
+        np.testing.assert_allclose(rows["loss"], raw[raw[comparison.RUN] == name]["loss"])
+        np.testing.assert_allclose(rows["loss_smoothed"], charts.smoothed(rows["loss"].to_numpy(), 0.7))
+    lines = [layer for layer in spec["layer"][0]["layer"] if layer["mark"]["type"] == "line"]
+    marks = {layer["encoding"]["y"]["field"]: layer["mark"] for layer in lines}
+    assert marks["loss"]["opacity"] == charts.RAW_OPACITY and "opacity" not in marks["loss_smoothed"]
+    assert "loss_smoothed" not in json.dumps(charts.vega_lite_spec(comparison.runs_loss_chart(long)))
+    with pytest.raises(ValueError, match=re.escape("Received: smoothing=2")):
+        comparison.runs_loss_chart(long, smoothing=2)
