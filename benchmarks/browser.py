@@ -38,6 +38,46 @@ def process_cpu_seconds(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+
+def own_chromium_cpu_seconds() -> float:
+    """CPU seconds used so far by the Chromium processes this process started (the browser, its
+    renderers, GPU and utility processes): other people's browsers on a shared machine excluded."""
+    parents: dict[int, int] = {}
+    names: dict[int, bytes] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                head, tail = stat.read().rsplit(b")", 1)
+            parents[int(entry)] = int(tail.split()[1])
+            names[int(entry)] = head.split(b"(", 1)[1]
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+    ours, frontier = set(), [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in ours]
+        ours.update(children)
+        frontier += children
+    total = 0.0
+    for pid in ours:
+        if b"chrom" not in names.get(pid, b""):
+            continue
+        try:
+            total += process_cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
+def machine_busy_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy so far (anyone's processes)."""
+    with open("/proc/stat") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
 @dataclass
 class Server:
     url: str
@@ -188,6 +228,29 @@ def open_page(browser, url: str):
     page.goto(url, timeout=180_000)  # the server's first page imports TensorFlow (60 s+ under load)
     page.get_by_role("heading", name="Clipwatch").wait_for(timeout=180_000)
     return page
+
+
+# Chrome DevTools Protocol's Performance domain: cumulative durations, in seconds, of the tab's
+# main-thread tasks (all of them; script, layout and style among them) and the renderer process's
+# CPU time (ProcessTime: its compositor and raster threads too). "threadTicks" counts a task's CPU
+# time, not its wall time, so a renderer waiting for a core on a busy machine is not counted.
+RENDERER_METRICS = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration", "ProcessTime")
+
+
+def renderer_clock(page):
+    """A DevTools session on `page` with the Performance domain on; read it with `renderer_seconds`."""
+    session = page.context.new_cdp_session(page)
+    try:
+        session.send("Performance.enable", {"timeDomain": "threadTicks"})
+    except Exception:  # an older Chromium without the time domain: wall time of tasks then
+        session.send("Performance.enable")
+    return session
+
+
+def renderer_seconds(session) -> dict[str, float]:
+    """The tab's RENDERER_METRICS so far and the moment they were read ("Timestamp"; seconds)."""
+    metrics = {metric["name"]: metric["value"] for metric in session.send("Performance.getMetrics")["metrics"]}
+    return {name: float(metrics[name]) for name in (*RENDERER_METRICS, "Timestamp") if name in metrics}
 
 
 def time_until(predicate, timeout: float, poll: float = 0.02) -> float:

@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 
-from benchmarks import attach_cost, forking, switch_interval
+from benchmarks import attach_cost, forking, switch_interval, viewers
 from benchmarks.char_lstm import char_lstm_lines, char_lstm_targets
 from benchmarks.persistence_cost import WITH_DATABASE, WITHOUT_DATABASE
 from benchmarks.targets import at_least, at_most_cost, share_at_least, table, target
@@ -198,7 +198,10 @@ def evaluate_targets(results: dict) -> list[dict]:
     from benchmarks import speed_report  # issue #11's sections
 
     forking_targets = forking.targets(results["forking"]) if results.get("forking") else []
-    return targets + speed_report.targets(results) + _attach_targets(results) + _switch_targets(results) + forking_targets
+    # The viewers' targets are issue #20's, in benchmarks.viewers; speed_report's older copy is skipped.
+    viewer_targets = viewers.targets(results["viewers"]) if results.get("viewers") else []
+    targets += speed_report.targets({**results, "viewers": None}) + viewer_targets
+    return targets + _attach_targets(results) + _switch_targets(results) + forking_targets
 
 
 # --- the printed report ---------------------------------------------------------------------------
@@ -378,7 +381,7 @@ def format_report(results: dict) -> str:
         ("dashboard", _dashboard_lines, False),
         ("recording", speed_report.recording_lines, False),
         ("startup", speed_report.startup_lines, False),
-        ("viewers", speed_report.viewer_lines, False),
+        ("viewers", lambda section: viewers.lines(section, table), False),
         ("long_run", speed_report.long_run_lines, False),
         ("attach", lambda attach: attach_cost.lines(attach, table), False),
         ("switch_interval", lambda section: switch_interval.lines(section, table), False),

@@ -46,7 +46,7 @@ class Budget:
     recording_repeats: int = 5
     recording_window_seconds: float = 3.0
     viewer_tabs: int = 10
-    viewer_seconds: float = 30.0  # each phase: one tab, then all tabs twice
+    viewer_seconds: float = 60.0  # each phase: one tab, then all tabs (issue #20: ten tabs for 60 s)
     long_run_steps: int = 5_000_000
     switch_repeats: int = 5  # alternating rounds at Python's 5 ms and Clipwatch's 0.5 ms
     switch_window_seconds: float = 3.0
@@ -69,7 +69,7 @@ QUICK = dataclasses.replace(
     persistence_window_seconds=1.0, latency_trials=6, chart_repeats=5, heavy_even_if_xla=False,
     attach_repeats=2, attach_window_seconds=0.5, attach_latency_trials=6,
     char_lstm_repeats=1, char_lstm_window_seconds=2.0,
-    startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=8.0,
+    startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=10.0,
     long_run_steps=500_000, switch_repeats=2, switch_window_seconds=1.0,
     forking_repeats=3, forking_window_seconds=1.0, fork_trials=3, sweep_prefix_steps=5_000, sweep_steps=500,
 )  # fmt: skip

@@ -31,6 +31,13 @@ def at_least(name: str, value: float, limit: float) -> dict:
     return target(name, f"{value:.2f}x", value >= limit, by, value)
 
 
+def at_most(name: str, value: float, limit: float, unit: str = "s", digits: int = 2, extra: str = "") -> dict:
+    """A target that `value` (in `unit`) is at most `limit`; `extra` follows the measured value."""
+    spare = limit - value
+    by = f"{spare:.{digits}f} {unit} to spare" if spare >= 0 else f"over by {-spare:.{digits}f} {unit}"
+    return target(name, f"{value:.{digits}f} {unit}{extra}", spare >= 0, by, value)
+
+
 def at_most_cost(name: str, ratio: float, ratio_range: tuple[float, float], limit: float) -> dict:
     """A cost target: `1 - ratio` (the share of speed lost) at most `limit`, with its repeats' range."""
     cost = 1 - ratio
