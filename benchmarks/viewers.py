@@ -204,19 +204,30 @@ def _open_until_usable(browser, server, log: Log) -> tuple[object, dict]:
     from playwright.sync_api import expect
 
     page = browser.new_context(viewport=VIEWPORT).new_page()
+    clock = _clock_or_none(page)
+    renderer_before = _renderer_now(clock)
     server_before, machine_before = server.cpu_seconds(), machine_busy_cpu_seconds()
     opened = time.perf_counter()
-    page.goto(server.url, timeout=180_000)
+    page.goto(server.url, timeout=180_000)  # returns at the load event: the app's JavaScript is in
+    loaded = time.perf_counter() - opened
+    page.get_by_role("heading", name="Clipwatch").wait_for(timeout=180_000)  # the script's first output
+    heading = time.perf_counter() - opened
     expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled(timeout=180_000)
     seconds = time.perf_counter() - opened
+    renderer_after = _renderer_now(clock)
     figures = {
         "open_to_usable_s": seconds,
+        "open_loaded_s": loaded,
+        "open_heading_s": heading,
+        "open_renderer_task_s": (
+            renderer_after["TaskDuration"] - renderer_before["TaskDuration"] if renderer_before and renderer_after else None
+        ),
         "open_server_cpu_per_second": (server.cpu_seconds() - server_before) / seconds,
         "open_machine_busy_per_second": (machine_busy_cpu_seconds() - machine_before) / seconds,
         "open_load_average_1min": os.getloadavg()[0],
     }
     log(
-        f"  page: open -> Start enabled {seconds:.2f} s (fresh server; meanwhile server CPU "
+        f"  page: open -> Start enabled {seconds:.2f} s (loaded {loaded:.2f} s, title {heading:.2f} s; server CPU "
         f"{figures['open_server_cpu_per_second']:.2f} s/s, machine busy {figures['open_machine_busy_per_second']:.2f} s/s)"
     )
     return page, figures
@@ -227,11 +238,12 @@ def _first_and_later_run(first, server_ready: float, log: Log) -> dict:
     result = {}
     first.get_by_text("No run yet").wait_for(timeout=120_000)
     loading = first.get_by_text(re.compile(r"^Loading TensorFlow"))
-    waited_for_tensorflow = False
+    last_loading: float | None = None  # when the page last said it was loading TensorFlow
 
     def counting() -> bool:
-        nonlocal waited_for_tensorflow
-        waited_for_tensorflow = waited_for_tensorflow or loading.count() > 0
+        nonlocal last_loading
+        if loading.count() > 0:
+            last_loading = time.perf_counter()
         return counted_steps(first) > 0
 
     started = time.perf_counter()
@@ -239,11 +251,13 @@ def _first_and_later_run(first, server_ready: float, log: Log) -> dict:
     first.get_by_role("button", name="Start", exact=True).click()
     time_until(counting, FIRST_STEP_TIMEOUT)
     result["first_run_first_step_s"] = time.perf_counter() - started
-    result["first_run_waited_for_tensorflow"] = waited_for_tensorflow
+    result["first_run_waited_for_tensorflow"] = last_loading is not None
+    # Start -> the page's last 'Loading TensorFlow': the part of the first step spent on the import.
+    result["first_run_tensorflow_wait_s"] = 0.0 if last_loading is None else last_loading - started
     log(
         f"  page: first run, Start -> first step {result['first_run_first_step_s']:.2f} s (pressed "
         f"{result['server_age_at_first_start_s']:.1f} s after the server answered; the page "
-        f"{'said' if waited_for_tensorflow else 'never said'} 'Loading TensorFlow')"
+        f"said 'Loading TensorFlow' until {result['first_run_tensorflow_wait_s']:.2f} s after Start (0: never))"
     )
     first.get_by_role("button", name="Stop", exact=True).click()
     first.get_by_role("button", name="Start", exact=True).wait_for(timeout=60_000)
@@ -371,6 +385,19 @@ def cpu_split(phase: dict) -> str:
     )
 
 
+def per_refresh(phase: dict) -> tuple[float, float | None]:
+    """How often a tab redrew its counter (changes per second, mean over tabs) and the renderer's
+    main-thread task time per redraw (ms; None without DevTools figures): the browsers' work per
+    refresh, apart from how many refreshes the machine managed."""
+    pairs = [(changes, renderer) for changes, renderer in zip(phase["changes_per_tab"], phase["renderer_per_tab"]) if changes]
+    rate = sum(changes for changes, _ in pairs) / max(len(pairs), 1) / phase["seconds"]
+    timed = [(changes, renderer) for changes, renderer in pairs if renderer]
+    if not timed:
+        return rate, None
+    task = sum(renderer["TaskDuration"] * phase["seconds"] for _, renderer in timed)
+    return rate, 1000 * task / sum(changes for changes, _ in timed)
+
+
 def lines(viewers: dict, table) -> list[str]:
     out = ["The page in Chromium (fresh server; run at full speed)"]
     firsts = [
@@ -380,18 +407,19 @@ def lines(viewers: dict, table) -> list[str]:
         if key in viewers
     ]  # fmt: skip
     out.append("  " + ", ".join(firsts))
-    if "open_machine_busy_per_second" in viewers:
+    if "open_loaded_s" in viewers:
         out.append(
-            f"  While the page opened: server CPU {viewers['open_server_cpu_per_second']:.2f} s/s, machine busy "
-            f"{viewers['open_machine_busy_per_second']:.2f} s/s of {os.cpu_count()} cores, load average "
-            f"{viewers['open_load_average_1min']:.1f}"
+            f"  While the page opened: JavaScript loaded at {viewers['open_loaded_s']:.2f} s, title drawn at "
+            f"{viewers['open_heading_s']:.2f} s; renderer tasks {_number(viewers['open_renderer_task_s'])} s, server CPU "
+            f"{viewers['open_server_cpu_per_second']:.2f} s/s, machine busy {viewers['open_machine_busy_per_second']:.2f} "
+            f"s/s of {os.cpu_count()} cores, load average {viewers['open_load_average_1min']:.1f}"
         )
-    if "server_age_at_first_start_s" in viewers:
-        waited = "showed" if viewers["first_run_waited_for_tensorflow"] else "never showed"
-        out.append(
-            f"  Start pressed {viewers['server_age_at_first_start_s']:.1f} s after the server answered; "
-            f"the page {waited} 'Loading TensorFlow' before the first step"
-        )
+    if "first_run_tensorflow_wait_s" in viewers:
+        waited = (
+            f"said 'Loading TensorFlow' until {viewers['first_run_tensorflow_wait_s']:.2f} s after Start"
+            if viewers["first_run_waited_for_tensorflow"] else "never said 'Loading TensorFlow' (it had loaded)"
+        )  # fmt: skip
+        out.append(f"  Start pressed {viewers['server_age_at_first_start_s']:.1f} s after the server answered; the page {waited}")
     phases = viewers.get("phases", [])
     if phases:
         rows = [
@@ -410,6 +438,11 @@ def lines(viewers: dict, table) -> list[str]:
         out += table(header, rows, right=set(range(len(header))))
         for phase in phases:
             out.append("  " + cpu_split(phase))
+            rate, task_ms = per_refresh(phase)
+            out.append(
+                f"  {phase['tabs']} tab(s): each tab redrew its counter {rate:.2f} times a second; each redraw cost its "
+                f"renderer {_number(task_ms, 0)} ms of main-thread tasks"
+            )
             stalls = ", ".join(_number(stall, 1) for stall in phase["stall_per_tab_s"])
             out.append(f"  {phase['tabs']} tab(s): longest stall per tab (s): {stalls}")
             for index, why in {**phase["failed_tabs"], **phase.get("tabs_not_opened", {})}.items():
