@@ -11,6 +11,7 @@ import streamlit as st
 
 from dashboard import controls, history_view, live_view, race_view
 from dashboard.operator_controls import open_server_warning, operator_sidebar, session_run_manager
+from dashboard.run_manager import warm_up_after_drawing
 
 TITLE = "Clipwatch"
 SUBTITLE = (
@@ -37,3 +38,4 @@ def render() -> None:
         if tab.open:
             with tab:
                 view(manager)
+    warm_up_after_drawing()
