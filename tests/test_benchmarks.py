@@ -224,3 +224,45 @@ def test_forking_section_measures_snapshots_fork_and_sweep_and_reports_its_targe
     assert results["targets"] == forking.targets(section)
     printed = report.format_report(results)
     assert "Fork -> first branch step" in printed and "runs from scratch" in printed and "time in snapshots" in printed
+
+
+def _viewer_phase(tabs: int, stall: float, failed: dict) -> dict:
+    return {
+        "tabs": tabs, "seconds": 60.0, "longest_stall_s": stall, "stall_per_tab_s": [stall] * tabs,
+        "changes_per_tab": [30] * tabs, "failed_tabs": failed, "steps_per_second": 40_000.0 if tabs == 1 else 32_000.0,
+        "health_p95_ms": 20.0, "health_max_ms": 240.0, "health_samples": 200, "server_cpu_per_second": 1.0,
+        "renderer_per_tab": [{"TaskDuration": 0.1, "ScriptDuration": 0.06, "LayoutDuration": 0.01,
+                              "RecalcStyleDuration": 0.01, "ProcessTime": 0.15}] * tabs,
+        "renderers_measured": tabs, "renderer_task_per_second": 0.1 * tabs, "renderer_script_per_second": 0.06 * tabs,
+        "renderer_layout_style_per_second": 0.02 * tabs, "renderer_process_per_second": 0.15 * tabs,
+        "browser_cpu_per_second": 0.2 * tabs, "machine_busy_per_second": 2.0, "others_cpu_per_second": 0.0,
+        "rss_mb_start": 1000.0, "rss_mb_end": 1002.0,
+    }  # fmt: skip
+
+
+def test_viewers_targets_and_cpu_split_from_a_saved_result():
+    """Issue #20's viewer targets are judged from the results dict alone; a tab that did not report
+    fails the stall target even when the others kept within it, and a failed stage is printed."""
+    viewers = {
+        "tabs": 10, "seconds_per_phase": 60.0, "errors": {"race": "TimeoutError: Locator.click"},
+        "open_to_usable_s": 1.5, "first_run_first_step_s": 3.5, "later_run_first_step_s": 0.9,
+        "phases": [_viewer_phase(1, 1.0, {}), _viewer_phase(10, 2.5, {"3": "TimeoutError: evaluate"})],
+        "rate_ratio": 0.8, "cpu_ratio": 1.1, "rss_growth_mb": 2.0,
+    }  # fmt: skip
+    results = {"machine": {"cpu": "test", "cores": 2, "usable_cores": 2, "platform": "p", "python": "3",
+                           "tensorflow": "t", "keras": "k", "load_average_1min": None}, "mode": "m", "viewers": viewers}  # fmt: skip
+    verdicts = {target["target"]: target["passed"] for target in report.evaluate_targets(results)}
+    assert verdicts == {
+        "page: open -> Start enabled, fresh server <= 2 s": True,
+        "page: Start -> first step counted, fresh server <= 3 s": False,
+        "page: Start -> first step counted, later run <= 1 s": True,
+        "10 tabs: every step counter advances at least every 3 s": False,  # tab 4 did not report
+        "10 tabs: /_stcore/health answers within 250 ms throughout (max)": True,
+        "10 tabs: training rate >= 75% of one tab's": True,
+        "10 tabs: server CPU per second <= 1.5x one tab's": True,
+    }
+    printed = report.format_report({**results, "targets": report.evaluate_targets(results)})
+    assert "server 1.00 + all Chromium 2.00 (of which 1.00 in the renderers' main-thread tasks (0.100 per tab" in printed
+    assert "each redraw cost its renderer 200 ms of main-thread tasks" in printed  # 0.1 s/s x 60 s / 30 redraws
+    assert "tab 4 failed: TimeoutError: evaluate" in printed
+    assert "race failed: TimeoutError: Locator.click" in printed
