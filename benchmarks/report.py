@@ -198,9 +198,8 @@ def evaluate_targets(results: dict) -> list[dict]:
     from benchmarks import speed_report  # issue #11's sections
 
     forking_targets = forking.targets(results["forking"]) if results.get("forking") else []
-    # The viewers' targets are issue #20's, in benchmarks.viewers; speed_report's older copy is skipped.
-    viewer_targets = viewers.targets(results["viewers"]) if results.get("viewers") else []
-    targets += speed_report.targets({**results, "viewers": None}) + viewer_targets
+    viewer_targets = viewers.targets(results["viewers"]) if results.get("viewers") else []  # issue #20's
+    targets += speed_report.targets(results) + viewer_targets
     return targets + _attach_targets(results) + _switch_targets(results) + forking_targets
 
 

@@ -1,4 +1,4 @@
-"""The report's lines and targets for issue #11's sections: startup, recording, viewers.
+"""The report's lines and targets for issue #11's sections: startup, recording, long run (the viewers' are `benchmarks.viewers`).
 
 Pure functions of the results dict, like `benchmarks.report` (which calls them).
 """
@@ -11,10 +11,6 @@ from benchmarks.targets import share_at_least, table, target
 FIRST_STEP_FRESH_S = 3.0  # the first run of a freshly started server
 FIRST_STEP_LATER_S = 1.0  # every run after it
 MIN_RECORDING_SHARE = 0.90  # CSV + database vs in memory
-MAX_STALL_S = 3.0  # every tab's step counter advances at least this often
-MAX_HEALTH_MS = 250.0
-MIN_RATE_WITH_TABS = 0.75
-MAX_CPU_RATIO = 1.5
 MAX_RSS_GROWTH_MB = 50.0
 SHIPPED_VARIANT = "quick start + warm-up"
 
@@ -54,60 +50,6 @@ def targets(results: dict) -> list[dict]:
                 rows[RECORDING]["vs_in_memory"],
                 rows[RECORDING]["vs_in_memory_range"],
                 MIN_RECORDING_SHARE,
-            )
-        )
-    viewers = results.get("viewers")
-    if viewers:
-        for key, label, limit in (
-            ("first_run_first_step_s", "page: Start -> first step counted, fresh server <= 3 s", FIRST_STEP_FRESH_S),
-            ("later_run_first_step_s", "page: Start -> first step counted, later run <= 1 s", FIRST_STEP_LATER_S),
-            ("race_first_step_s", "page: A/B race, Start -> both sides counting <= 3 s", FIRST_STEP_FRESH_S),
-        ):
-            found.append(_seconds_target(label, viewers[key], limit))
-        many = viewers["phases"][1:]
-        stall = max(phase["longest_stall_s"] for phase in many)
-        found.append(_seconds_target(f"{viewers['tabs']} tabs: every step counter advances at least every 3 s", stall, MAX_STALL_S))
-        health = max(phase["health_p95_ms"] for phase in many)
-        worst = max(phase["health_max_ms"] for phase in many)
-        found.append(
-            target(
-                f"{viewers['tabs']} tabs: /_stcore/health p95 <= 250 ms",
-                f"{health:.0f} ms (worst {worst:.0f} ms)",
-                health <= MAX_HEALTH_MS,
-                f"{MAX_HEALTH_MS - health:.0f} ms to spare" if health <= MAX_HEALTH_MS else f"over by {health - MAX_HEALTH_MS:.0f} ms",
-                health,
-            )
-        )
-        rate = viewers["rate_ratio"]
-        found.append(
-            target(
-                f"{viewers['tabs']} tabs: training rate >= 75% of one tab's",
-                f"{rate:.0%}",
-                rate >= MIN_RATE_WITH_TABS,
-                f"{(rate - MIN_RATE_WITH_TABS) * 100:.0f} points to spare" if rate >= MIN_RATE_WITH_TABS else f"short by {(MIN_RATE_WITH_TABS - rate) * 100:.0f} points",
-                rate,
-            )
-        )
-        cpu = viewers["cpu_ratio"]
-        found.append(
-            target(
-                f"{viewers['tabs']} tabs: server CPU per second <= 1.5x one tab's",
-                f"{cpu:.2f}x",
-                cpu <= MAX_CPU_RATIO,
-                f"{MAX_CPU_RATIO - cpu:.2f}x to spare" if cpu <= MAX_CPU_RATIO else f"over by {cpu - MAX_CPU_RATIO:.2f}x",
-                cpu,
-            )
-        )
-    long = results.get("long_run")
-    if long:
-        growth = long["rss_growth_after_window_mb"]
-        found.append(
-            target(
-                f"long run ({long['steps']:,} steps): RSS growth after the window filled < 50 MB",
-                f"{growth:+.1f} MB",
-                growth < MAX_RSS_GROWTH_MB,
-                f"{MAX_RSS_GROWTH_MB - growth:.1f} MB to spare" if growth < MAX_RSS_GROWTH_MB else f"over by {growth - MAX_RSS_GROWTH_MB:.1f} MB",
-                growth,
             )
         )
     return found
@@ -157,33 +99,4 @@ def recording_lines(recording: dict) -> list[str]:
         *table(["contender", "median steps/s", "min", "max", f"x {IN_MEMORY}"], rows, right={1, 2, 3, 4}),
         f"  Recorded: {recording['csv_rows']:,} CSV rows and {recording['steps_in_database']:,} database steps "
         f"of {recording['steps_trained']:,} trained.",
-    ]
-
-
-def viewer_lines(viewers: dict) -> list[str]:
-    rows = [
-        [
-            str(phase["tabs"]),
-            f"{phase['seconds']:.0f}",
-            f"{phase['longest_stall_s']:.1f}",
-            f"{phase['health_p95_ms']:.0f}",
-            f"{phase['health_max_ms']:.0f}",
-            f"{phase['steps_per_second']:,.0f}",
-            f"{phase['server_cpu_per_second']:.2f}",
-            f"{phase.get('browser_cpu_per_second', float('nan')):.2f}",
-            f"{phase['rss_mb_start']:.0f} -> {phase['rss_mb_end']:.0f}",
-        ]
-        for phase in viewers["phases"]
-    ]
-    return [
-        "The page in Chromium (fresh server; run at full speed)",
-        f"  Start -> first step counted on the page: first run {viewers['first_run_first_step_s']:.2f} s, "
-        f"later run {viewers['later_run_first_step_s']:.2f} s, A/B race {viewers['race_first_step_s']:.2f} s",
-        *table(
-            ["tabs", "s", "longest stall s", "health p95 ms", "health max ms", "steps/s", "server CPU s/s", "tabs' CPU s/s", "RSS MB"],
-            rows,
-            right=set(range(9)),
-        ),
-        f"  {viewers['tabs']} tabs vs 1: training rate x{viewers['rate_ratio']:.2f}, server CPU x{viewers['cpu_ratio']:.2f}; "
-        f"RSS growth in the last phase {viewers['rss_growth_mb']:+.0f} MB",
     ]
