@@ -5,9 +5,9 @@ retraces) and is XLA-compiled. Measured on seed, warm process, quiet machine: tr
 0.6-0.8 s and its first call (XLA compile) 2.1 s; exploding_rnn 0.8 s + 2.7 s. The quick step
 holds only the policy in force, so it traces and compiles sooner (it is XLA-compiled too, so
 both compute the same bits: training/loop/steps.py). So the trainer starts on the quick step,
-this module compiles the full one meanwhile, and the trainer swaps it in between two chunks. Both steps read and write the
-same `tf.Variable`s (weights, optimizer slots, policy state, live knobs), so the swap loses no
-step, no optimizer state and no command.
+this module traces and compiles the full one meanwhile, and the trainer swaps it in between two
+chunks. Both steps read and write the same `tf.Variable`s (weights, optimizer slots, policy
+state, live knobs), so the swap loses no step, no optimizer state and no command.
 
 The compile is a real call with zero steps: XLA compiles for the arguments' shapes (two
 scalars), so every later call reuses it; a zero-step call changes no variable.
@@ -24,26 +24,47 @@ from . import xla_cache
 
 
 class BackgroundCompile:
-    """Calls `function` (already traced) once with `warm_arguments()`, on a daemon thread.
+    """Traces `make_function()` for `signature`, then calls it once with `warm_arguments()`, all
+    on a daemon thread.
 
-    Why traced first, by the caller: tracing is Python and holds the GIL; run on a second thread
-    next to a training thread it starved both (measured under load: the quick step fell to
-    40 steps/s and the full step took 20-27 s to arrive). The first call, where XLA compiles, is
-    C++ that releases the GIL. If it fails while a persistent XLA cache is in use, the cache's
-    entries are deleted (one may be corrupt) and it retries once with `make_function()`, a fresh
-    trace. `function` is then the ready function, or `error`/`traceback` say why there is none.
+    Why the trace runs here (issue #20): traced on the training thread between two chunks, it
+    stopped the run for as long. Measured in fresh processes on this 2-core machine
+    (benchmarks/step_gaps.py, load 1-3): consecutive steps' times jumped by 1.1-1.4 s on seed and
+    exploding_rnn, by 2.5 s beside a thread running Python (the page's script thread), and by
+    2-8 s under load. Traced here, the run goes on: the training thread gives the interpreter
+    lock up whenever it runs a chunk and gets it back within the 0.5 ms switch interval
+    (training/interpreter_lock.py). The worst gap fell to 0.05-0.28 s (most of what is left at
+    the page's pace is one full garbage collection, ~0.25 s with the lock held, that the trace's
+    allocations set off), and seed's quick step ran at 74,000 steps/s during the trace. The
+    price: the trace shares the CPU with training, so the full step comes later (seed: 3.7-5.1 s
+    after Start instead of 2.8-2.9 s). (A trace here had once starved the training thread to
+    40 steps/s; that quick step ran without XLA, at Python's 5 ms switch interval.)
+
+    The first call, where XLA compiles (and, if XLA cannot compile the step, its fallback:
+    training/loop/xla_fallback.py), is C++ that releases the lock. If it fails while a persistent
+    XLA cache is in use, the cache's entries are deleted (one may be corrupt) and it retries once
+    with a fresh `make_function()`. `function` is then the ready function, or `error`/`traceback`
+    say why there is none.
     """
 
-    def __init__(self, function: Callable, make_function: Callable, warm_arguments: Callable[[], tuple]):
-        self._traced = function
+    # True: trace on the thread that creates the job, as before issue #20 (the benchmark's
+    # side-by-side baseline, benchmarks/step_gaps.py).
+    trace_on_caller = False
+
+    def __init__(self, make_function: Callable, signature: tuple, warm_arguments: Callable[[], tuple]):
         self._make_function = make_function
+        self._signature = signature
         self._warm_arguments = warm_arguments
         self.function: Callable | None = None
         self.error: BaseException | None = None
         self.traceback: str | None = None
-        self.seconds: float | None = None  # how long the trace and compile took
+        self.trace_seconds: float | None = None  # the trace alone
+        self.seconds: float | None = None  # the trace and compile
         self._done = threading.Event()
-        threading.Thread(target=self._run, name="clipwatch-compile", daemon=True).start()
+        function = make_function()
+        if self.trace_on_caller:
+            self._trace(function)
+        threading.Thread(target=self._run, args=(function,), name="clipwatch-compile", daemon=True).start()
 
     def ready(self) -> bool:
         return self._done.is_set()
@@ -51,19 +72,27 @@ class BackgroundCompile:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def _trace(self, function: Callable) -> None:
+        started = time.perf_counter()
+        function.get_concrete_function(*self._signature)
+        self.trace_seconds = time.perf_counter() - started
+
     def _compile(self, function: Callable) -> Callable:
+        if self.trace_seconds is None:
+            self._trace(function)
         function(*self._warm_arguments())
         return function
 
-    def _run(self) -> None:
+    def _run(self, function: Callable) -> None:
         started = time.perf_counter()
         try:
             try:
-                self.function = self._compile(self._traced)
+                self.function = self._compile(function)
             except Exception as error:
                 if not xla_cache.recover(error):
                     raise
                 # A fresh trace: a new function name, so a new cache key.
+                self.trace_seconds = None
                 self.function = self._compile(self._make_function())
         except Exception as error:  # the training thread raises it when it would swap
             self.error, self.traceback = error, traceback.format_exc()

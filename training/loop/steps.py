@@ -5,8 +5,8 @@ clip, the optimizer's update, every step's record written into TensorArrays), so
 host sync per chunk, not per step.
 
 The run starts on the quick step (the policy in force alone: fewer ops to trace and compile than
-the full step's); the full step (every policy in one `tf.switch_case`) is traced between two
-chunks and compiled in the background (training/loop/step_compiler.py), then swapped in. Both read
+the full step's); the full step (every policy in one `tf.switch_case`) is traced and compiled in
+the background (training/loop/step_compiler.py), then swapped in between two chunks. Both read
 and write the same variables, so the swap loses nothing, and both are compiled the same way (XLA
 when it compiles), so they compute the same bits and the swap step, which the clock sets, never
 shows in a run's numbers.
@@ -103,14 +103,11 @@ class ChunkSteps:
             def full_step_later_reporting_fallback():
                 return self._full_step(on_fallback=self._fallback_reasons.append)
 
-            full_step = full_step_later_reporting_fallback()
-            # Trace here, between two chunks (0.6-0.9 s): a trace on another thread fights this
-            # one for the GIL. The XLA compile then runs in the background (GIL released); if
-            # XLA cannot compile the step, its fallback runs there too (training/loop/xla_fallback.py).
-            full_step.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64))
+            # Traced and compiled on the compile thread while this one trains on: a trace here
+            # stopped the run for 1.1-1.4 s, 2-8 s under load (training/loop/step_compiler.py).
             self.compile_job = BackgroundCompile(
-                full_step,
                 full_step_later_reporting_fallback,
+                (tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)),
                 lambda: (tf.constant(0, tf.int32), tf.constant(steps_done, tf.int64)),
             )
             self._full_step_wanted = False

@@ -391,10 +391,10 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 trace_count=self._steps.trace_count,
                 chunk_steps=steps,
             )
-            # The chunk is handed over and counted: now start compiling the full step (its trace
-            # holds this thread 0.6-0.9 s, which must not delay the first step on screen), or swap
-            # it in for the next chunk. Not for a run that has just finished: a short CLI run
-            # would wait for a compile.
+            # The chunk is handed over and counted: now start tracing and compiling the full step
+            # on the compile thread (not sooner: it would compete with the quick step's own trace
+            # and compile for the first step on screen), or swap it in for the next chunk. Not
+            # for a run that has just finished: a short CLI run would wait for a compile.
             if max_steps is None or self._steps_done < max_steps:
                 self._steps.swap_in_full_step(self._steps_done)
             if longest >= self._max_nonfinite_steps:
