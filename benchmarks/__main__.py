@@ -11,8 +11,7 @@ import sys
 import time
 
 import training  # noqa: F401  (quiets TensorFlow's C++ start-up logs before it loads)
-from benchmarks import report
-from benchmarks.run import FULL, QUICK, SECTIONS, run_benchmark
+from benchmarks.run import FULL, QUICK, SECTIONS, evaluate_targets, format_report, run_benchmark
 from training.interpreter_lock import switch_threads_often
 
 
@@ -59,11 +58,12 @@ def main(argv=None) -> int:
     if args.from_json:
         with open(args.from_json) as file:
             results = json.load(file)
-        results["targets"] = report.evaluate_targets(results)
+        results["targets"] = evaluate_targets(results)
     else:
         switch_threads_often()  # as the page and the CLI do: their configurations run in this process
         results = run_benchmark(QUICK if args.quick else FULL, args.sections, log, browser=not args.no_browser)
-    report.print_report(results)
+    sys.stdout.write(format_report(results))
+    sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)

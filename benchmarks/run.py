@@ -8,11 +8,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from benchmarks import report
+from benchmarks import report, step_gaps
+from benchmarks.targets import table
 
 SECTIONS = (
     "throughput", "heavy", "policies", "persistence", "recording", "control", "dashboard", "char_lstm",
-    "startup", "viewers", "long_run", "attach", "switch_interval", "forking",
+    "startup", "viewers", "long_run", "attach", "switch_interval", "forking", "step_gaps",
 )  # fmt: skip
 
 
@@ -55,6 +56,8 @@ class Budget:
     fork_trials: int = 10
     sweep_prefix_steps: int = 20_000  # a sweep from this step vs runs from scratch
     sweep_steps: int = 2_000
+    step_gap_repeats: int = 3  # fresh processes per case and variant (benchmarks/step_gaps.py)
+    step_gap_seconds: float = 30.0  # each run's window after Start (issue #20: the first 30 s)
 
 
 # Repeats and windows (seconds) per section; --quick trades precision for a run of minutes.
@@ -72,6 +75,7 @@ QUICK = dataclasses.replace(
     startup_rounds=1, recording_repeats=2, recording_window_seconds=1.0, viewer_tabs=3, viewer_seconds=10.0,
     long_run_steps=500_000, switch_repeats=2, switch_window_seconds=1.0,
     forking_repeats=3, forking_window_seconds=1.0, fork_trials=3, sweep_prefix_steps=5_000, sweep_steps=500,
+    step_gap_repeats=1, step_gap_seconds=12.0,
 )  # fmt: skip
 
 
@@ -111,6 +115,21 @@ def _run_char_lstm(budget: Budget, log: Callable[[str], None]) -> dict:
     from benchmarks.char_lstm import run_char_lstm
 
     return run_char_lstm(budget.char_lstm_repeats, budget.char_lstm_window_seconds, budget.warm_up_seconds, log)
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """The report's targets, and the step gaps' (issue #20) when that section ran."""
+    found = report.evaluate_targets(results)
+    return found + (step_gaps.targets(results["step_gaps"]) if results.get("step_gaps") else [])
+
+
+def format_report(results: dict) -> str:
+    """The report, with the step gaps' table before its targets when that section ran."""
+    text = report.format_report(results)
+    if not results.get("step_gaps"):
+        return text
+    head, targets = text.rsplit("\nTargets\n", 1)
+    return "\n".join([head, *step_gaps.lines(results["step_gaps"], table), "", "Targets", targets])
 
 
 def run_benchmark(
@@ -205,7 +224,10 @@ def run_benchmark(
         budget.forking_repeats, budget.forking_window_seconds, budget.fork_trials, log, budget.sweep_prefix_steps,
         budget.sweep_steps,
     ))  # fmt: skip
+    section("step_gaps", "step gaps: a new run's steps while its full step is prepared (fresh processes)", lambda: step_gaps.run_step_gaps(
+        budget.step_gap_repeats, budget.step_gap_seconds, log
+    ))
     results["machine"]["load_average_1min_end"] = report.machine()["load_average_1min"]
-    results["targets"] = report.evaluate_targets(results)
+    results["targets"] = evaluate_targets(results)
     results["seconds"] = time.perf_counter() - started
     return results
