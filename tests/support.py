@@ -1,9 +1,11 @@
-"""Small helpers shared by the tests: the one wait helper and the import check."""
+"""Small helpers shared by the tests: the one wait helper, the import check and what a drawn chart spans."""
 
 import os
 import subprocess
 import sys
 import time
+
+import pyarrow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +32,20 @@ def assert_imports_neither_streamlit_nor_tensorflow(*modules: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"importing {', '.join(modules)} imported: {result.stdout} {result.stderr}"
+
+
+
+def step_domains(at, prefix: str) -> dict[str, list[float]]:
+    """The steps each zoomable chart whose key starts with `prefix` spans, by panel: the extent of
+    its rows (sent as Arrow beside the spec), which its step axis takes (`redrawn_in_place`)."""
+    domains = {}
+    for chart in at.get("vega_lite_chart"):
+        key = chart.proto.id.split("-", 2)[-1]
+        if key.startswith(prefix):
+            frames = [pyarrow.ipc.open_stream(dataset.data.data).read_pandas() for dataset in chart.proto.datasets]
+            steps = [frame[column] for frame in frames for column in ("step", "step_end") if column in frame]
+            domains[key.split(".")[2]] = [min(float(values.min()) for values in steps), max(float(values.max()) for values in steps)]
+    return domains
 
 
 # A tiny plug-in file (a 4-8-1 regression of a sum): real code for the plug-in tests to load.

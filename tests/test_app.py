@@ -11,7 +11,6 @@ import os
 import re
 import sys
 
-import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -19,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import live_view, step_range
 from dashboard.run_manager import RunManager, get_run_manager
 from dashboard.step_range import StepRange
-from support import wait_until
+from support import step_domains, wait_until
 
 from training.interpreter_lock import SWITCH_INTERVAL_SECONDS
 from training.policies import POLICY_PARAMETERS
@@ -316,21 +315,7 @@ def test_the_page_switches_threads_often_so_its_charts_do_not_hold_up_a_trace(ma
     assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
 
 
-
 # --- the step charts' window and zoom (issue #20) ------------------------------------------------
-
-
-def step_domains(at: AppTest, prefix: str) -> dict[str, list[float]]:
-    """The steps each zoomable chart whose key starts with `prefix` spans, by panel: the extent of
-    its rows (sent as Arrow beside the spec), which its step axis takes (`redrawn_in_place`)."""
-    domains = {}
-    for chart in at.get("vega_lite_chart"):
-        key = chart.proto.id.split("-", 2)[-1]
-        if key.startswith(prefix):
-            frames = [pa.ipc.open_stream(dataset.data.data).read_pandas() for dataset in chart.proto.datasets]
-            steps = [frame[column] for frame in frames for column in ("step", "step_end") if column in frame]
-            domains[key.split(".")[2]] = [min(float(values.min()) for values in steps), max(float(values.max()) for values in steps)]
-    return domains
 
 
 def shown_caption(at: AppTest) -> tuple[int, int]:

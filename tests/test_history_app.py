@@ -14,7 +14,6 @@ import re
 import sqlite3
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -22,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import panels, step_range
 from dashboard.run_manager import RunManager, get_run_manager
 from dashboard.step_range import StepRange
-from support import wait_until
+from support import step_domains, wait_until
 from training import Trainer
 from training.persistence import RunDatabase
 from training.tasks import TASKS
@@ -142,20 +141,6 @@ def test_a_run_still_training_cannot_be_deleted(manager):
     at.button(key="history.confirm_delete").click().run()
     assert texts(at.error) == [f"Run {trainer.status.run_id} is still training: stop it before deleting it."]
     assert len(manager.database.list_runs()) == 1 and trainer.status.state == "running"
-
-
-
-def step_domains(at: AppTest, prefix: str) -> dict[str, list[float]]:
-    """The steps each zoomable chart whose key starts with `prefix` spans, by panel: the extent of
-    its rows (sent as Arrow beside the spec), which its step axis takes (`redrawn_in_place`)."""
-    domains = {}
-    for chart in at.get("vega_lite_chart"):
-        key = chart.proto.id.split("-", 2)[-1]
-        if key.startswith(prefix):
-            frames = [pa.ipc.open_stream(dataset.data.data).read_pandas() for dataset in chart.proto.datasets]
-            steps = [frame[column] for frame in frames for column in ("step", "step_end") if column in frame]
-            domains[key.split(".")[2]] = [min(float(values.min()) for values in steps), max(float(values.max()) for values in steps)]
-    return domains
 
 
 def test_history_draws_a_window_and_a_zoom_of_the_recorded_run_and_resets_it(manager):
