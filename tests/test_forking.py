@@ -67,7 +67,9 @@ def test_branches_at_other_thresholds_obey_their_own_and_leave_the_parent_alone(
 def test_a_branch_forks_from_a_kept_snapshot_in_the_past_while_the_parent_is_paused(trainers):
     trainer = trainers(task="seed", snapshot_every=100, snapshots_kept=4)
     trainer.start()
-    wait_until(lambda: trainer.status.step >= 500, what="step 500")
+    # Four snapshots kept (under load a chunk can span a thousand steps: step 500 alone was seen
+    # with three), and step 500, then pause.
+    wait_until(lambda: trainer.status.step >= 500 and len(trainer.snapshot_steps) >= 4, what="step 500, four snapshots")
     trainer.pause()
     wait_until(lambda: trainer.status.state == "paused", what="the pause")
     kept = trainer.snapshot_steps

@@ -195,10 +195,15 @@ def test_pace_limit_slows_the_run(trainers):
     running(trainer)
     step = trainer.status.step
     wait_until(lambda: trainer.status.step >= step + 50, what="50 more steps")  # it makes progress
-    metrics = trainer.metrics(since=step)
-    # ... at no more than the cap: its own step stamps, not the test's clock.
-    steps_per_second = (len(metrics) - 1) / (metrics["time_s"].iloc[-1] - metrics["time_s"].iloc[0])
-    assert steps_per_second <= 80
+    metrics = trainer.metrics()
+    # ... at no more than the cap, counted from the run's first step on its own step stamps (not
+    # the test's clock). The pacer lets a chunk that fell behind (a stall on a loaded machine)
+    # catch up, so a short window can hold a burst; the whole run never gets ahead of the cap by
+    # more than one chunk (a tenth of a second's steps, at least 1) and the first.
+    elapsed = metrics["time_s"].iloc[-1] - metrics["time_s"].iloc[0]
+    steps = len(metrics) - 1
+    assert steps <= 50 * elapsed + 16, f"{steps} steps in {elapsed:.2f} s at a cap of 50 steps/s"
+    assert steps >= 50  # and it trains at all
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
