@@ -25,7 +25,9 @@ def test_validation_is_evaluated_every_interval_and_at_the_end(tmp_path):
         task, make_validation_data=validation_rows, metrics=["mean_absolute_error"], evaluation_interval=100
     )
     database = RunDatabase(tmp_path / "runs.db")
-    trainer = Trainer(task=task, max_steps=250, database=database)
+    # On the full step from the start: a run this short never compiles one otherwise (it would
+    # end first), and the full step's trace count is what says evaluating never retraced it.
+    trainer = Trainer(task=task, max_steps=250, database=database, quick_start=False)
     recoveries = xla_cache.recoveries
     trainer.start()
     wait_until(lambda: trainer.status.state == "stopped", what="the run to finish")

@@ -1,6 +1,8 @@
 """The quick start: a run trains on the quick step at once and hands over to the full step
 (every policy, XLA) without losing a step, the optimizer's state or a command."""
 
+import threading
+
 import numpy as np
 import pytest
 from support import wait_until
@@ -53,3 +55,57 @@ def test_the_quick_step_computes_the_same_bits_as_the_full_step(trainers, task, 
     assert len(ours) == len(reference) > 0
     for column in ("loss", "grad_norm", "clipped_grad_norm", "clip_threshold", "clipped", "finite"):
         np.testing.assert_array_equal(ours[column].to_numpy(), reference[column].to_numpy(), err_msg=column)
+
+
+def compile_threads():
+    return [thread for thread in threading.enumerate() if thread.name == "clipwatch-compile"]
+
+
+def test_a_short_bounded_run_never_compiles_a_full_step_it_could_not_use_and_a_paced_one_does(trainers):
+    """A CLI run of 300 steps ends in a fraction of a second on the quick step; starting the full
+    step's compile then only made its process wait 3.5 s at exit (an interpreter must not shut
+    down while XLA compiles). A bounded run with seconds left still gets its full step."""
+    assert not compile_threads()  # the conftest joins every earlier test's compiles
+    short = trainers(task="seed", max_steps=300)
+    short.start()
+    wait_until(lambda: short.status.state in ("stopped", "failed"), timeout=120, what="the short run's end")
+    assert short.status.state == "stopped" and short.status.step == 300, short.status.error
+    assert not compile_threads() and short.trace_count == 0  # the full step was never traced
+
+    paced = trainers(task="seed", max_steps=2_000)
+    paced.set_max_steps_per_second(200)  # 10 s of steps: time enough for the full step
+    paced.start()
+    assert paced.wait_until_compiled()
+    assert paced.status.state == "running" and not paced.status.compiling  # swapped in mid-run
+
+
+def test_a_compile_cancelled_while_tracing_is_never_compiled_or_called():
+    """A run stopped while its full step is still being traced (0.6-3 s) does not go on to
+    compile it: the XLA compile would cost 2-3 s of a core for a function nobody calls."""
+    import tensorflow as tf
+
+    from training.loop.step_compiler import BackgroundCompile
+
+    tracing, release = threading.Event(), threading.Event()
+    calls = tf.Variable(0)
+
+    def make_function():
+        @tf.function(jit_compile=True)
+        def step(amount):
+            tracing.set()  # Python: runs while tracing only
+            release.wait(60)
+            calls.assign_add(amount)
+            return amount
+
+        return step
+
+    job = BackgroundCompile(make_function, (tf.TensorSpec([], tf.int32),), lambda: (tf.constant(1),))
+    assert tracing.wait(60)
+    job.cancel()
+    release.set()
+    assert job.wait(60)
+    assert job.function is None and job.error is None and int(calls.numpy()) == 0
+
+    tracing.clear()
+    kept = BackgroundCompile(make_function, (tf.TensorSpec([], tf.int32),), lambda: (tf.constant(1),))
+    assert kept.wait(60) and kept.function is not None and int(calls.numpy()) == 1  # not cancelled: compiled and called

@@ -61,6 +61,7 @@ class BackgroundCompile:
         self.trace_seconds: float | None = None  # the trace alone
         self.seconds: float | None = None  # the trace and compile
         self._done = threading.Event()
+        self._cancelled = threading.Event()
         function = make_function()
         if self.trace_on_caller:
             self._trace(function)
@@ -72,14 +73,21 @@ class BackgroundCompile:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def cancel(self) -> None:
+        """Nobody will use the function (its run ended): a job still tracing skips the XLA
+        compile (2-3 s of a core; C++ that cannot be stopped once begun). `function` stays None."""
+        self._cancelled.set()
+
     def _trace(self, function: Callable) -> None:
         started = time.perf_counter()
         function.get_concrete_function(*self._signature)
         self.trace_seconds = time.perf_counter() - started
 
-    def _compile(self, function: Callable) -> Callable:
+    def _compile(self, function: Callable) -> Callable | None:
         if self.trace_seconds is None:
             self._trace(function)
+        if self._cancelled.is_set():
+            return None
         function(*self._warm_arguments())
         return function
 

@@ -95,9 +95,10 @@ class ChunkSteps:
     def __call__(self, num_steps: int, first_step: int) -> dict:
         return self.function(tf.constant(num_steps, tf.int32), tf.constant(first_step, tf.int64))
 
-    def swap_in_full_step(self, steps_done: int) -> None:
-        """Between two chunks: start compiling the full step, or swap it in once it is ready."""
-        if self._full_step_wanted:
+    def swap_in_full_step(self, steps_done: int, start: bool = True) -> None:
+        """Between two chunks: start compiling the full step (unless `start` is False: the run
+        will end before it could arrive), or swap it in once it is ready."""
+        if self._full_step_wanted and start:
             # Its XLA fallback, if any, happens on the compile thread: keep the reason and record
             # it here, on the training thread, when the step is swapped in.
             def full_step_later_reporting_fallback():
@@ -121,6 +122,11 @@ class ChunkSteps:
         while self._fallback_reasons:
             self._on_xla_fallback(self._fallback_reasons.pop(0))
         self._on_compiling(False)
+
+    def abandon_compile(self) -> None:
+        """The run ended: a full step still being traced is not compiled (training/step_compiler.py)."""
+        if self.compile_job is not None:
+            self.compile_job.cancel()
 
     def finish_compiling(self, steps_done: int) -> None:
         """Swap the full step in now, waiting for its compile if it is still running (a branch

@@ -224,6 +224,8 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         except Exception as exception:  # kept for the UI, never lost
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
+        if self._steps is not None:
+            self._steps.abandon_compile()  # a stopped run never swaps its full step in
         self._store_ready.set()
         if self._recorder is not None:
             self._recorder.close()  # every step is in the store, the writer's queue and the sinks
@@ -300,6 +302,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         pacer = Pacer()
         recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
         nonfinite_total, nonfinite_run = 0, 0
+        chunks_run = 0
         forks = self._forks
         self._record("start", None, self._config.policy)
         forks.take_snapshot(self._state)  # step 0
@@ -393,10 +396,12 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             )
             # The chunk is handed over and counted: now start tracing and compiling the full step
             # on the compile thread (not sooner: it would compete with the quick step's own trace
-            # and compile for the first step on screen), or swap it in for the next chunk. Not
-            # for a run that has just finished: a short CLI run would wait for a compile.
+            # and compile for the first step on screen), or swap it in for the next chunk.
+            chunks_run += 1
             if max_steps is None or self._steps_done < max_steps:
-                self._steps.swap_in_full_step(self._steps_done)
+                self._steps.swap_in_full_step(
+                    self._steps_done, start=_full_step_may_arrive(max_steps, self._steps_done, per_step, chunks_run)
+                )
             if longest >= self._max_nonfinite_steps:
                 reason = (
                     f"Stopped after {longest} consecutive non-finite steps (loss or gradient "
@@ -485,6 +490,24 @@ def trainer_from_settings(
     if max_steps_per_second is not None:
         trainer.set_max_steps_per_second(max_steps_per_second)  # before step 1
     return trainer
+
+
+# The full step arrives 3-5 s after its compile starts (seed; more on a busy machine). A run
+# bounded by `max_steps` that will end within this many seconds on the quick step never starts it.
+FULL_STEP_MIN_REMAINING_SECONDS = 2.0
+
+
+def _full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_step: float, chunks_run: int) -> bool:
+    """Whether to start compiling the full step now. Always for a run without an end (the page's).
+    For a bounded run, not after its first chunk (whose time holds the quick step's compile, so it
+    says nothing of the pace) and not when the steps left take under
+    `FULL_STEP_MIN_REMAINING_SECONDS` at the last chunk's pace: the compile would not end before the
+    run does, and a short CLI run waited 3.5 s at exit for it (its interpreter must not shut down
+    while XLA compiles). Asked again after every chunk, so a run slowed later (a pace) still gets
+    it; until then a policy switch retraces the quick step, as before the swap."""
+    if max_steps is None:
+        return True
+    return chunks_run >= 2 and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
 
 
 def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
