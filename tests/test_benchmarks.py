@@ -15,7 +15,7 @@ from postgres_server import binaries_missing
 
 from benchmarks import report
 from benchmarks.__main__ import main
-from benchmarks.persistence_cost import WITH_DATABASE, WITH_SERVER, WITHOUT_DATABASE
+from benchmarks.persistence_cost import SERVER_VARIABLE, WITH_DATABASE, WITH_SERVER, WITHOUT_DATABASE
 from benchmarks.run import FULL, QUICK, SECTIONS, default_sections, run_benchmark
 from benchmarks.throughput import CEILING, HEAVY_BATCH_SIZE, KERAS_DEFAULT, KERAS_TUNED, MIN_HEAVY_STEP_SECONDS, MONITORED
 from training.tasks import TASK_NAMES, get_task
@@ -34,10 +34,16 @@ def finite_positive(value) -> bool:
 
 
 @pytest.fixture(scope="module")
-def results():
-    return run_benchmark(
-        TINY, sections=("heavy", "policies", "persistence", "control", "dashboard"), log=lambda _: None
-    )
+def results(request):
+    with pytest.MonkeyPatch.context() as patch:
+        if not binaries_missing():  # the session's PostgreSQL cluster, not a second one started for the section
+            server = request.getfixturevalue("postgres_server")
+            url = server.make_database()
+            request.addfinalizer(lambda: server.drop_database(url))
+            patch.setenv(SERVER_VARIABLE, url)
+        return run_benchmark(
+            TINY, sections=("heavy", "policies", "persistence", "control", "dashboard"), log=lambda _: None
+        )
 
 
 def test_throughput_rows_have_finite_ratios(results):
