@@ -1,8 +1,9 @@
-"""The Live tab: every chart of the current run in one timed fragment, the advisor and exports under it.
+"""The Live tab: the current run's header and charts in two timed fragments, the advisor and exports under them.
 
-The fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a run is
-running or paused; no timer otherwise), computes every chart first and then draws them in one
-go. When the run, its state or its settings change (from any tab), it reruns the whole page so
+The header fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a
+run is running or paused; no timer otherwise) and draws the step counter and numbers; the charts
+fragment refreshes as often with up to three tabs watching and less often with more
+(dashboard/viewers.py), computes every chart first and then draws them in one go. When the run, its state or its settings change (from any tab), it reruns the whole page so
 the controls follow. Nothing here loops, sleeps or starts a thread.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ from dashboard.live_forks import ForkSnapshot
 from dashboard.live_run import RunSnapshot
 from dashboard.operator_controls import session_run_manager
 from dashboard.run_manager import RunManager
+from dashboard import viewers as viewers_module
 from dashboard.step_range import StepRange
 from training.policies import validate_clip_threshold
 
@@ -47,7 +50,9 @@ THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
 VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
-FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's first step
+FAST_REFRESH = "_live_fast_refresh"  # the fragments redraw fast until the run's first step
+CHARTS_REFRESH = "_live_charts_refresh"  # (header's, charts' refresh) as this session's last full run set them
+VIEWER_ID = "_live_viewer_id"
 # The step charts of a window or a zoom: shared by the sessions that show the same steps, apart
 # from the whole-run charts so that many sessions' zooms cannot push those out.
 RANGED = shared_charts.SharedCharts()
@@ -78,9 +83,15 @@ def render(manager: RunManager) -> None:
     if refresh is None and not manager.can_steer:
         # A viewer cannot start a run itself: it looks now and then for the operator's.
         refresh = VIEWER_IDLE_REFRESH_SECONDS
-    if manager.run_number:  # outside the timed fragment, as every control
+    if manager.run_number:  # outside the timed fragments, as every control
         panels.steps_shown_control(zoom_place(manager.run_number), st.columns([1, 3])[0])
-    st.fragment(_live_view, run_every=refresh)()
+    # Two timed fragments: the header (the step counter, state, numbers) at `refresh`, cheap to
+    # draw; the charts at `refresh` stretched with the number of tabs watching (dashboard/viewers.py).
+    viewers = manager.viewers.seen(_viewer_id())
+    charts_refresh = None if refresh is None else viewers_module.chart_refresh_seconds(refresh, viewers)
+    st.session_state[CHARTS_REFRESH] = (refresh, charts_refresh)
+    st.fragment(_live_header, run_every=refresh)()
+    st.fragment(_live_view, run_every=charts_refresh)()
     if manager.run_number:
         fork_view.render(manager)
         _live_tools(manager)
@@ -95,22 +106,28 @@ def _on_apply_suggested(manager: RunManager, value: float) -> None:
     st.session_state[NEEDS_FULL_RERUN] = True  # the button sits in the fragment: redraw all
 
 
-def _live_view() -> None:
+def _viewer_id() -> str:
+    """This session's id among the tabs watching (kept in its session state)."""
+    return st.session_state.setdefault(VIEWER_ID, uuid.uuid4().hex)
+
+
+def _needs_full_rerun(manager: RunManager) -> bool:
+    return st.session_state.pop(NEEDS_FULL_RERUN, False) or manager.fingerprint() != st.session_state.get(FINGERPRINT)
+
+
+def _live_header() -> None:
+    """The run line, its messages and the header cards, every `refresh` (the counter a viewer reads)."""
     manager = session_run_manager()
-    if st.session_state.pop(NEEDS_FULL_RERUN, False) or (
-        manager.fingerprint() != st.session_state.get(FINGERPRINT)
-    ):
-        st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
+    if _needs_full_rerun(manager):
+        st.rerun(scope="app")  # the controls (and the refresh timers) must follow the run
     snapshot = manager.snapshot()
     if st.session_state.get(FAST_REFRESH) and snapshot.status is not None and snapshot.status.step > 0:
         st.rerun(scope="app")  # the first step is here: back to the usual refresh
-    # Everything is computed first and then drawn in one go: elements still waiting after half
-    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
-    ghosts = panels.ghosts_frame(manager.live_advice())
-    forks = manager.fork_snapshot()
-    place = zoom_place(snapshot.run_number)
-    shown = panels.shown_steps(place, step_range.covered_steps(snapshot.metrics_view))
-    figures = _figures(snapshot, ghosts, forks, shown, _range_reader(manager, snapshot)) if len(snapshot.metrics_view) else None
+    refresh, charts_refresh = st.session_state.get(CHARTS_REFRESH, (None, None))
+    if refresh is not None:
+        viewers = manager.viewers.seen(_viewer_id())
+        if viewers_module.chart_refresh_seconds(refresh, viewers) != charts_refresh:
+            st.rerun(scope="app")  # tabs came or went: the charts' timer follows
     # Messages that come and go sit in one container, so the header below has one place in the
     # page whatever they say: a header drawn by a timed rerun that a full rerun cut short then
     # lands where the new one goes and is replaced by it. CI once saw a second header, still
@@ -120,6 +137,21 @@ def _live_view() -> None:
         _failure(snapshot)
         _write_warning(snapshot)
     _headline(snapshot)
+
+
+def _live_view() -> None:
+    """The charts, every `refresh` stretched with the number of tabs (dashboard/viewers.py)."""
+    manager = session_run_manager()
+    if _needs_full_rerun(manager):
+        st.rerun(scope="app")
+    snapshot = manager.snapshot()
+    # Everything is computed first and then drawn in one go: elements still waiting after half
+    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
+    ghosts = panels.ghosts_frame(manager.live_advice())
+    forks = manager.fork_snapshot()
+    place = zoom_place(snapshot.run_number)
+    shown = panels.shown_steps(place, step_range.covered_steps(snapshot.metrics_view))
+    figures = _figures(snapshot, ghosts, forks, shown, _range_reader(manager, snapshot)) if len(snapshot.metrics_view) else None
     if snapshot.run_number == 0:
         st.info(
             "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "

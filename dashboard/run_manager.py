@@ -21,6 +21,7 @@ from dashboard.live_forks import LiveForks
 from dashboard.live_run import ACTIVE_STATES, LiveRun, RunSettings
 from dashboard.race import Race, RaceSettings
 from dashboard.run_library import RunLibrary
+from dashboard.viewers import ViewerCount
 from training.persistence import default_path
 
 
@@ -73,6 +74,7 @@ class RunManager:
             default_path() if database_path is None else database_path,
             live_run_ids=self.live_run_ids,
         )
+        self.viewers = ViewerCount()  # the tabs watching the live run (dashboard/viewers.py)
 
     # --- what spans the parts -------------------------------------------------------------------
 
