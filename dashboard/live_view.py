@@ -1,9 +1,8 @@
-"""The Live tab: the current run's header and charts in two timed fragments, the advisor and exports under them.
+"""The Live tab: every chart of the current run in one timed fragment, the advisor and exports under it.
 
-The header fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a
-run is running or paused; no timer otherwise) and draws the step counter and numbers; the charts
-fragment refreshes as often with up to three tabs watching and less often with more
-(dashboard/viewers.py), computes every chart first and then draws them in one go. When the run, its state or its settings change (from any tab), it reruns the whole page so
+The fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a run is
+running or paused, stretched when more than three tabs watch: dashboard/viewers.py; no timer
+otherwise), computes every chart first and then draws them in one go. When the run, its state or its settings change (from any tab), it reruns the whole page so
 the controls follow. Nothing here loops, sleeps or starts a thread.
 """
 
@@ -51,7 +50,7 @@ VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
 FAST_REFRESH = "_live_fast_refresh"  # the fragments redraw fast until the run's first step
-CHARTS_REFRESH = "_live_charts_refresh"  # (header's, charts' refresh) as this session's last full run set them
+REFRESH = "_live_refresh"  # (usual, stretched) refresh as this session's last full run set them
 VIEWER_ID = "_live_viewer_id"
 # The step charts of a window or a zoom: shared by the sessions that show the same steps, apart
 # from the whole-run charts so that many sessions' zooms cannot push those out.
@@ -85,13 +84,11 @@ def render(manager: RunManager) -> None:
         refresh = VIEWER_IDLE_REFRESH_SECONDS
     if manager.run_number:  # outside the timed fragments, as every control
         panels.steps_shown_control(zoom_place(manager.run_number), st.columns([1, 3])[0])
-    # Two timed fragments: the header (the step counter, state, numbers) at `refresh`, cheap to
-    # draw; the charts at `refresh` stretched with the number of tabs watching (dashboard/viewers.py).
+    # The timed fragment's refresh, stretched with the number of tabs watching (dashboard/viewers.py).
     viewers = manager.viewers.seen(_viewer_id())
-    charts_refresh = None if refresh is None else viewers_module.chart_refresh_seconds(refresh, viewers)
-    st.session_state[CHARTS_REFRESH] = (refresh, charts_refresh)
-    st.fragment(_live_header, run_every=refresh)()
-    st.fragment(_live_view, run_every=charts_refresh)()
+    stretched = None if refresh is None else viewers_module.refresh_seconds(refresh, viewers)
+    st.session_state[REFRESH] = (refresh, stretched)
+    st.fragment(_live_view, run_every=stretched)()
     if manager.run_number:
         fork_view.render(manager)
         _live_tools(manager)
@@ -115,19 +112,23 @@ def _needs_full_rerun(manager: RunManager) -> bool:
     return st.session_state.pop(NEEDS_FULL_RERUN, False) or manager.fingerprint() != st.session_state.get(FINGERPRINT)
 
 
-def _live_header() -> None:
-    """The run line, its messages and the header cards, every `refresh` (the counter a viewer reads)."""
+def _live_view() -> None:
     manager = session_run_manager()
     if _needs_full_rerun(manager):
-        st.rerun(scope="app")  # the controls (and the refresh timers) must follow the run
+        st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
     snapshot = manager.snapshot()
     if st.session_state.get(FAST_REFRESH) and snapshot.status is not None and snapshot.status.step > 0:
         st.rerun(scope="app")  # the first step is here: back to the usual refresh
-    refresh, charts_refresh = st.session_state.get(CHARTS_REFRESH, (None, None))
-    if refresh is not None:
-        viewers = manager.viewers.seen(_viewer_id())
-        if viewers_module.chart_refresh_seconds(refresh, viewers) != charts_refresh:
-            st.rerun(scope="app")  # tabs came or went: the charts' timer follows
+    refresh, stretched = st.session_state.get(REFRESH, (None, None))
+    if refresh is not None and viewers_module.refresh_seconds(refresh, manager.viewers.seen(_viewer_id())) != stretched:
+        st.rerun(scope="app")  # tabs came or went: the timer follows
+    # Everything is computed first and then drawn in one go: elements still waiting after half
+    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
+    ghosts = panels.ghosts_frame(manager.live_advice())
+    forks = manager.fork_snapshot()
+    place = zoom_place(snapshot.run_number)
+    shown = panels.shown_steps(place, step_range.covered_steps(snapshot.metrics_view))
+    figures = _figures(snapshot, ghosts, forks, shown, _range_reader(manager, snapshot)) if len(snapshot.metrics_view) else None
     # Messages that come and go sit in one container, so the header below has one place in the
     # page whatever they say: a header drawn by a timed rerun that a full rerun cut short then
     # lands where the new one goes and is replaced by it. CI once saw a second header, still
@@ -137,21 +138,6 @@ def _live_header() -> None:
         _failure(snapshot)
         _write_warning(snapshot)
     _headline(snapshot)
-
-
-def _live_view() -> None:
-    """The charts, every `refresh` stretched with the number of tabs (dashboard/viewers.py)."""
-    manager = session_run_manager()
-    if _needs_full_rerun(manager):
-        st.rerun(scope="app")
-    snapshot = manager.snapshot()
-    # Everything is computed first and then drawn in one go: elements still waiting after half
-    # a second of a rerun fade, so spreading the drawing over the computing would flicker.
-    ghosts = panels.ghosts_frame(manager.live_advice())
-    forks = manager.fork_snapshot()
-    place = zoom_place(snapshot.run_number)
-    shown = panels.shown_steps(place, step_range.covered_steps(snapshot.metrics_view))
-    figures = _figures(snapshot, ghosts, forks, shown, _range_reader(manager, snapshot)) if len(snapshot.metrics_view) else None
     if snapshot.run_number == 0:
         st.info(
             "No run yet. Pick a task and a clipping policy in the sidebar, then press **Start**. "

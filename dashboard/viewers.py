@@ -1,12 +1,12 @@
-"""How many tabs watch the live run, and how often each redraws its charts for that many.
+"""How many tabs watch the live run, and how often each redraws the Live tab for that many.
 
-Why (issue #20): every tab redraws the whole Live tab once a second, and a redraw cost its
-renderer 208-229 ms of main-thread work (measured through DevTools, benchmarks/viewers.py). Ten
-tabs then wanted about two seconds of CPU per second for the renderers alone on this 2-core
-machine, beside the server and the training thread: step counters stood still for 8-13 s. So the
-header (the step counter, the state, the numbers) keeps its one-second refresh in a fragment of
-its own, which costs little to draw, and the charts' refresh stretches with the number of tabs so
-that all tabs together redraw charts about `CHART_REDRAWS_PER_SECOND` times a second.
+Why (issue #20): every tab redrew the Live tab once a second, and a redraw cost its renderer
+206-229 ms of main-thread work (measured through DevTools, benchmarks/viewers.py) and the server
+about as much. Ten tabs asked for ten redraws a second; this 2-core machine, training at full
+speed beside them, delivered about three, unevenly: step counters stood still for 8-15 s. A
+header-only fragment at 1 s did not help (each fragment rerun cost the renderer ~200 ms whatever
+it drew: 15.1 s). So the refresh stretches with the number of tabs, so that all tabs together
+redraw about `REDRAWS_PER_SECOND` times a second: fewer, evenly spaced redraws.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Callable
 
-SEEN_WITHIN_SECONDS = 5.0  # a tab whose header has not refreshed for this long has gone
-CHART_REDRAWS_PER_SECOND = 3.0  # all tabs together, once there are more tabs than this
-MAX_CHART_REFRESH_SECONDS = 5.0
+SEEN_WITHIN_SECONDS = 12.0  # a tab that has not refreshed for this long has gone (3x the longest refresh: a loaded machine delays refreshes)
+REDRAWS_PER_SECOND = 3.0  # all tabs together, once there are more tabs than this
+MAX_REFRESH_SECONDS = 4.0
 
 
 class ViewerCount:
@@ -40,11 +40,11 @@ class ViewerCount:
             return len(self._last_seen)
 
 
-def chart_refresh_seconds(refresh_seconds: float, viewers: int) -> float:
-    """The charts' refresh for one of `viewers` tabs: `refresh_seconds` up to
-    `CHART_REDRAWS_PER_SECOND` tabs, then stretched in whole steps of it (at most
-    `MAX_CHART_REFRESH_SECONDS`), so the interval changes only when the count crosses a step."""
+def refresh_seconds(usual_seconds: float, viewers: int) -> float:
+    """The Live tab's refresh for one of `viewers` tabs: `usual_seconds` up to
+    `REDRAWS_PER_SECOND` tabs, then stretched in whole steps of it (at most `MAX_REFRESH_SECONDS`),
+    so the interval changes only when the count crosses a step."""
     if viewers < 1:
         raise ValueError(f"viewers must be at least 1. Received: viewers={viewers!r}")
-    wanted = viewers / CHART_REDRAWS_PER_SECOND
-    return min(MAX_CHART_REFRESH_SECONDS, max(refresh_seconds, refresh_seconds * math.ceil(wanted / refresh_seconds)))
+    wanted = viewers / REDRAWS_PER_SECOND
+    return min(MAX_REFRESH_SECONDS, max(usual_seconds, usual_seconds * math.ceil(wanted / usual_seconds)))
