@@ -125,24 +125,3 @@ def database_location(request, tmp_path):
     from postgres_server import fresh_location
 
     return fresh_location(request.param, tmp_path, request)
-
-
-# The longest modules first, so neither worker (pyproject.toml: two, a module each at a time) is
-# left running a long one alone at the end: measured, the last 3 of 12.5 minutes had one worker
-# idle. Seconds per module, measured serially here (a browser module takes 2-4x that beside the
-# other worker); the modules not listed follow in their usual order.
-MODULE_SECONDS = {
-    "test_benchmarks": 136, "test_browser_attached": 110, "test_browser": 80, "test_keras": 77,
-    "test_trainer": 72, "test_browser_speed": 60, "test_forking": 62, "test_cli_defects": 56,
-    "test_step_compiler": 51, "test_cli": 50, "test_app": 42, "test_snapshot_files": 38,
-    "test_history_app": 38, "test_benchmarks_speed": 37, "test_persistence": 34,
-    "test_persistence_faults": 34, "test_fork_app": 32, "test_keras_scripts": 32, "test_postgres": 31,
-    "test_browser_fork": 30, "test_browser_access": 25, "test_xla_cache": 25,
-}  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    def seconds(item):
-        return MODULE_SECONDS.get(item.module.__name__.rpartition(".")[2], 0)
-
-    items.sort(key=seconds, reverse=True)  # stable: a module's tests keep their order
