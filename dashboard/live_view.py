@@ -2,8 +2,8 @@
 
 The fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a run is
 running or paused, stretched when more than three tabs watch: dashboard/viewers.py; no timer
-otherwise), computes every chart first and then draws them in one go. When the run, its state or its settings change (from any tab), it reruns the whole page so
-the controls follow. Nothing here loops, sleeps or starts a thread.
+otherwise), computes every chart first and then draws them in one go. When the run, its state or
+its settings change (from any tab), it reruns the whole page so the controls follow. Nothing here loops, sleeps or starts a thread.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ THRESHOLD_POLICIES = ("global_norm", "per_tensor_norm", "zclip")
 VIEWER_IDLE_REFRESH_SECONDS = 2.0
 
 
-FAST_REFRESH = "_live_fast_refresh"  # the fragments redraw fast until the run's first step
+FAST_REFRESH = "_live_fast_refresh"  # the fragment redraws fast until the run's first step
 REFRESH = "_live_refresh"  # (usual, stretched) refresh as this session's last full run set them
 VIEWER_ID = "_live_viewer_id"
 # The step charts of a window or a zoom: shared by the sessions that show the same steps, apart
@@ -82,7 +82,7 @@ def render(manager: RunManager) -> None:
     if refresh is None and not manager.can_steer:
         # A viewer cannot start a run itself: it looks now and then for the operator's.
         refresh = VIEWER_IDLE_REFRESH_SECONDS
-    if manager.run_number:  # outside the timed fragments, as every control
+    if manager.run_number:  # outside the timed fragment, as every control
         panels.steps_shown_control(zoom_place(manager.run_number), st.columns([1, 3])[0])
     # The timed fragment's refresh, stretched with the number of tabs watching (dashboard/viewers.py).
     viewers = manager.viewers.seen(_viewer_id())
@@ -108,13 +108,11 @@ def _viewer_id() -> str:
     return st.session_state.setdefault(VIEWER_ID, uuid.uuid4().hex)
 
 
-def _needs_full_rerun(manager: RunManager) -> bool:
-    return st.session_state.pop(NEEDS_FULL_RERUN, False) or manager.fingerprint() != st.session_state.get(FINGERPRINT)
-
-
 def _live_view() -> None:
     manager = session_run_manager()
-    if _needs_full_rerun(manager):
+    if st.session_state.pop(NEEDS_FULL_RERUN, False) or (
+        manager.fingerprint() != st.session_state.get(FINGERPRINT)
+    ):
         st.rerun(scope="app")  # the controls (and the refresh timer) must follow the run
     snapshot = manager.snapshot()
     if st.session_state.get(FAST_REFRESH) and snapshot.status is not None and snapshot.status.step > 0:

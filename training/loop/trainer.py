@@ -398,16 +398,10 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             # on the compile thread (not sooner: it would compete with the quick step's own trace
             # and compile for the first step on screen), or swap it in for the next chunk.
             chunks_run += 1
-            if max_steps is None or self._steps_done < max_steps:
-                self._steps.swap_in_full_step(
-                    self._steps_done, start=_full_step_may_arrive(max_steps, self._steps_done, per_step, chunks_run)
-                )
+            start = _full_step_may_arrive(max_steps, self._steps_done, per_step, chunks_run)
+            self._steps.swap_in_full_step(self._steps_done, start=start)
             if longest >= self._max_nonfinite_steps:
-                reason = (
-                    f"Stopped after {longest} consecutive non-finite steps (loss or gradient "
-                    f"NaN/inf; limit max_nonfinite_steps={self._max_nonfinite_steps}). "
-                    "Lower the learning rate or the clip threshold."
-                )
+                reason = _nonfinite_failure(longest, self._max_nonfinite_steps)
                 self._record("failed", None, reason)
                 return "failed", reason
             pacer.wait(pace, step + steps, self._wake, self._stop_requested)
@@ -507,7 +501,15 @@ def _full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_st
     it; until then a policy switch retraces the quick step, as before the swap."""
     if max_steps is None:
         return True
+    # (A run that has just finished has no steps left: never.)
     return chunks_run >= 2 and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
+
+
+def _nonfinite_failure(longest: int, limit: int) -> str:
+    return (
+        f"Stopped after {longest} consecutive non-finite steps (loss or gradient NaN/inf; limit "
+        f"max_nonfinite_steps={limit}). Lower the learning rate or the clip threshold."
+    )
 
 
 def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
