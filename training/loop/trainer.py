@@ -398,7 +398,8 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             # on the compile thread (not sooner: it would compete with the quick step's own trace
             # and compile for the first step on screen), or swap it in for the next chunk.
             chunks_run += 1
-            start = _full_step_may_arrive(max_steps, self._steps_done, per_step, chunks_run)
+            seconds_per_step = max(per_step, 1.0 / pace) if pace else per_step  # a paced run waits too
+            start = _full_step_may_arrive(max_steps, self._steps_done, seconds_per_step, chunks_run)
             self._steps.swap_in_full_step(self._steps_done, start=start)
             if longest >= self._max_nonfinite_steps:
                 reason = _nonfinite_failure(longest, self._max_nonfinite_steps)
@@ -489,20 +490,22 @@ def trainer_from_settings(
 # The full step arrives 3-5 s after its compile starts (seed; more on a busy machine). A run
 # bounded by `max_steps` that will end within this many seconds on the quick step never starts it.
 FULL_STEP_MIN_REMAINING_SECONDS = 2.0
+FULL_STEP_FIRST_CHUNK = 4  # chunks grow about x6 from a step or a few: the fourth's time is the pace
 
 
 def _full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_step: float, chunks_run: int) -> bool:
     """Whether to start compiling the full step now. Always for a run without an end (the page's).
-    For a bounded run, not after its first chunk (whose time holds the quick step's compile, so it
-    says nothing of the pace) and not when the steps left take under
-    `FULL_STEP_MIN_REMAINING_SECONDS` at the last chunk's pace: the compile would not end before the
-    run does, and a short CLI run waited 3.5 s at exit for it (its interpreter must not shut down
-    while XLA compiles). Asked again after every chunk, so a run slowed later (a pace) still gets
-    it; until then a policy switch retraces the quick step, as before the swap."""
+    For a bounded run, not before its fourth chunk (the first one's time holds the quick step's
+    compile; the next ones are a step or a few, timed mostly by the call's own overhead) and not
+    when the steps left take under `FULL_STEP_MIN_REMAINING_SECONDS` at the last chunk's pace (or
+    the run's cap): the compile would not end before the run does, and a short CLI run waited
+    3.5 s at exit for it (its interpreter must not shut down while XLA compiles). Asked again
+    after every chunk, so a run slowed later (a pace) still gets it; until then a policy switch
+    retraces the quick step, as before the swap."""
     if max_steps is None:
         return True
     # (A run that has just finished has no steps left: never.)
-    return chunks_run >= 2 and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
+    return chunks_run >= FULL_STEP_FIRST_CHUNK and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
 
 
 def _nonfinite_failure(longest: int, limit: int) -> str:
