@@ -272,3 +272,15 @@ def test_viewers_targets_and_cpu_split_from_a_saved_result():
     assert "each redraw cost its renderer 200 ms of main-thread tasks" in printed  # 0.1 s/s x 60 s / 30 redraws
     assert "tab 4 failed: TimeoutError: evaluate" in printed
     assert "race failed: TimeoutError: Locator.click" in printed
+
+
+def test_the_long_run_memory_target_is_judged_from_a_saved_result():
+    """Dropped once by accident with the viewers' old copy (958c992): every section's targets reach the report."""
+    from benchmarks.speed_report import MAX_RSS_GROWTH_MB
+
+    for growth, passed in ((12.5, True), (MAX_RSS_GROWTH_MB + 1, False)):
+        found = [t for t in report.evaluate_targets({"long_run": {"steps": 5_000_000, "rss_growth_after_window_mb": growth}})
+                 if t["target"].startswith("long run")]  # fmt: skip
+        assert [(t["target"], t["passed"]) for t in found] == [
+            ("long run (5,000,000 steps): RSS growth after the window filled < 50 MB", passed)
+        ]
