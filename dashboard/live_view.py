@@ -3,7 +3,8 @@
 The fragment reads one `RunSnapshot` per refresh (every `controls.REFRESH_SECONDS` while a run is
 running or paused, stretched when more than three tabs watch: dashboard/viewers.py; no timer
 otherwise), computes every chart first and then draws them in one go. When the run, its state or
-its settings change (from any tab), it reruns the whole page so the controls follow. Nothing here loops, sleeps or starts a thread.
+its settings change (from any tab), it reruns the whole page so the controls follow. Nothing here
+loops, sleeps or starts a thread.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ import threading
 import time
 from typing import Callable
 
-SEEN_WITHIN_SECONDS = 12.0  # a tab that has not refreshed for this long has gone (3x the longest refresh: a loaded machine delays refreshes)
+# A tab that has not refreshed for this long has gone: 3x the longest refresh, as a loaded
+# machine delays refreshes (one that dropped out would make every tab rerun the whole page).
+SEEN_WITHIN_SECONDS = 12.0
 REDRAWS_PER_SECOND = 3.0  # all tabs together, once there are more tabs than this
 MAX_REFRESH_SECONDS = 4.0
 
