@@ -109,3 +109,44 @@ def test_a_compile_cancelled_while_tracing_is_never_compiled_or_called():
     tracing.clear()
     kept = BackgroundCompile(make_function, (tf.TensorSpec([], tf.int32),), lambda: (tf.constant(1),))
     assert kept.wait(60) and kept.function is not None and int(calls.numpy()) == 1  # not cancelled: compiled and called
+
+
+def test_the_full_step_is_compiled_for_a_run_that_trains_on_for_two_seconds_or_switches_policy():
+    """The rule, as a function of what the loop knows after each chunk (training/loop/trainer.py)."""
+    from training.loop.trainer import FULL_STEP_MIN_REMAINING_SECONDS as SECONDS
+    from training.loop.trainer import full_step_may_arrive
+
+    # A run without an end: once it has trained SECONDS, or at once after a policy switch.
+    assert not full_step_may_arrive(None, 5_000, 1e-5, 9, SECONDS * 0.99, False)
+    assert full_step_may_arrive(None, 5_000, 1e-5, 9, SECONDS, False)
+    assert full_step_may_arrive(None, 16, 1e-3, 1, 0.0, True)
+    # A bounded run: from its fourth chunk, when its steps left take SECONDS at its pace; a policy
+    # switch does not change that (a short CLI run must not wait at exit for a compile).
+    assert not full_step_may_arrive(300, 100, 1e-5, 9, 10.0, True)
+    assert not full_step_may_arrive(1_000_000, 100, 1e-5, 3, 0.0, False)
+    assert full_step_may_arrive(1_000_000, 100, 1e-5, 4, 0.0, False)
+    assert not full_step_may_arrive(1_000_000, 1_000_000, 1.0, 9, 10.0, False)  # finished
+
+
+def test_an_unbounded_run_stopped_within_two_seconds_never_compiles_its_full_step_and_a_switch_starts_it(trainers):
+    """A page run stopped soon after Start (a wrong task, a demo of the first steps) never spent
+    3-4 s of a core on the full step; a policy switch asks for it at once."""
+    from training.loop.trainer import FULL_STEP_MIN_REMAINING_SECONDS
+
+    assert not compile_threads()  # the conftest joins every earlier test's compiles
+    brief = trainers(task="seed")
+    brief.start()
+    wait_until(lambda: brief.status.step > 0, what="the first step")
+    brief.stop(timeout=120)
+    times = brief.metrics().time_s
+    if times.iloc[-1] - times.iloc[0] < FULL_STEP_MIN_REMAINING_SECONDS:  # the stop landed in time (not on a stalled machine)
+        assert not compile_threads() and brief.trace_count == 0, "the full step was traced"
+
+    switched = trainers(task="seed", policy="global_norm")
+    switched.start()
+    wait_until(lambda: switched.status.step > 0, what="the first step")
+    switched.set_policy("autoclip")
+    assert switched.wait_until_compiled(timeout=120)
+    switched.pause()
+    wait_until(lambda: switched.status.state == "paused", what="the pause")
+    assert switched.trace_count == 1 and not switched.status.compiling

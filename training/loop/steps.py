@@ -69,6 +69,7 @@ class ChunkSteps:
         self.trace_count = 0
         self.compile_job: BackgroundCompile | None = None
         self._full_step_wanted = False
+        self.switched_on_quick_step = False  # the policy was switched before the full step came
         self._fallback_reasons: list[str] = []  # XLA fallbacks of the compile thread, not recorded yet
         self.function: Callable | None = None
 
@@ -91,6 +92,7 @@ class ChunkSteps:
         """The policy in force changed: a quick step still in use is rebuilt for it."""
         if self.compiling:
             self.function = self._quick_step()
+            self.switched_on_quick_step = True
 
     def __call__(self, num_steps: int, first_step: int) -> dict:
         return self.function(tf.constant(num_steps, tf.int32), tf.constant(first_step, tf.int64))

@@ -302,7 +302,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         pacer = Pacer()
         recent: collections.deque = collections.deque(maxlen=64)  # (time, step) per chunk
         nonfinite_total, nonfinite_run = 0, 0
-        chunks_run = 0
+        chunks_run, trained_since = 0, None  # chunks done; when the first one ended
         forks = self._forks
         self._record("start", None, self._config.policy)
         forks.take_snapshot(self._state)  # step 0
@@ -394,12 +394,12 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 trace_count=self._steps.trace_count,
                 chunk_steps=steps,
             )
-            # The chunk is handed over and counted: now start tracing and compiling the full step
-            # on the compile thread (not sooner: it would compete with the quick step's own trace
-            # and compile for the first step on screen), or swap it in for the next chunk.
-            chunks_run += 1
+            # The chunk is handed over and counted: now (not sooner: it would compete with the first
+            # step on screen) the full step may start compiling on its thread, or be swapped in.
+            chunks_run, trained_since = chunks_run + 1, trained_since or now
             seconds_per_step = max(per_step, 1.0 / pace) if pace else per_step  # a paced run waits too
-            start = _full_step_may_arrive(max_steps, self._steps_done, seconds_per_step, chunks_run)
+            start = full_step_may_arrive(max_steps, self._steps_done, seconds_per_step, chunks_run, now - trained_since,
+                                          self._steps.switched_on_quick_step)  # fmt: skip
             self._steps.swap_in_full_step(self._steps_done, start=start)
             if longest >= self._max_nonfinite_steps:
                 reason = _nonfinite_failure(longest, self._max_nonfinite_steps)
@@ -487,23 +487,29 @@ def trainer_from_settings(
     return trainer
 
 
-# The full step arrives 3-5 s after its compile starts (seed; more on a busy machine). A run
-# bounded by `max_steps` that will end within this many seconds on the quick step never starts it.
+# The full step arrives 3-5 s after its compile starts (seed; more on a busy machine) and costs
+# 3-4 s of a core. It pays off only in a run that trains on for at least this many seconds.
 FULL_STEP_MIN_REMAINING_SECONDS = 2.0
 FULL_STEP_FIRST_CHUNK = 4  # chunks grow about x6 from a step or a few: the fourth's time is the pace
 
 
-def _full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_step: float, chunks_run: int) -> bool:
-    """Whether to start compiling the full step now. Always for a run without an end (the page's).
-    For a bounded run, not before its fourth chunk (the first one's time holds the quick step's
+def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_step: float, chunks_run: int,
+                          trained_seconds: float, policy_switched: bool) -> bool:  # fmt: skip
+    """Whether to start compiling the full step now: when the run will train on for at least
+    `FULL_STEP_MIN_REMAINING_SECONDS`. Asked again after every chunk.
+
+    A run without an end (the page's): once it has trained that long since its first chunk (its
+    past is the best guess of its future), or at once after a policy switch (its user switches
+    policies: the next switch should not retrace). A run stopped sooner never spent 3-4 s of a
+    core on a step it could not use, while its page was being drawn.
+    A bounded run: not before its fourth chunk (the first one's time holds the quick step's
     compile; the next ones are a step or a few, timed mostly by the call's own overhead) and not
-    when the steps left take under `FULL_STEP_MIN_REMAINING_SECONDS` at the last chunk's pace (or
-    the run's cap): the compile would not end before the run does, and a short CLI run waited
-    3.5 s at exit for it (its interpreter must not shut down while XLA compiles). Asked again
-    after every chunk, so a run slowed later (a pace) still gets it; until then a policy switch
-    retraces the quick step, as before the swap."""
+    when the steps left take under that at the last chunk's pace (or the run's cap): the compile
+    would not end before the run does, and a short CLI run waited 3.5 s at exit for it (its
+    interpreter must not shut down while XLA compiles). A run slowed later (a pace) still gets it.
+    Until then a policy switch retraces the quick step, as before the swap."""
     if max_steps is None:
-        return True
+        return policy_switched or trained_seconds >= FULL_STEP_MIN_REMAINING_SECONDS
     # (A run that has just finished has no steps left: never.)
     return chunks_run >= FULL_STEP_FIRST_CHUNK and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
 
