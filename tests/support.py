@@ -1,5 +1,7 @@
 """Small helpers shared by the tests: the one wait helper, the import check and what a drawn chart spans."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -21,6 +23,39 @@ def wait_until(predicate, timeout=60.0, what="condition", interval=0.05, state=N
         time.sleep(interval)
     seen = f"; state: {state()}" if state is not None else ""
     raise AssertionError(f"Timed out after {timeout:g}s waiting for {what}{seen}")
+
+
+def run_cli_in_process(*argv: str, cwd=None, path: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m training ARGV` run by the CLI's own `main` in this process, as `subprocess.run`
+    reports it (returncode, stdout, stderr). It spares each run a new interpreter and TensorFlow
+    import (3.5 s of a core). `cwd` is the working folder and `path` goes before sys.path (a
+    subprocess's PYTHONPATH) for the run; the modules it imports from there are forgotten after
+    it, as a process's would be. What only a process shows (SIGTERM, an environment read at TensorFlow's
+    import, an interpreter's exit) stays in real-process tests (test_cli, test_cli_defects)."""
+    from training import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    modules, sys_path, folder = set(sys.modules), list(sys.path), os.getcwd()
+    switch_interval = sys.getswitchinterval()
+    try:
+        sys.path[:0] = [str(entry) for entry in path]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.main(list(argv))
+            except SystemExit as exit:  # argparse's refusals: 2
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.chdir(folder)
+        sys.path[:] = sys_path
+        roots = [os.path.realpath(entry) for entry in (*path, *([cwd] if cwd is not None else []))]
+        for name in set(sys.modules) - modules:  # the user's modules, not TensorFlow's first import
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if any(os.path.realpath(file).startswith(root + os.sep) for root in roots):
+                del sys.modules[name]
+        sys.setswitchinterval(switch_interval)
+    return subprocess.CompletedProcess(["python", "-m", "training", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_imports_neither_streamlit_nor_tensorflow(*modules: str) -> None:

@@ -1,7 +1,8 @@
-"""The headless CLI, run as a user would: a subprocess, a CSV file, a JSON summary."""
+"""The headless CLI, run as a user would: a subprocess, a CSV file, a JSON summary. The first test
+runs the real process; the rest call the same `main` in this process (support.run_cli_in_process:
+no interpreter and TensorFlow import per run), which reports exit codes, stdout and stderr alike."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import TINY_PLUGIN, write_plugin
+from support import TINY_PLUGIN, run_cli_in_process, write_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["step", "time_s", "loss", "grad_norm", "clipped_grad_norm", "clip_threshold", "clipped", "finite", "learning_rate", "policy"]
@@ -43,9 +44,13 @@ def test_cli_writes_every_step_and_a_json_summary(tmp_path):
     assert "\r[" not in result.stderr  # no progress bar when stderr is not a terminal
 
 
+def run_cli_here(*args):
+    return run_cli_in_process(*args, *(() if "--db" in args else ("--no-db",)), cwd=ROOT)
+
+
 def test_cli_policy_parameters_reach_the_run(tmp_path):
     csv_path = tmp_path / "agc.csv"
-    result = run_cli("--policy", "agc", "--clip-factor", "0.02", "--steps", "300", "--csv", str(csv_path))
+    result = run_cli_here("--policy", "agc", "--clip-factor", "0.02", "--steps", "300", "--csv", str(csv_path))
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(csv_path)
     assert (frame.clip_threshold == 0.02).all() and (frame.policy == "agc").all()
@@ -65,7 +70,7 @@ def test_cli_policy_parameters_reach_the_run(tmp_path):
     ],
 )
 def test_cli_bad_arguments_exit_2_with_a_clear_message(args, message):
-    result = run_cli(*args, timeout=60)
+    result = run_cli_here(*args)
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -90,12 +95,8 @@ def plugin_package(tmp_path):
 def test_cli_trains_a_plugin_from_a_file_a_module_or_an_attribute(plugin_package, spec):
     csv_path = plugin_package / "out.csv"
     task = str(plugin_package / "user_tasks" / "tiny.py") if spec == "path" else spec
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "--task", task, "--steps", "300", "--clip-threshold", "0.3",
-         "--csv", str(csv_path), "--no-db"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_package), str(ROOT)])},
-    )  # fmt: skip
+    result = run_cli_in_process("--task", task, "--steps", "300", "--clip-threshold", "0.3", "--csv", str(csv_path),
+                                "--no-db", cwd=ROOT, path=(plugin_package,))  # PYTHONPATH: the user's package
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     frame = pd.read_csv(csv_path)
@@ -125,7 +126,7 @@ def test_cli_trains_a_plugin_from_a_file_a_module_or_an_attribute(plugin_package
 )
 def test_cli_a_broken_plugin_exits_2_with_one_message(tmp_path, source, message):
     path = write_plugin(tmp_path, "broken.py", source)
-    result = run_cli("--task", str(path), "--steps", "10", timeout=120)
+    result = run_cli_here("--task", str(path), "--steps", "10")
     assert result.returncode == 2, result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert re.search(message, last_line), last_line

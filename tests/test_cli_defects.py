@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import TINY_PLUGIN, wait_until, write_plugin
+from support import TINY_PLUGIN, run_cli_in_process, wait_until, write_plugin
 
 from training import cli
 from training.persistence import RunDatabase
@@ -111,8 +111,8 @@ def test_the_stores_window_has_its_own_name_and_the_cli_clip_rate_covers_the_who
 
 def test_cli_window_reaches_autoclip_and_the_summary_matches_the_csv_and_database(tmp_path):
     csv_path, db_path = tmp_path / "autoclip.csv", tmp_path / "runs.db"
-    result = run_cli("--policy", "autoclip", "--window", str(WINDOW), "--percentile", str(PERCENTILE),
-                     "--steps", "300", "--csv", str(csv_path), "--db", str(db_path))  # fmt: skip
+    result = run_cli_in_process("--policy", "autoclip", "--window", str(WINDOW), "--percentile", str(PERCENTILE),
+                                "--steps", "300", "--csv", str(csv_path), "--db", str(db_path))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = strict_json(result.stdout.strip().splitlines()[-1])
     frame = pd.read_csv(csv_path)
@@ -180,7 +180,7 @@ HALF_NAN_PLUGIN = TINY_PLUGIN.format(name="half_nan").replace(
 
 def test_the_json_summary_writes_null_for_a_nan_loss(tmp_path):
     plugin = write_plugin(tmp_path, "all_nan.py", NAN_PLUGIN)
-    result = run_cli("--task", str(plugin), "--steps", "20", "--no-db")
+    result = run_cli_in_process("--task", str(plugin), "--steps", "20", "--no-db")
     assert result.returncode == 0, result.stderr[-3000:]  # 20 steps: below the limit of 50
     line = result.stdout.strip().splitlines()[-1]
     summary = strict_json(line)  # raises on a NaN literal
@@ -263,7 +263,7 @@ def test_a_policy_parameter_is_accepted_exactly_inside_the_range_its_message_sta
 
 
 def test_the_cli_states_the_float32_range_and_takes_a_value_inside_it():
-    result = run_cli("--policy", "zclip", "--z-threshold", "1e-45", "--no-db", timeout=120)
+    result = run_cli_in_process("--policy", "zclip", "--z-threshold", "1e-45", "--no-db")
     assert result.returncode == 2
     assert "that float32 holds: from 1.1754943508222875e-38 to 3.4028234663852886e+38" in result.stderr
     assert "Received: z_threshold=1e-45" in result.stderr

@@ -4,13 +4,11 @@ a branch at another threshold obeys its own; adopt, discard, sweeps, and the ref
 
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from support import REPO, wait_until
+from support import REPO, run_cli_in_process, wait_until
 
 from dashboard import export, fork_charts
 from training.policies import POLICY_NAMES
@@ -230,11 +228,8 @@ def test_at_most_four_forks_run_at_once_and_an_unknown_branch_is_named(trainers)
 
 def test_the_cli_sweeps_thresholds_after_its_steps_and_records_each_branch_with_its_lineage(tmp_path):
     database = tmp_path / "runs.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "--task", "seed", "--steps", "2000", "--sweep", "0.1,0.3,1,3",
-         "--sweep-steps", "500", "--db", str(database)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_cli_in_process("--task", "seed", "--steps", "2000", "--sweep", "0.1,0.3,1,3", "--sweep-steps", "500",
+                                "--db", str(database), cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2000

@@ -12,18 +12,17 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from support import REPO, wait_until
+from support import REPO, run_cli_in_process, wait_until
 
 from training.runs.snapshot_files import SnapshotFileError, read_snapshot, saved_steps, write_snapshot
 
 COMPARED = ["loss", "grad_norm", "clipped_grad_norm", "clipped"]
 
 
-def cli(*args, cwd, timeout=300):
-    """The CLI as a user runs it from their own folder (the checkout on the path, as installed)."""
-    environment = {**os.environ, "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+def cli(*args, cwd):
+    """The CLI as a user runs it from their own folder: its `main`, in this process (the killed
+    parent below is a real process)."""
+    return run_cli_in_process(*args, cwd=cwd)
 
 
 def complete_rows(path):

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class RunReading:
     """The reading half of `Trainer` (a mixin: the trainer sets the attributes it reads)."""
 
+    _full_step_asked = False  # a wait for the full step asks a run without an end for it at once
+
     @property
     def status(self) -> TrainerStatus:
         return self._status
@@ -62,8 +64,10 @@ class RunReading:
 
     def wait_until_compiled(self, timeout: float = 300.0) -> bool:
         """Wait until the run trains on its full step (every policy, XLA), or, if it ended
-        before swapping it in, until that step's compile is over; True unless timed out."""
+        before swapping it in, until that step's compile is over; True unless timed out. A run
+        without an end starts that compile now, not once it has trained 2 s (trainer.py)."""
         deadline = time.monotonic() + timeout
+        self._full_step_asked = True  # read by the training thread after its next chunk
         while time.monotonic() < deadline:
             status, compile_job = self._status, self._compile_job()
             if not status.compiling and self._store_ready.is_set():

@@ -399,7 +399,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             chunks_run, trained_since = chunks_run + 1, trained_since or now
             seconds_per_step = max(per_step, 1.0 / pace) if pace else per_step  # a paced run waits too
             start = full_step_may_arrive(max_steps, self._steps_done, seconds_per_step, chunks_run, now - trained_since,
-                                          self._steps.switched_on_quick_step)  # fmt: skip
+                                          self._steps.switched_on_quick_step or self._full_step_asked)  # fmt: skip
             self._steps.swap_in_full_step(self._steps_done, start=start)
             if longest >= self._max_nonfinite_steps:
                 reason = _nonfinite_failure(longest, self._max_nonfinite_steps)
@@ -494,13 +494,13 @@ FULL_STEP_FIRST_CHUNK = 4  # chunks grow about x6 from a step or a few: the four
 
 
 def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_step: float, chunks_run: int,
-                          trained_seconds: float, policy_switched: bool) -> bool:  # fmt: skip
+                          trained_seconds: float, asked: bool) -> bool:  # fmt: skip
     """Whether to start compiling the full step now: when the run will train on for at least
     `FULL_STEP_MIN_REMAINING_SECONDS`. Asked again after every chunk.
 
     A run without an end (the page's): once it has trained that long since its first chunk (its
-    past is the best guess of its future), or at once after a policy switch (its user switches
-    policies: the next switch should not retrace). A run stopped sooner never spent 3-4 s of a
+    past is the best guess of its future), or at once when `asked`: after a policy switch (its
+    user switches policies: the next switch should not retrace) or by `wait_until_compiled`. A run stopped sooner never spent 3-4 s of a
     core on a step it could not use, while its page was being drawn.
     A bounded run: not before its fourth chunk (the first one's time holds the quick step's
     compile; the next ones are a step or a few, timed mostly by the call's own overhead) and not
@@ -509,7 +509,7 @@ def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_ste
     interpreter must not shut down while XLA compiles). A run slowed later (a pace) still gets it.
     Until then a policy switch retraces the quick step, as before the swap."""
     if max_steps is None:
-        return policy_switched or trained_seconds >= FULL_STEP_MIN_REMAINING_SECONDS
+        return asked or trained_seconds >= FULL_STEP_MIN_REMAINING_SECONDS
     # (A run that has just finished has no steps left: never.)
     return chunks_run >= FULL_STEP_FIRST_CHUNK and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
 
