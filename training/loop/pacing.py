@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 
 class Pacer:
     """About ten chunks a second at the asked-for pace. A chunk that fell behind (the page took
-    the CPU) catches up; a long stall (a compile, a branch's start) does not cause a burst."""
+    the CPU) catches up; a long stall (a compile, a branch's start) does not cause a burst, nor
+    does the first chunk after a (re)start, whose time holds the step's compile (0.1-3 s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self.reset(0)
 
     def reset(self, step: int) -> None:
-        """Count the pace from `step`, now (a new pace, a resume)."""
-        self._start_time, self._start_step = time.perf_counter(), step
+        """Count the pace from `step`, now (a new pace, a resume); again after the next chunk."""
+        self._start_time, self._start_step = self._clock(), step
+        self._first_chunk = True
 
     def hold_back(self, seconds: float) -> None:
         """Time the run spent on something else (a branch's start) is not owed as steps."""
@@ -25,7 +29,7 @@ class Pacer:
         """The next chunk's steps, at most `steps`."""
         if pace is None:
             return steps
-        behind = int((time.perf_counter() - self._start_time) * pace) - (step - self._start_step)
+        behind = int((self._clock() - self._start_time) * pace) - (step - self._start_step)
         return min(steps, max(1, int(pace * 0.1), behind))
 
     def wait(self, pace: float | None, step: int, wake: threading.Event, stop: threading.Event) -> None:
@@ -33,9 +37,10 @@ class Pacer:
         if pace is None:
             return
         due = self._start_time + (step - self._start_step) / pace
-        if due < time.perf_counter() - 1.0:  # far behind (a compile): no catch-up burst
+        if self._first_chunk or due < self._clock() - 1.0:  # a compile: no catch-up burst
             self.reset(step)
+            self._first_chunk = False
             due = self._start_time
-        while (delay := due - time.perf_counter()) > 0 and not stop.is_set():
+        while (delay := due - self._clock()) > 0 and not stop.is_set():
             if wake.wait(min(delay, 0.05)):
                 break  # a command arrived: apply it now
