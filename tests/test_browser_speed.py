@@ -46,6 +46,26 @@ def test_start_is_offered_at_once_and_counts_a_first_step_on_a_fresh_server(serv
     page.context.close()
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4/IPv6 addresses (hex, as /proc/net/tcp* write them) listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def test_the_served_app_listens_on_localhost_only(server):
+    """app.py is served as an st.App (its start-up imports the page): .streamlit/config.toml's
+    127.0.0.1 still holds; nothing listens on all interfaces."""
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no 0.0.0.0 or ::
+
+
 def test_three_tabs_each_see_the_run_advance(server, browser):
     pages = [open_page(browser, server.url) for _ in range(3)]
     for page in pages:
