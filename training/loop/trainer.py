@@ -500,8 +500,9 @@ def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_ste
 
     A run without an end (the page's): once it has trained that long since its first chunk (its
     past is the best guess of its future), or at once when `asked`: after a policy switch (its
-    user switches policies: the next switch should not retrace) or by `wait_until_compiled`. A run stopped sooner never spent 3-4 s of a
-    core on a step it could not use, while its page was being drawn.
+    user switches policies: the next switch should not retrace) or by `wait_until_compiled`. A
+    run stopped sooner never spent 3-4 s of a core on a step it could not use, while its page
+    was being drawn.
     A bounded run: not before its fourth chunk (the first one's time holds the quick step's
     compile; the next ones are a step or a few, timed mostly by the call's own overhead) and not
     when the steps left take under that at the last chunk's pace (or the run's cap): the compile
