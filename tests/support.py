@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: the one wait helper, the import check and what a drawn chart spans."""
+"""Small helpers shared by the tests: the one wait helper, the CLI run in-process, the import check
+and what a drawn chart spans."""
 
 import contextlib
 import io
@@ -30,8 +31,9 @@ def run_cli_in_process(*argv: str, cwd=None, path: tuple[str, ...] = ()) -> subp
     reports it (returncode, stdout, stderr). It spares each run a new interpreter and TensorFlow
     import (3.5 s of a core). `cwd` is the working folder and `path` goes before sys.path (a
     subprocess's PYTHONPATH) for the run; the modules it imports from there are forgotten after
-    it, as a process's would be. What only a process shows (SIGTERM, an environment read at TensorFlow's
-    import, an interpreter's exit) stays in real-process tests (test_cli, test_cli_defects)."""
+    it, as a process's would be. What only a process shows (SIGTERM, an environment read at
+    TensorFlow's import, an interpreter's exit) stays in real-process tests (test_cli,
+    test_cli_defects)."""
     from training import cli
 
     stdout, stderr = io.StringIO(), io.StringIO()
