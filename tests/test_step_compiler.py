@@ -130,7 +130,7 @@ def test_the_full_step_is_compiled_for_a_run_that_trains_on_for_two_seconds_or_s
 
 def test_an_unbounded_run_stopped_within_two_seconds_never_compiles_its_full_step_and_a_switch_starts_it(trainers):
     """A page run stopped soon after Start (a wrong task, a demo of the first steps) never spent
-    3-4 s of a core on the full step; a policy switch asks for it at once."""
+    3-4 s of a core on the full step; a policy switch on the quick step asks for it at once."""
     from training.loop.trainer import FULL_STEP_MIN_REMAINING_SECONDS
 
     assert not compile_threads()  # the conftest joins every earlier test's compiles
@@ -146,6 +146,9 @@ def test_an_unbounded_run_stopped_within_two_seconds_never_compiles_its_full_ste
     switched.start()
     wait_until(lambda: switched.status.step > 0, what="the first step")
     switched.set_policy("autoclip")
+    # The switch, applied on the quick step, is what the loop passes as `asked` (the rule above);
+    # `wait_until_compiled` below would ask on its own, so the flag is checked here.
+    wait_until(lambda: switched.steps.switched_on_quick_step, what="the switch noted on the quick step")
     assert switched.wait_until_compiled(timeout=120)
     switched.pause()
     wait_until(lambda: switched.status.state == "paused", what="the pause")
