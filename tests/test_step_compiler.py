@@ -153,3 +153,22 @@ def test_an_unbounded_run_stopped_within_two_seconds_never_compiles_its_full_ste
     switched.pause()
     wait_until(lambda: switched.status.state == "paused", what="the pause")
     assert switched.trace_count == 1 and not switched.status.compiling
+
+
+def test_a_run_paused_on_its_quick_step_swaps_in_its_full_step_while_paused(trainers):
+    """`wait_until_compiled()` on a paused run used to wait out its timeout: the swap only came
+    after a chunk. Now the full step is compiled and swapped in while the run stays paused, no
+    step is trained meanwhile, and the first chunk after the resume runs on it."""
+    trainer = trainers(task="seed")
+    trainer.start()
+    wait_until(lambda: trainer.status.step > 0, what="the first step")
+    trainer.pause()
+    wait_until(lambda: trainer.status.state == "paused", what="the pause")
+    assert trainer.status.compiling  # still on the quick step: less than 2 s trained
+    paused_at = trainer.status.step
+    assert trainer.wait_until_compiled(timeout=120)
+    assert trainer.status.state == "paused" and not trainer.status.compiling and trainer.trace_count == 1
+    assert trainer.status.step == paused_at  # compiled and swapped without a step
+    trainer.resume()
+    wait_until(lambda: trainer.status.step > paused_at + 100, what="steps after the resume")
+    assert trainer.trace_count == 1 and not trainer.status.compiling

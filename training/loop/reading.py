@@ -67,7 +67,7 @@ class RunReading:
         before swapping it in, until that step's compile is over; True unless timed out. A run
         without an end starts that compile now, not once it has trained 2 s (trainer.py)."""
         deadline = time.monotonic() + timeout
-        self._full_step_asked = True  # read by the training thread after its next chunk
+        self._full_step_asked = True  # read by the training thread after its next chunk (paused: within 0.5 s)
         while time.monotonic() < deadline:
             status, compile_job = self._status, self._compile_job()
             if not status.compiling and self._store_ready.is_set():

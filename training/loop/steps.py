@@ -125,6 +125,13 @@ class ChunkSteps:
             self._on_xla_fallback(self._fallback_reasons.pop(0))
         self._on_compiling(False)
 
+    def while_paused(self, steps_done: int, asked: bool) -> float:
+        """A paused run's look at its full step; returns how long to wait before the next look.
+        The full step still arrives while paused (`asked`: a wait for it starts its compile) and
+        is swapped in at once, so the first chunk after the resume runs on it."""
+        self.swap_in_full_step(steps_done, start=asked)
+        return 0.05 if self.compiling else 0.5
+
     def abandon_compile(self) -> None:
         """The run ended: a full step still being traced is not compiled (training/step_compiler.py)."""
         if self.compile_job is not None:

@@ -327,7 +327,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 if alone:
                     continue  # the branches take turns alone, unpaced
             if self._status.state == "paused":
-                self._wake.wait(0.5)
+                self._wake.wait(self._steps.while_paused(self._steps_done, asked=self._full_step_asked))
                 self._wake.clear()
                 pacer.reset(self._steps_done)
                 recent.clear()
