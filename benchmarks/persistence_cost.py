@@ -125,7 +125,7 @@ def run_persistence(
         for contender in contenders:
             contender.min_chunks = min_chunks
             contender.settle_seconds = FLUSH_SECONDS + SETTLE_SECONDS
-            contender.start()  # both compile side by side
+            contender.start()  # paused until its warm-up
         try:
             warm_up_all(contenders, warm_up_seconds, timeout, log)
             samples = measure_interleaved(contenders, repeats, window_seconds, log)

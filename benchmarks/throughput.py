@@ -142,19 +142,28 @@ class TrainerRun:
         self._started = 0.0
 
     def start(self) -> None:
-        self._started = time.perf_counter()
+        """Start the run paused: it compiles when its warm-up comes, one contender at a time.
+        (Started together, each run trained on its quick step at full speed while the others
+        compiled: a core spent on steps nobody measured, taken from the compiles.)"""
         self.trainer.start()
+        self.trainer.pause()
 
     def warm_up(self, seconds: float, timeout: float) -> float:
-        """Wait for the first chunk (the compile), train `seconds` more, pause; return step time."""
+        """Resume; wait for the first chunk (the quick step's compile); stay paused while the full
+        step (every policy, XLA: the one measured) compiles; train `seconds` on it, pause; return
+        the step time."""
+        self._started = time.perf_counter()
+        self.trainer.resume()
         self._wait(lambda status: status.step > 0, timeout, "the first chunk")
         self.compile_seconds = time.perf_counter() - self._started
-        # The first chunks run on the quick step; measure the full one (every policy, XLA).
-        if not self.trainer.wait_until_compiled(timeout):
-            raise TimeoutError(f"{self.label}: the full step did not compile in {timeout:g} s")
-        time.sleep(seconds)
         self._pause(timeout)
-        status = self.trainer.status
+        if not self.trainer.wait_until_compiled(timeout):  # swapped in while paused
+            raise TimeoutError(f"{self.label}: the full step did not compile in {timeout:g} s")
+        self.trainer.resume()
+        self._wait(lambda status: status.state == "running", timeout, "the resume")
+        time.sleep(seconds)
+        status = self.trainer.status  # before the pause, which zeroes its rate
+        self._pause(timeout)
         return 1.0 / max(status.steps_per_second, 1e-9)
 
     def measure(self, seconds: float, timeout: float = 600.0) -> float:
@@ -215,7 +224,7 @@ def measure_interleaved(contenders: list, repeats: int, seconds: float, log: Log
 
 
 def warm_up_all(contenders: list, seconds: float, timeout: float, log: Log) -> dict[str, float]:
-    """Warm each contender up in turn (started trainers compile side by side meanwhile)."""
+    """Warm each contender up in turn (a started trainer waits paused, compiling nothing, for its turn)."""
     step_seconds = {}
     for contender in contenders:
         step_seconds[contender.label] = contender.warm_up(seconds, timeout)
@@ -293,7 +302,7 @@ def run_task(
     ]
     for trainer in trainers:
         trainer.min_chunks = min_chunks
-        trainer.start()  # compile in the background while Keras warms up
+        trainer.start()  # paused until its warm-up
     keras_tuned = KerasFit(KERAS_TUNED, task_name, batch_size, seed, tuned=True)
     contenders = [keras_default, keras_tuned] + trainers
     try:
