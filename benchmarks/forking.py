@@ -32,6 +32,17 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.002)
 
 
+def _start_compiled_and_paused(trainer, timeout: float = 300.0) -> None:
+    """Start `trainer`, pause it after its first chunk and wait, paused, for its full step: the
+    compile is not shared with steps nobody measures."""
+    trainer.start()
+    _wait(lambda: trainer.status.step > 0, timeout, "the first chunk")
+    trainer.pause()
+    _wait(lambda: trainer.status.state == "paused", timeout, "the pause")
+    if not trainer.wait_until_compiled(timeout):
+        raise TimeoutError(f"the full step did not compile in {timeout:g} s")
+
+
 def _rate(trainer, window_seconds: float) -> float:
     step, started = trainer.status.step, time.perf_counter()
     time.sleep(window_seconds)
@@ -48,9 +59,7 @@ def snapshot_cost(repeats: int, window_seconds: float, log: Callable[[str], None
     shares: list[float] = []  # per window: the snapshotting trainer's time in snapshots / the window
     try:
         for trainer in trainers.values():
-            trainer.start()
-            trainer.wait_until_compiled()
-            trainer.pause()
+            _start_compiled_and_paused(trainer)
         for repeat in range(repeats):
             for name in (("snapshots", "none") if repeat % 2 == 0 else ("none", "snapshots")):
                 trainer = trainers[name]
@@ -84,8 +93,8 @@ def fork_latency(trials: int, log: Callable[[str], None]) -> dict:
     parent = Trainer("seed")
     seconds = []
     try:
-        parent.start()
-        parent.wait_until_compiled()
+        _start_compiled_and_paused(parent)
+        parent.resume()
         for trial in range(trials):
             pressed = time.perf_counter()
             branch = parent.fork(clip_threshold=0.3)
