@@ -124,6 +124,10 @@ class _Contender:
                        callbacks=[window.callback, *self.callbacks])  # fmt: skip
         return window.steps_per_second()
 
+    def close(self) -> None:
+        if self.clipping is not None:
+            self.clipping.close()
+
 
 def run_attach(repeats: int, window_seconds: float, log: Log) -> dict:
     """Measure every model x steps_per_execution pair; return rows and per-pair ratios."""
@@ -149,6 +153,8 @@ def run_attach(repeats: int, window_seconds: float, log: Log) -> dict:
                     order = contenders if repeat % 2 == 0 else contenders[::-1]
                     for contender in order:
                         speeds[contender.label].append(contender.measure(steps))
+                for contender in contenders:  # its run ends and its writer lets go before the folder goes
+                    contender.close()
                 ratios = [a / k for a, k in zip(speeds[ATTACHED], speeds[KERAS_CLIPPING])]
                 rows[key] = {
                     "model": model_name,

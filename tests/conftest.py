@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -35,7 +37,9 @@ except (OSError, ValueError):
 # Property-based tests stay bounded so the suite stays fast; `HYPOTHESIS_PROFILE=thorough`
 # searches ten times as many cases. No example database: running the tests writes nothing into
 # the checkout.
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="clipwatch-hypothesis-"))  # its patch files
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="clipwatch-hypothesis-")  # its patch files
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)  # each worker's, when it exits
 settings.register_profile(
     "clipwatch",
     max_examples=200,
