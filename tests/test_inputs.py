@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, event, given, note, settings
+from hypothesis import assume, event, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import from_dtype
 from support import wait_until
@@ -306,6 +306,7 @@ page_paths = st.one_of(
 
 
 @given(text=page_paths)
+@example(text="~no-such-user-of-clipwatch/x.db")  # found as "~0": expanduser raised RuntimeError
 def test_the_page_gets_a_path_inside_the_runs_folder_or_a_refusal(tmp_path_factory, text):
     base = tmp_path_factory.getbasetemp() / "page_paths"
     (base / "runs").mkdir(parents=True, exist_ok=True)

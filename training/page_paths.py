@@ -63,7 +63,10 @@ def page_database_path(text: Any, folder: str | os.PathLike | None = None) -> Pa
         os.fsencode(raw)
     except UnicodeEncodeError:  # a lone surrogate: found by tests/test_inputs.py
         raise refuse("the file system cannot hold that name") from None
-    path = Path(raw.strip()).expanduser()
+    try:
+        path = Path(raw.strip()).expanduser()
+    except RuntimeError:  # "~name" for a user this machine does not know: found by tests/test_inputs.py
+        raise refuse(f"{Path(raw.strip()).parts[0]!r} names no user of this machine") from None
     if ".." in path.parts:
         raise refuse("'..' is not allowed")
     absolute = path if path.is_absolute() else Path.cwd() / path
