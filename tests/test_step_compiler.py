@@ -172,3 +172,15 @@ def test_a_run_paused_on_its_quick_step_swaps_in_its_full_step_while_paused(trai
     trainer.resume()
     wait_until(lambda: trainer.status.step > paused_at + 100, what="steps after the resume")
     assert trainer.trace_count == 1 and not trainer.status.compiling
+
+    # A policy switched while paused on the quick step asks for the full step too, as it does
+    # after a chunk (nothing here calls wait_until_compiled, which would ask on its own).
+    switched = trainers(task="seed", policy="global_norm")
+    switched.start()
+    wait_until(lambda: switched.status.step > 0, what="the first step")
+    switched.pause()
+    wait_until(lambda: switched.status.state == "paused", what="the pause")
+    paused_at = switched.status.step
+    switched.set_policy("autoclip")
+    wait_until(lambda: not switched.status.compiling, timeout=120, what="the full step, swapped in while paused")
+    assert switched.status.state == "paused" and switched.status.step == paused_at and switched.trace_count == 1

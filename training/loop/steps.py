@@ -127,9 +127,10 @@ class ChunkSteps:
 
     def while_paused(self, steps_done: int, asked: bool) -> float:
         """A paused run's look at its full step; returns how long to wait before the next look.
-        The full step still arrives while paused (`asked`: a wait for it starts its compile) and
-        is swapped in at once, so the first chunk after the resume runs on it."""
-        self.swap_in_full_step(steps_done, start=asked)
+        The full step still arrives while paused (its compile starts if `asked` by a wait for it,
+        or after a policy switch on the quick step, as after a chunk) and is swapped in at once,
+        so the first chunk after the resume runs on it."""
+        self.swap_in_full_step(steps_done, start=asked or self.switched_on_quick_step)
         return 0.05 if self.compiling else 0.5
 
     def abandon_compile(self) -> None:
