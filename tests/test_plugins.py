@@ -3,6 +3,7 @@ plug-in gets one message naming its file; discovery in CLIPWATCH_TASKS and examp
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,15 @@ def test_discovery_lists_plugin_folders_and_the_examples(tmp_path, monkeypatch):
     assert [os.path.basename(entry.path) for entry in errors] == ["broken.py"]
     assert "`TASK` must be a training.tasks.Task" in errors[0].error
     assert plugins.registered("tiny_b") is tasks["tiny_b"].task
+
+
+def test_a_tilde_folder_of_no_user_is_skipped_like_a_missing_one(tmp_path, monkeypatch):
+    """CLIPWATCH_TASKS="~nosuchuser/tasks" stopped the page with "Could not determine home
+    directory."; it is a folder that is not there, and the next folder's plug-ins still load."""
+    (second,) = plugin_folders(tmp_path, monkeypatch, [], [("tiny_b.py", None, "tiny_b")])[1:]
+    monkeypatch.setenv("CLIPWATCH_TASKS", os.pathsep.join(["~no-such-user-of-clipwatch/tasks", str(second)]))
+    assert plugins.plugin_folders()[:2] == [Path("~no-such-user-of-clipwatch/tasks"), second]
+    assert "tiny_b" in plugins.task_catalogue()
 
 
 def test_a_changed_file_is_loaded_again(tmp_path):

@@ -106,8 +106,18 @@ def registered(name: str) -> Task | None:
 def plugin_folders() -> list[Path]:
     """`CLIPWATCH_TASKS` folders (in order), then `examples/tasks/`."""
     named = os.environ.get(ENVIRONMENT_VARIABLE, "")
-    folders = [Path(part).expanduser() for part in named.split(os.pathsep) if part.strip()]
+    folders = [_expanded(part) for part in named.split(os.pathsep) if part.strip()]
     return [*folders, EXAMPLES_FOLDER]
+
+
+def _expanded(part: str) -> Path:
+    """`~` and `~user` expanded as a shell does. A `~name` for no user of this machine stays as
+    written, as a shell leaves it: a folder that is not there, not a crash of the page (pathlib
+    raised RuntimeError, and the page showed "Could not determine home directory.")."""
+    try:
+        return Path(part).expanduser()
+    except RuntimeError:
+        return Path(part)
 
 
 def discover_tasks(folders: list[Path] | None = None) -> list[Discovered]:
