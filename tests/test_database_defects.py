@@ -493,3 +493,18 @@ def test_a_run_stopped_before_its_first_step_leaves_no_history_row(database_loca
     run_id = wait_until(lambda: trainer.status.run_id, what="the run's id")
     assert database.list_runs().run_id.tolist() == [kept]
     assert not any(rows_of_run(database, run_id).values())
+
+
+def test_a_tilde_path_is_in_the_home_folder_and_an_unknown_user_is_refused(tmp_path, monkeypatch):
+    """`CLIPWATCH_DB=~/runs.db` or `LiveClipping(database="~/runs.db")` made a folder named "~" in
+    the working folder (only a shell expands it); `~name` for no user of this machine says why."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    database = RunDatabase("~/runs.db")
+    ended_run(database, name="kept")
+    assert database.path == tmp_path / "home" / "runs.db" and database.path.is_file()
+    assert database.location == str(tmp_path / "home" / "runs.db") and not (tmp_path / "~").exists()
+    with pytest.raises(DatabaseError, match=r"'~no-such-user-of-clipwatch' names no user of this machine"):
+        RunDatabase("~no-such-user-of-clipwatch/runs.db")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["home"]

@@ -45,6 +45,11 @@ class SqliteBackend(Backend):
         self.path = Path(path)
         self.shown = str(self.path)
         self.max_pages, self.writer_busy_seconds = max_pages, writer_busy_seconds
+        try:  # "~/runs.db" (CLIPWATCH_DB, LiveClipping(database=...)) is in the home folder, not in a new "~"
+            self.path = self.path.expanduser()
+        except RuntimeError:  # pathlib: "Could not determine home directory."
+            raise self.cannot_use(f"{self.path.parts[0]!r} names no user of this machine") from None
+        self.shown = str(self.path)
 
     def connect(self, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
