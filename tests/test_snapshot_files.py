@@ -119,11 +119,16 @@ def test_a_corrupt_or_foreign_file_is_refused_naming_it(tmp_path, content, messa
     assert str(path) in str(caught.value)
 
 
-def test_the_cli_names_a_missing_snapshot_and_a_missing_database(tmp_path):
+def test_the_cli_names_a_missing_snapshot_and_a_missing_database(tmp_path, monkeypatch):
     database = tmp_path / "runs.db"
     assert cli("--steps", "50", "--db", str(database), cwd=tmp_path).returncode == 0  # no --snapshot-every
     result = cli("--fork-from", "1", "--db", str(database), cwd=tmp_path)
-    assert result.returncode == 2 and "Run 1 has no saved snapshot at or before step None" in result.stderr
+    assert result.returncode == 2 and "Run 1 has no saved snapshot in " in result.stderr  # was "at or before step None"
+    result = cli("--fork-from", "1", "--at-step", "20", "--db", str(database), cwd=tmp_path)
+    assert result.returncode == 2 and "Run 1 has no saved snapshot at or before step 20 in " in result.stderr
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~/runs.db" is that database (it was "no run database")
+    result = cli("--fork-from", "1", "--db", "~/runs.db", cwd=tmp_path)
+    assert result.returncode == 2 and "Run 1 has no saved snapshot in " in result.stderr
     result = cli("--fork-from", "1", "--db", str(tmp_path / "elsewhere.db"), cwd=tmp_path)
     assert result.returncode == 2 and "there is no run database at" in result.stderr
     assert not (tmp_path / "elsewhere.db").exists()

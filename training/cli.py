@@ -289,7 +289,7 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
     location = args.db or default_path()
     if args.no_db:
         parser.error("--fork-from reads the parent run from the run database: drop --no-db.")
-    if not ("://" in str(location) or "=" in str(location)) and not os.path.exists(location):
+    if not ("://" in str(location) or "=" in str(location)) and not os.path.exists(os.path.expanduser(location)):
         parser.error(f"--fork-from {args.fork_from}: there is no run database at {str(location)!r}.")
     try:
         database = RunDatabase(location)

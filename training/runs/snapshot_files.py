@@ -79,8 +79,9 @@ def nearest_snapshot(folder: str | os.PathLike, run_id: int, step: int | None) -
     usable = [saved for saved in steps if step is None or saved <= step]
     if not usable:
         where = run_folder(folder, run_id)
+        when = "" if step is None else f" at or before step {step}"  # None: any step (was "step None")
         raise SnapshotFileError(
-            f"Run {run_id} has no saved snapshot at or before step {step} in {where} "
+            f"Run {run_id} has no saved snapshot{when} in {where} "
             f"(saved: {', '.join(map(str, steps)) or 'none'}). Record it with --snapshot-every N."
         )
     return run_folder(folder, run_id) / f"step-{usable[-1]}.npz"
