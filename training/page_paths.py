@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .runs.database import DEFAULT_PATH, default_path
-from .runs.locations import is_server_location
+from .runs.locations import home_expanded, is_server_location
 
 
 def runs_folder() -> Path:
@@ -64,9 +64,9 @@ def page_database_path(text: Any, folder: str | os.PathLike | None = None) -> Pa
     except UnicodeEncodeError:  # a lone surrogate: found by tests/test_inputs.py
         raise refuse("the file system cannot hold that name") from None
     try:
-        path = Path(raw.strip()).expanduser()
-    except RuntimeError:  # "~name" for a user this machine does not know: found by tests/test_inputs.py
-        raise refuse(f"{Path(raw.strip()).parts[0]!r} names no user of this machine") from None
+        path = home_expanded(raw.strip())
+    except ValueError as error:  # "~name" for a user this machine does not know: found by tests/test_inputs.py
+        raise refuse(str(error)) from None
     if ".." in path.parts:
         raise refuse("'..' is not allowed")
     absolute = path if path.is_absolute() else Path.cwd() / path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -35,6 +36,18 @@ _KEYWORD_START = re.compile(
 )
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)([^&#]*)", re.IGNORECASE)
+
+
+def home_expanded(path: str | os.PathLike) -> Path:
+    """`path` with `~` and `~user` expanded as a shell does (only a shell expands them: a setting
+    in an environment file or a script would otherwise name a folder called "~"). ValueError
+    saying why for `~name` of no user of this machine (pathlib raises RuntimeError, "Could not
+    determine home directory.")."""
+    path = Path(path)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"{path.parts[0]!r} names no user of this machine") from None
 
 
 def is_server_location(location: Any) -> bool:

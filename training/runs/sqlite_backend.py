@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backend import Backend, FinalWriteFault, WriteFault, WriterLink
+from .locations import home_expanded
 from .schema import (
     APPLICATION_ID, BUSY_SECONDS, FIRST_TABLE_COLUMNS, NO_PAGE_CAP, REPORT_WAIT_EVERY_SECONDS, SCHEMA_STATEMENTS,
     SCHEMA_VERSION, SQLITE_HEADER, SQLITE_TYPES, START_WAIT_SECONDS, TABLE_COLUMNS, WRITER_BUSY_SECONDS, DatabaseError,
@@ -42,13 +43,12 @@ class SqliteBackend(Backend):
     errors = (sqlite3.Error,)
 
     def __init__(self, path: str | os.PathLike, max_pages: int | None, writer_busy_seconds: float = WRITER_BUSY_SECONDS):
-        self.path = Path(path)
-        self.shown = str(self.path)
+        self.shown = str(path)  # as given, until it is expanded: the refusal below quotes it
         self.max_pages, self.writer_busy_seconds = max_pages, writer_busy_seconds
         try:  # "~/runs.db" (CLIPWATCH_DB, LiveClipping(database=...)) is in the home folder, not in a new "~"
-            self.path = self.path.expanduser()
-        except RuntimeError:  # pathlib: "Could not determine home directory."
-            raise self.cannot_use(f"{self.path.parts[0]!r} names no user of this machine") from None
+            self.path = home_expanded(path)
+        except ValueError as error:
+            raise self.cannot_use(str(error)) from None
         self.shown = str(self.path)
 
     def connect(self, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:

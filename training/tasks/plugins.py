@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..runs.locations import home_expanded
 from .base import BUILD_LOCK, Task, resolve_loss
 from .builtin import TASKS
 
@@ -112,11 +113,11 @@ def plugin_folders() -> list[Path]:
 
 def _expanded(part: str) -> Path:
     """`~` and `~user` expanded as a shell does. A `~name` for no user of this machine stays as
-    written, as a shell leaves it: a folder that is not there, not a crash of the page (pathlib
-    raised RuntimeError, and the page showed "Could not determine home directory.")."""
+    written, as a shell leaves it: a folder that is not there, not a crash of the page (it showed
+    "Could not determine home directory.")."""
     try:
-        return Path(part).expanduser()
-    except RuntimeError:
+        return home_expanded(part)
+    except ValueError:
         return Path(part)
 
 
