@@ -2,8 +2,9 @@
 
 The first trainer of a process pays one-off costs on top of its own build and trace: TensorFlow's
 and Keras' lazy initialisation and the first graph optimisation (measured, seed: the first quick
-step took 2.7 s where later ones take 0.4 s). `warm_up()` pays them on a daemon thread as soon as
-the server imports the dashboard, with a throw-away run of one quick chunk that records nothing
+step took 2.7 s where later ones take 0.4 s). `warm_up()` pays them on a daemon thread once the
+server's first page is drawn (dashboard/run_manager.py: started sooner, the import held up that
+page's script run), with a throw-away run of one quick chunk that records nothing
 (no database, no sinks) and ends before the full step is compiled. It never blocks the caller, and a
 failure only means no warm-up.
 """
