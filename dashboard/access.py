@@ -43,7 +43,7 @@ READ_METHODS = frozenset({
     "database_status", "fingerprint", "snapshot", "live_metrics", "race_snapshot",
     "list_runs", "live_run_ids", "recorded_run", "recorded_metrics", "recorded_advice",
     "advise_live", "live_advice", "replayed_clip_rate", "fork_snapshot",
-    "live_runs", "attached_run_settings", "command_status",  # attached scripts: reading only
+    "live_runs", "attached_run_settings", "last_command",  # attached scripts: reading only
 })  # fmt: skip
 # The manager's parts (`RunManager.live`, `.race`, `.library`) take commands of their own: a
 # viewer gets none of them (the page reads through the manager's methods).

@@ -6,7 +6,9 @@ For an attached run, the charts are read from the database as the script's write
 `REFRESH_SECONDS`; the controls send commands through the database's `commands` table, and the
 last command's acknowledgement (the step from which the script applies it, or its error) shows.
 The loss chart carries the validation loss the script recorded (a fit's epoch logs), dashed, and
-its other metrics (accuracy, val_accuracy, ...) are one select box away. A run that ends while it
+its other metrics (accuracy, val_accuracy, ...) are one select box away. The acknowledgement shown
+is the run's latest command's, read from the database, whichever page sent it: a second tab on
+the same run sees it, and nothing of it lives in the session. A run that ends while it
 is shown stays selected with its final state: a command sent to it then is refused with the
 database's reason (the run has ended), never left waiting.
 
@@ -29,7 +31,10 @@ from training.policies import POLICY_NAMES
 REFRESH_SECONDS = 0.5  # with the writer's 0.5 s commits: a change is on the charts within ~1 s
 OWN_RUN = "own"  # the selector's value for this app's own live run
 SELECTED = "live.run"
-_LAST_COMMAND = "_attached_last_command"  # (run id, command id, what was sent)
+COMMAND_LABELS = {
+    "clip_threshold": "Clip threshold", "learning_rate": "Learning rate", "policy": "Policy",
+    "pause": "Pause", "resume": "Resume", "stop": "Stop", "spike": "Inject spike",
+}  # fmt: skip
 _ERROR = "_attached_error"
 _VERSION = "_attached_version"  # bumps to give the controls fresh widgets (a new value shown)
 
@@ -84,19 +89,25 @@ def _run_state(manager: RunManager, run_id: int) -> str | None:
         return None
 
 
-def _send(manager: RunManager, run_id: int, kind: str, value: Any = None, label: str = "", **params: Any) -> None:
+def _send(manager: RunManager, run_id: int, kind: str, value: Any = None) -> None:
     st.session_state.pop(_ERROR, None)
     try:
-        command_id = manager.send_command(run_id, kind, value, **params)
+        manager.send_command(run_id, kind, value)
     except (ValueError, RuntimeError) as error:
         st.session_state[_ERROR] = str(error)
         st.session_state[_VERSION] = st.session_state.get(_VERSION, 0) + 1  # undo the typed value
-        return
-    st.session_state[_LAST_COMMAND] = (run_id, command_id, label or kind)
 
 
-def _on_input(manager: RunManager, run_id: int, kind: str, key: str, label: str) -> None:
-    _send(manager, run_id, kind, st.session_state[key], f"{label} {st.session_state[key]:g}")
+def _on_input(manager: RunManager, run_id: int, kind: str, key: str) -> None:
+    _send(manager, run_id, kind, st.session_state[key])
+
+
+def describe_command(kind: str, value: Any) -> str:
+    """What a command asked, as the controls name it: 'Clip threshold 0.05', 'Pause'."""
+    label = COMMAND_LABELS.get(kind, kind)
+    if kind in ("clip_threshold", "learning_rate"):
+        return f"{label} {float(value):g}"
+    return f"{label} {value}" if kind == "policy" else label
 
 
 def _controls(manager: RunManager, run_id: int, state: str | None) -> None:
@@ -116,35 +127,32 @@ def _controls(manager: RunManager, run_id: int, state: str | None) -> None:
         key = f"attached.clip_threshold.{run_id}.{version}"
         threshold.number_input(
             "Clip threshold", value=float(info["clip_threshold"]), key=key, format="%g", step=0.01,
-            on_change=_on_input, args=(manager, run_id, "clip_threshold", key, "Clip threshold"), disabled=locked,
+            on_change=_on_input, args=(manager, run_id, "clip_threshold", key), disabled=locked,
         )  # fmt: skip
         key = f"attached.learning_rate.{run_id}.{version}"
         rate.number_input(
             "Learning rate", value=float(info["learning_rate"]), key=key, format="%g", step=0.0001,
-            on_change=_on_input, args=(manager, run_id, "learning_rate", key, "Learning rate"), disabled=locked,
+            on_change=_on_input, args=(manager, run_id, "learning_rate", key), disabled=locked,
         )  # fmt: skip
         key = f"attached.policy.{run_id}.{version}"
         policy.selectbox(
             "Policy", POLICY_NAMES, index=POLICY_NAMES.index(info["policy"]), key=key,
-            on_change=lambda: _send(manager, run_id, "policy", st.session_state[key], f"Policy {st.session_state[key]}"),
+            on_change=_on_input, args=(manager, run_id, "policy", key),
             disabled=locked,
         )  # fmt: skip
         buttons = st.columns(4)
-        for column, (label, kind, value) in zip(
-            buttons, (("Pause", "pause", None), ("Resume", "resume", None), ("Stop", "stop", None), ("Inject spike", "spike", 100.0))
-        ):
-            column.button(label, key=f"attached.{kind}.{run_id}", on_click=_send, args=(manager, run_id, kind, value, label),
-                          width="stretch", disabled=locked)  # fmt: skip
+        for column, (kind, value) in zip(buttons, (("pause", None), ("resume", None), ("stop", None), ("spike", 100.0))):
+            column.button(COMMAND_LABELS[kind], key=f"attached.{kind}.{run_id}", on_click=_send,
+                          args=(manager, run_id, kind, value), width="stretch", disabled=locked)  # fmt: skip
         if st.session_state.get(_ERROR):
             st.error(st.session_state[_ERROR], icon=":material/error:")
 
 
 def _acknowledgement(manager: RunManager, run_id: int, state: str) -> None:
-    last = st.session_state.get(_LAST_COMMAND)
-    if not last or last[0] != run_id:
+    command = manager.last_command(run_id)
+    if command is None:
         return
-    _, command_id, label = last
-    command = manager.command_status(command_id)
+    label = describe_command(command["kind"], command["value"])
     if command["error"]:
         st.error(f"{label}: refused by the script: {command['error']}", icon=":material/error:")
     elif command["applied_time"] is None and state not in LIVE_STATES:

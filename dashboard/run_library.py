@@ -329,9 +329,10 @@ class RunLibrary:
         database = self._require_database("steer an attached run")
         return database.send_command(int(run_id), kind, value, **params)
 
-    def command_status(self, command_id: int) -> dict[str, Any]:
-        """A sent command's row: `applied_step` and `applied_time` once applied, or `error`."""
-        return self._require_database("read a command").command(int(command_id))
+    def last_command(self, run_id: int) -> dict[str, Any] | None:
+        """The run's latest command, from any page: `applied_step` and `applied_time` once
+        applied, or `error`; None if it never had one."""
+        return self._require_database("read a command").last_command(int(run_id))
 
 
 def _last_threshold(info: Mapping[str, Any], events: pd.DataFrame) -> float:

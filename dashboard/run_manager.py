@@ -172,7 +172,7 @@ class RunManager:
     live_runs = _Forward("library")
     attached_run_settings = _Forward("library")
     send_command = _Forward("library")
-    command_status = _Forward("library")
+    last_command = _Forward("library")
 
 
 @st.cache_resource(show_spinner=False)

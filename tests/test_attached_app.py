@@ -202,6 +202,30 @@ def test_a_command_queued_just_before_the_run_ended_says_it_was_not_applied(mana
     assert at.button(key=f"attached.stop.{run_id}").disabled
 
 
+def test_the_acknowledgement_is_the_runs_latest_commands_whichever_page_sent_it(manager):
+    """Nothing of it lives in the session: a second tab, or a page that lost its session, sees it."""
+    database = manager.database
+    writer, _ = write_attached_run(database, "steered elsewhere")
+    run_id = writer.run_id
+    at = open_live_run(manager, run_id)
+    assert not at.success and not errors(at)  # no command yet: nothing to acknowledge
+    assert not any("waiting for the script" in info.value for info in at.info)
+    command_id = database.send_command(run_id, "clip_threshold", 0.05)  # another page's
+    at.run()
+    assert any("Clip threshold 0.05: sent, waiting for the script" in info.value for info in at.info)
+    database.acknowledge_commands([(command_id, 151, database.command(command_id)["created"] + 0.25, None)])
+    at.run()
+    assert not at.exception, at.exception
+    assert [message.value for message in at.success] == [
+        "Clip threshold 0.05: applied by the script from step 151 (0.25 s after it was sent)"
+    ]
+    database.send_command(run_id, "policy", "autoclip")
+    database.acknowledge_commands([(command_id + 1, None, None, "no such parameter here")])
+    at.run()
+    assert errors(at) == ["Policy autoclip: refused by the script: no such parameter here"]
+    writer.finish("finished")
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys

@@ -321,6 +321,14 @@ class RunDatabase:
         command["value"] = self.backend.decode_value(command["value"])
         return command
 
+    def last_command(self, run_id: int) -> dict[str, Any] | None:
+        """Run `run_id`'s latest command (as `command` gives it), whoever sent it; None if none."""
+        with self.backend.connection() as connection:
+            row = self._execute(
+                connection, "SELECT id FROM commands WHERE run = ? ORDER BY id DESC LIMIT 1", (run_id,)
+            ).fetchone()
+        return None if row is None else self.command(int(row[0]))
+
     def commands(self, run_id: int) -> pd.DataFrame:
         frame = self._frame(
             f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands WHERE run = ? ORDER BY id", (run_id,)
