@@ -13,9 +13,8 @@ import statistics
 import time
 from typing import Callable
 
-import tensorflow as tf
-
 from training import POLICY_NAMES, Trainer
+from training.lazy_import import tf  # at the first measurement: `--help` and `--from-json` need none
 from training.tasks import get_task
 
 CLIP_NORM = 1.0

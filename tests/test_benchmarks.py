@@ -174,6 +174,28 @@ def test_cli_refuses_an_unknown_section():
         main(["--sections", "throughput,warp_drive"])
 
 
+HELP_WITHOUT_TENSORFLOW = """
+import runpy, sys
+sys.argv = ["benchmarks", *sys.argv[1:]]
+try:
+    runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    print("exit", exit.code, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["--sections", "warp_drive"], 2)])
+def test_help_and_a_refused_section_answer_without_loading_tensorflow(args, code):
+    """`python -m benchmarks --help` took 3.5 s and printed TensorFlow's start-up logs: the
+    throughput module imported it when the CLI only had to print its options."""
+    import subprocess
+
+    finished = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TENSORFLOW, *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent, timeout=120)  # fmt: skip
+    assert finished.stdout.splitlines()[-1] == f"exit {code} False", (finished.stdout, finished.stderr[-2000:])
+    assert ("usage: python -m benchmarks" in finished.stdout + finished.stderr) and "oneDNN" not in finished.stderr
+
+
 def test_attach_section_measures_both_models_with_and_without_steps_per_execution():
     from benchmarks import attach_cost
 
