@@ -215,6 +215,39 @@ def test_scattered_nonfinite_steps_stop_at_the_first_run_that_reaches_the_limit(
     assert runs[-1] == limit and max(runs[:-1]) < limit  # the first run to reach it, and it ends there
 
 
+# A finite loss whose gradient is NaN everywhere (d/dx sqrt(x) at 0 times 0): under XLA, its norm
+# measured 0 (XLA's max drops a NaN), the step counted as finite and its NaN update reached the
+# weights, so every later loss was NaN.
+NAN_GRADIENT_PLUGIN = TINY_PLUGIN.format(name="nan_gradient").replace(
+    'build_loss="mse"', "build_loss=nan_gradient_loss"
+).replace(
+    "\n\nTASK = ",
+    """
+
+def nan_gradient_loss(targets, predictions):
+    import keras
+
+    error = keras.ops.square(predictions - targets)
+    return keras.ops.mean(error, axis=-1) + keras.ops.mean(keras.ops.sqrt(error * 0.0), axis=-1)
+
+
+TASK = """,
+)
+
+
+@pytest.mark.parametrize("jit_compile", [None, False])
+def test_nan_gradients_behind_a_finite_loss_are_skipped_and_the_weights_stay_finite(trainers, tmp_path, jit_compile):
+    from training.plugins import load_task
+
+    task = load_task(str(write_plugin(tmp_path, "nan_gradient.py", NAN_GRADIENT_PLUGIN)))
+    trainer = trainers(task=task, max_nonfinite_steps=5, jit_compile=jit_compile)
+    trainer.start()
+    wait_until(lambda: trainer.status.state == "failed", timeout=180, what="the run to fail at the limit")
+    metrics = trainer.metrics()
+    assert len(metrics) == 5 and not metrics.finite.any(), metrics[["step", "loss", "grad_norm", "finite"]]
+    assert metrics.grad_norm.isna().all() and np.isfinite(metrics.loss).all()  # skipped: the weights never took NaN
+
+
 # --- 4. float32 ranges ----------------------------------------------------------------------------
 
 PARAMETERS = sorted({(policy, name) for policy, spec in POLICY_PARAMETERS.items() for name in spec})

@@ -106,6 +106,28 @@ def test_nan_or_inf_gradients_give_a_non_finite_norm():
         assert not math.isfinite(float(stats.grad_norm))
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("beside", [[0.0], [0.0, 0.0], [1e-30], [], [2.0, 0.0]])
+def test_a_nan_or_inf_among_zeros_gives_a_non_finite_norm_under_xla_too(jit_compile, bad, beside):
+    """XLA's max drops a NaN: [0, NaN] once measured 0 (finite), so the step was applied and its
+    NaN update reached the weights. Every policy, compiled as the trainer compiles its step."""
+    for name in policies.POLICY_NAMES:
+        policy = make_policy(name)
+        gradients = [tf.constant([*beside, bad], tf.float32), tf.zeros([3])]
+        variables = [tf.Variable(tf.ones_like(g)) for g in gradients]
+        state = policy.init(variables)
+
+        @tf.function(jit_compile=jit_compile)
+        def norms(gradients):
+            _, _, stats = policy.update(gradients, state, default_settings(1.0), variables)
+            return stats.grad_norm, stats.variable_norms
+
+        grad_norm, variable_norms = norms(gradients)
+        assert not math.isfinite(float(grad_norm)), (name, float(grad_norm))
+        assert not math.isfinite(float(variable_norms[0])) and float(variable_norms[1]) == 0.0, name
+
+
 # --- autoclip: hand-worked ---------------------------------------------------------------------
 
 

@@ -215,7 +215,10 @@ def default_settings(clip_threshold: float = 1.0, **live: float) -> ClipSettings
 def safe_norm(tensor, axis=None, keepdims=False):
     """L2 norm, scaled by the largest magnitude first so it neither overflows nor underflows.
 
-    NaN or inf entries give a NaN norm, which the trainer treats as a non-finite step.
+    NaN or inf entries give a NaN norm, which the trainer treats as a non-finite step. Said
+    explicitly, not left to the arithmetic: XLA's max drops a NaN (max(0, NaN) = 0 on CPU), so
+    [0, NaN] had a scale of 0, took the all-zeros branch and measured 0, a finite norm whose NaN
+    update then reached the weights.
     """
     tensor = tf.cast(tensor, tf.float32)
     scale = tf.reduce_max(tf.abs(tensor), axis=axis, keepdims=True)
@@ -223,6 +226,8 @@ def safe_norm(tensor, axis=None, keepdims=False):
     safe_scale = tf.where(empty, tf.ones_like(scale), scale)
     norm = scale * tf.sqrt(tf.reduce_sum(tf.square(tensor / safe_scale), axis=axis, keepdims=True))
     norm = tf.where(empty, tf.zeros_like(norm), norm)
+    finite = tf.reduce_all(tf.math.is_finite(tensor), axis=axis, keepdims=True)
+    norm = tf.where(finite, norm, tf.fill(tf.shape(norm), float("nan")))
     if not keepdims:
         norm = tf.squeeze(norm, axis=axis) if axis is not None else tf.reshape(norm, [])
     return norm
