@@ -383,3 +383,44 @@ def test_a_refused_csv_or_database_leaves_the_other_unwritten(user_folders):
         assert bad_db.returncode == 2 and "a_folder" in bad_db.stderr.splitlines()[-1]
     assert sorted(os.listdir(work)) == ["a_folder", "old.csv"]  # no new.csv
     assert (work / "old.csv").read_text() == "someone's data\n" and os.listdir(work / "a_folder") == []
+
+
+# --- found by probing (session 6): files the user did not ask to lose ------------------------------
+
+
+def test_a_csv_path_naming_the_run_database_is_refused_and_the_runs_stay(tmp_path, monkeypatch):
+    """`--csv runs.db --db runs.db` truncated the database to a CSV header: every run in it was lost."""
+    first = run_cli_in_process("--steps", "20", "--db", "runs.db", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (tmp_path / "runs.db").read_bytes()
+    for args in (["--db", "runs.db", "--csv", "runs.db"], ["--db", "runs.db", "--csv", "./sub/../runs.db"]):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        refused = run_cli_in_process("--steps", "20", *args, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout
+        assert "--csv and the run database name the same file ('runs.db')" in refused.stderr.splitlines()[-1]
+    monkeypatch.setenv("CLIPWATCH_DB", str(tmp_path / "runs.db"))  # the database no flag names
+    refused = run_cli_in_process("--steps", "20", "--csv", "runs.db", cwd=tmp_path)
+    assert refused.returncode == 2 and "the same file" in refused.stderr
+    assert (tmp_path / "runs.db").read_bytes() == before
+    assert len(RunDatabase(tmp_path / "runs.db").list_runs()) == 1
+
+
+def test_a_snapshot_folder_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG")
+    (tmp_path / "kept.csv").write_text("someone's data\n")
+    for folder in ("picture.png", "picture.png/inside"):
+        refused = run_cli_in_process("--steps", "10", "--csv", "kept.csv", "--db", "new.db", "--snapshot-every", "5",
+                                     "--snapshot-folder", folder, cwd=tmp_path)  # fmt: skip
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.splitlines()[-1].endswith(
+            f"--snapshot-folder must be a folder; 'picture.png' is a file. Received: --snapshot-folder '{folder}'"
+        )
+    assert sorted(os.listdir(tmp_path)) == ["kept.csv", "picture.png"]  # no database, the CSV as it was
+    assert (tmp_path / "kept.csv").read_text() == "someone's data\n"
+
+
+def test_a_csv_sent_to_dev_null_is_a_run_that_keeps_no_csv(tmp_path):
+    """`--csv /dev/null` (the usual way to throw output away) crashed: OSError from truncating it."""
+    result = run_cli_in_process("--steps", "20", "--no-db", "--csv", os.devnull, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 20

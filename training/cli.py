@@ -33,6 +33,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -217,6 +218,10 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
             parser.error(f"--task {args.task!r}: {error}")
 
     from .runs.database import DatabaseError, RunDatabase, default_path
+
+    _refuse_one_file_for_both(parser, args, None if args.no_db else (args.db or default_path()))
+    if args.snapshot_every is not None and args.snapshot_folder is not None:
+        _check_snapshot_folder(parser, args.snapshot_folder)
     from .loop.trainer import trainer_from_settings  # imports TensorFlow: after the arguments are good
 
     settings = dict(
@@ -265,7 +270,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         settings.update(_snapshot_files(parser, args, database))
     sinks = ()
     if csv_file is not None:
-        if csv_file.seekable():  # a file, not a pipe or a terminal
+        if stat.S_ISREG(os.fstat(csv_file.fileno()).st_mode):  # not a pipe, a terminal or /dev/null
             csv_file.truncate(0)
         sinks = (CsvSink(csv_file),)
     try:
@@ -315,6 +320,37 @@ def _default_snapshot_folder(parser: argparse.ArgumentParser, database) -> str:
     if database.path is None:
         parser.error("With a database server, name where snapshot files go: --snapshot-folder DIR.")
     return str(Path(database.path).parent / "snapshots")
+
+
+def _refuse_one_file_for_both(parser: argparse.ArgumentParser, args, database_location) -> None:
+    """--csv naming the run database's own file would overwrite every run in it with a CSV."""
+    from .runs.locations import home_expanded, is_server_location
+
+    if args.csv is None or database_location is None or is_server_location(database_location):
+        return
+    try:
+        csv_path, database_path = home_expanded(args.csv), home_expanded(database_location)
+    except ValueError:
+        return  # a '~name' of no user: the database's own check names it
+    try:
+        same = os.path.samefile(csv_path, database_path)
+    except OSError:  # one of them does not exist yet
+        same = os.path.realpath(csv_path) == os.path.realpath(database_path)
+    if same:
+        parser.error(
+            f"--csv and the run database name the same file ({str(database_location)!r}): the CSV would "
+            f"overwrite the runs in it. Give the CSV another path. Received: --csv {args.csv!r}"
+        )
+
+
+def _check_snapshot_folder(parser: argparse.ArgumentParser, folder: str) -> None:
+    """--snapshot-folder must be a folder (or a path one can be made at), checked before any file is written."""
+    path = Path(os.path.expanduser(folder))
+    existing = next((parent for parent in (path, *path.parents) if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        parser.error(f"--snapshot-folder must be a folder; {str(existing)!r} is a file. Received: --snapshot-folder {folder!r}")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--snapshot-folder: cannot write in {str(existing)!r}. Received: --snapshot-folder {folder!r}")
 
 
 def _snapshot_files(parser: argparse.ArgumentParser, args, database) -> dict:
