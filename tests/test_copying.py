@@ -82,3 +82,24 @@ def test_the_copy_command_copies_one_run_with_its_ancestors_and_shows_no_passwor
     )  # fmt: skip
     assert missing.returncode == 2 and "No run with run_id=99 in" in missing.stderr
     assert SECRET not in missing.stderr
+
+
+def test_a_refused_copy_creates_no_database(tmp_path, monkeypatch, capsys):
+    """Found by probing: a mistyped SOURCE became a new, empty database ("copied 0 run(s)", exit 0),
+    and a refused --run left an empty TARGET behind."""
+    from training.runs.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    recorded_run(RunDatabase(tmp_path / "source.db"), "kept")
+    cases = {
+        ("copy", "sourse.db", "target.db"): "SOURCE: there is no run database at 'sourse.db': nothing to copy.",
+        ("copy", "--run", "999", "source.db", "target.db"): "No run with run_id=999 in 'source.db'",
+        ("copy", "", "target.db"): "SOURCE needs a SQLite file's path or a PostgreSQL URL, not empty text. Received: ''",
+        ("copy", "source.db", " "): "TARGET needs a SQLite file's path or a PostgreSQL URL, not empty text. Received: ' '",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit:
+            main(list(argv))
+        assert exit.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message), argv
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["source.db"], argv

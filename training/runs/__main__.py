@@ -13,6 +13,7 @@ import sys
 
 from .copying import copy_runs
 from .database import DatabaseError, RunDatabase
+from .locations import home_expanded, is_server_location
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for label, location in (("SOURCE", args.source), ("TARGET", args.target)):
+        if not location.strip():
+            parser.error(f"{label} needs a SQLite file's path or a PostgreSQL URL, not empty text. Received: {location!r}")
+    _refuse_a_missing_source(parser, args.source)  # a mistyped SOURCE must not become a new, empty database
     try:
-        source, target = RunDatabase(args.source), RunDatabase(args.target)
+        source = RunDatabase(args.source)
+        names = source.list_runs().set_index("run_id").name
+        missing = [run for run in args.runs or () if run not in names.index]
+        if missing:  # before TARGET is opened: a refused copy creates no database
+            raise ValueError(f"No run with run_id={missing[0]!r} in {source.location!r}")
+        target = RunDatabase(args.target)
         if source.location == target.location:
             parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
-        names = source.list_runs().set_index("run_id").name
         copied = copy_runs(source, target, args.runs)
     except (DatabaseError, ValueError) as error:
         parser.error(str(error))
@@ -45,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {old} -> {new}: {names[old]}")
     print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
     return 0
+
+
+def _refuse_a_missing_source(parser: argparse.ArgumentParser, source: str) -> None:
+    if is_server_location(source):
+        return
+    try:
+        path = home_expanded(source)
+    except ValueError as error:
+        parser.error(f"SOURCE: {error}. Received: {source!r}")
+    if not path.exists():
+        parser.error(f"SOURCE: there is no run database at {source!r}: nothing to copy.")
 
 
 if __name__ == "__main__":
