@@ -78,6 +78,9 @@ def test_a_fork_from_a_recorded_run_obeys_its_own_threshold(tmp_path):
     child = pd.read_csv(tmp_path / "child.csv")
     assert np.allclose(child.clip_threshold, 0.05) and (child.clipped_grad_norm <= 0.05 * (1 + 1e-5)).all()
     assert child.step.iloc[0] - 1 == max(saved_steps(tmp_path / "snapshots", 1))  # the latest snapshot
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # The summary says where the branch began; its rate counts the 200 steps trained here only.
+    assert summary["fork_step"] == child.step.iloc[0] - 1 and summary["steps"] == summary["fork_step"] + 200
 
 
 def snapshot_like(step):

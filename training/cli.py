@@ -166,6 +166,7 @@ class PreparedRun:
     database: RunDatabase | None
     csv_file: IO[str] | None
     sweep_id: int | None = None
+    start_step: int = 0  # a fork's: the step of the snapshot it starts from
 
     def close(self) -> None:
         if self.csv_file is not None:
@@ -282,7 +283,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     sweep_id = None
     if sweep is not None:
         sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=args.steps)
-    return PreparedRun(trainer, database, csv_file, sweep_id)
+    return PreparedRun(trainer, database, csv_file, sweep_id, start_from[0]["step"] if start_from else 0)
 
 
 def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]:
@@ -446,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else None,
         "clip_rate": _clip_rate(trainer),
         "nonfinite_steps": status.nonfinite_steps,
-        "steps_per_second": status.step / elapsed if elapsed > 0 else None,
+        # The steps trained here: a fork's count starts at its snapshot's step, trained elsewhere.
+        "steps_per_second": (status.step - run.start_step) / elapsed if elapsed > 0 else None,
         "state": status.state,
     }
+    if run.start_step:
+        summary["fork_step"] = run.start_step
     if status.run_id is not None:
         summary["run_id"] = status.run_id
         summary["db"] = database.location  # a password in a URL is not shown
