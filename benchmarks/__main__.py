@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -39,13 +40,41 @@ def parse_args(argv=None) -> argparse.Namespace:
         "out the heavier task while it XLA-compiles)",
     )
     args = parser.parse_args(argv)
+    if args.json is not None:
+        _check_writable(parser, args.json)  # now, not after minutes of measuring
+    if args.from_json is not None:
+        args.from_json = _saved_results(parser, args.from_json)
     if args.sections is None:
         return args
     args.sections = tuple(part.strip() for part in args.sections.split(",") if part.strip())
+    if not args.sections:
+        parser.error(f"--sections names no section; valid: {', '.join(SECTIONS)}")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     return args
+
+
+def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"--json needs a file path; {path!r} is a folder")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error(f"--json {path!r}: cannot write in {folder!r} (missing or read-only)")
+
+
+def _saved_results(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The results a run saved with --json; exits 2 naming the file if it is not one."""
+    try:
+        with open(path) as file:
+            results = json.load(file)
+    except OSError as error:
+        parser.error(f"--from-json {path!r}: {error.strerror or error}")
+    except ValueError as error:  # not JSON (or not UTF-8)
+        parser.error(f"--from-json {path!r} is not JSON ({error})")
+    if not isinstance(results, dict) or not {"machine", "mode"} <= set(results):
+        parser.error(f"--from-json {path!r} is not a benchmark's results (saved with --json): no 'machine' and 'mode'")
+    return results
 
 
 def main(argv=None) -> int:
@@ -55,9 +84,8 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    if args.from_json:
-        with open(args.from_json) as file:
-            results = json.load(file)
+    if args.from_json is not None:
+        results = args.from_json
         results["targets"] = evaluate_targets(results)
     else:
         switch_threads_often()  # as the page and the CLI do: their configurations run in this process

@@ -174,6 +174,28 @@ def test_cli_refuses_an_unknown_section():
         main(["--sections", "throughput,warp_drive"])
 
 
+def test_cli_refuses_unusable_files_and_an_empty_section_list_before_measuring(tmp_path, capsys):
+    """Found by probing: --from-json gave tracebacks (FileNotFoundError, JSONDecodeError, KeyError),
+    and --json was opened only after the run, so a long benchmark lost its results to a typo."""
+    (tmp_path / "text.txt").write_text("not json")
+    (tmp_path / "empty.json").write_text("{}")
+    cases = {
+        ("--from-json", str(tmp_path / "missing.json")): "No such file or directory",
+        ("--from-json", str(tmp_path)): "Is a directory",
+        ("--from-json", str(tmp_path / "text.txt")): "is not JSON",
+        ("--from-json", str(tmp_path / "empty.json")): "is not a benchmark's results (saved with --json)",
+        ("--sections", " , ", "--no-browser"): "--sections names no section; valid: throughput,",
+        ("--sections", "dashboard", "--json", str(tmp_path / "missing" / "out.json")): "cannot write in",
+        ("--sections", "dashboard", "--json", str(tmp_path)): "is a folder",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit:
+            main(list(argv))
+        assert exit.value.code == 2, argv
+        assert message in capsys.readouterr().err.strip().splitlines()[-1], argv
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty.json", "text.txt"]
+
+
 HELP_WITHOUT_TENSORFLOW = """
 import runpy, sys
 sys.argv = ["benchmarks", *sys.argv[1:]]
