@@ -53,6 +53,10 @@ def test_a_killed_run_is_forked_from_its_nearest_snapshot_and_continues_it_exact
                  "--csv", str(tmp_path / "child.csv"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # --at-step between two snapshots: the fork says which one it took, and the summary names it.
+    assert (f"--at-step {fork_at + 1}: no snapshot was saved at that step; forking from the nearest one before it, "
+            f"step {fork_at:,}.") in result.stderr  # fmt: skip
+    assert summary["fork_step"] == fork_at
     child = pd.read_csv(tmp_path / "child.csv")
     assert child.step.tolist() == list(range(fork_at + 1, fork_at + 301))
     recorded = recorded.loc[child.step]

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--snapshot-every", type=int, default=None, metavar="N",
-        help="write a snapshot of the training state every N steps beside the run database, to fork it later",
+        help="write snapshots of the training state beside the run database, to fork the run later: at the "
+        "first chunk end at or past each multiple of N steps (a chunk is up to 2,048 steps), at most four a second",
     )  # fmt: skip
     parser.add_argument(
         "--snapshot-folder", default=None,
@@ -314,6 +315,9 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
     for name, value in config["policy_params"].get(args.policy, {}).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.at_step is not None and snapshot["step"] != args.at_step:
+        print(f"--fork-from {args.fork_from} --at-step {args.at_step}: no snapshot was saved at that step; "
+              f"forking from the nearest one before it, step {snapshot['step']:,}.", file=sys.stderr)  # fmt: skip
     return snapshot, args.fork_from
 
 
