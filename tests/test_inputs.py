@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -429,3 +430,20 @@ def test_a_bad_start_setting_is_refused_and_starts_nothing(tmp_path_factory, fie
         assert in_compiled_range(config.clip_threshold) and in_compiled_range(config.learning_rate)
     finally:
         manager.stop_all(timeout=10.0)
+
+
+def test_a_trainer_takes_a_database_location_as_live_clipping_does_and_refuses_other_values(trainers, tmp_path):
+    """Found by probing: `Trainer(database="runs.db")` was accepted and the run then failed with
+    "AttributeError: 'str' object has no attribute 'start_run'"; `metrics(since="a")` gave 0 rows."""
+    trainer = trainers(task="seed", database=str(tmp_path / "runs.db"), max_steps=30)
+    trainer.start()
+    wait_until(lambda: trainer.status.state != "running" and trainer.status.state != "idle", timeout=120, what="the run")
+    assert trainer.status.state == "stopped", trainer.status.error
+    assert len(RunDatabase(tmp_path / "runs.db").metrics(trainer.status.run_id)) == 30
+    for bad in (123, True, ["runs.db"]):
+        with pytest.raises(TypeError, match=f"Received: database={re.escape(repr(bad))}$"):
+            trainers(task="seed", database=bad)
+    for bad in ("a", 1.5, True):
+        with pytest.raises(TypeError, match=f"since must be a step number .* Received: since={re.escape(repr(bad))}$"):
+            trainer.metrics(since=bad)
+    assert trainer.metrics(since=np.int64(20)).step.tolist() == list(range(21, 31))

@@ -97,6 +97,8 @@ class RunReading:
         return store.events()
 
     def _read(self, what: str, since):
+        if since is not None and (isinstance(since, bool) or not hasattr(since, "__index__")):
+            raise TypeError(f"since must be a step number (an int) or None. Received: since={since!r}")
         store = self._store
         if store is None:
             import pandas as pd

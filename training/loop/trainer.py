@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import collections
 import functools
+import os
 import queue
 import threading
 import time
@@ -78,7 +79,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             writer; training/recorder.py). A sink that raises fails the run.
         monitoring: False runs the same compiled loop but records no per-step metrics (the
             benchmark's ceiling); the store then stays empty.
-        database: a `persistence.RunDatabase` to write the run to (None: memory only).
+        database: a `persistence.RunDatabase` or a location to open one at (None: memory only).
         run_name: the run's name in the database (default: "run N: task / policy").
         quick_start: start on the quick step (the policy in force alone) while the full step
             compiles in the background (training/step_compiler.py); False waits for the full
@@ -133,7 +134,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         self._max_nonfinite_steps = validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
         self._monitoring = bool(monitoring)
-        self._database, self._run_name = database, validate_optional_run_name(run_name)
+        self._database, self._run_name = opened_database(database), validate_optional_run_name(run_name)
         self._requested_policy_params: dict[str, dict[str, float]] = {}
         self._writer = None
         self._config = RunConfig(
@@ -513,6 +514,21 @@ def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_ste
         return asked or trained_seconds >= FULL_STEP_MIN_REMAINING_SECONDS
     # (A run that has just finished has no steps left: never.)
     return chunks_run >= FULL_STEP_FIRST_CHUNK and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
+
+
+def opened_database(database: Any) -> "RunDatabase | None":
+    """`Trainer(database=...)` as given: a RunDatabase, a location to open one at (as `LiveClipping`
+    takes it), or None. Anything else is refused now, not when the run starts."""
+    from ..runs.database import RunDatabase
+
+    if database is None or isinstance(database, RunDatabase):
+        return database
+    if isinstance(database, (str, os.PathLike)):
+        return RunDatabase(database)  # DatabaseError (a ValueError) naming an unusable location
+    raise TypeError(
+        "database must be a RunDatabase, a SQLite file's path or a PostgreSQL URL, or None. "
+        f"Received: database={database!r}"
+    )
 
 
 def _nonfinite_failure(longest: int, limit: int) -> str:
