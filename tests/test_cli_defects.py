@@ -424,3 +424,19 @@ def test_a_csv_sent_to_dev_null_is_a_run_that_keeps_no_csv(tmp_path):
     result = run_cli_in_process("--steps", "20", "--no-db", "--csv", os.devnull, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 20
+
+
+def test_a_quoted_tilde_in_the_csv_path_is_the_home_folder_as_in_the_database_path(tmp_path, monkeypatch):
+    """--db '~/runs.db' meant the home folder's file, --csv '~/out.csv' was refused (no folder '~')."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    result = run_cli_in_process("--steps", "20", "--db", "~/runs.db", "--csv", "~/out.csv", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # (Keras keeps its own settings in ~/.keras: the home folder of this test is new to it.)
+    assert sorted(name for name in os.listdir(home) if name != ".keras") == ["out.csv", "runs.db"]
+    assert os.listdir(work) == []
+    assert len(pd.read_csv(home / "out.csv")) == 20
+    refused = run_cli_in_process("--steps", "20", "--no-db", "--csv", "~nosuchuser/out.csv", cwd=work)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[-1].endswith("cannot write --csv '~nosuchuser/out.csv': '~nosuchuser' names no user of this machine")

@@ -207,6 +207,13 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     for flag, path in (("--csv", args.csv), ("--db", args.db)):
         if path is not None and not path.strip():
             parser.error(f"{flag} needs a file path, not empty text. Received: {flag} {path!r}")
+    if args.csv is not None and args.csv.startswith("~"):  # as --db's: '~' quoted reaches us unexpanded
+        from .runs.locations import home_expanded
+
+        try:
+            args.csv = str(home_expanded(args.csv))
+        except ValueError as error:
+            parser.error(f"cannot write --csv {args.csv!r}: {error}")
 
     task = args.task
     if task not in TASK_NAMES:
