@@ -2,6 +2,7 @@
 plug-in gets one message naming its file; discovery in CLIPWATCH_TASKS and examples/tasks."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def test_a_broken_plugin_says_why_in_one_message_naming_its_file(tmp_path, kind)
 def test_missing_files_modules_and_attributes_are_named(tmp_path, package):
     with pytest.raises(PluginError, match=r"file '.*nowhere\.py' does not exist"):
         load_task(str(tmp_path / "nowhere.py"))
+    (tmp_path / "tasks.py").mkdir()  # a folder where a file was meant: said so, not "does not exist"
+    for folder in (str(tmp_path), str(tmp_path / "tasks.py")):
+        with pytest.raises(PluginError, match=f"plug-in '{re.escape(folder)}' is a folder: name the .py file in it"):
+            load_task(folder)
     with pytest.raises(PluginError, match=r"module 'no_such_package\.tasks' cannot be found"):
         load_task("no_such_package.tasks")
     write_plugin(package, "tiny.py")

@@ -298,6 +298,8 @@ def _looks_like_path(target: str) -> bool:
 
 
 def _load_file(path: Path, attribute: str) -> Task:
+    if path.is_dir():
+        raise PluginNotFound(f"Task plug-in {str(path)!r} is a folder: name the .py file in it that defines TASK")
     if not path.is_file():
         raise PluginNotFound(f"Task plug-in file {str(path)!r} does not exist")
     resolved = path.resolve()
