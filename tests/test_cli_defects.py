@@ -440,3 +440,14 @@ def test_a_quoted_tilde_in_the_csv_path_is_the_home_folder_as_in_the_database_pa
     refused = run_cli_in_process("--steps", "20", "--no-db", "--csv", "~nosuchuser/out.csv", cwd=work)
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[-1].endswith("cannot write --csv '~nosuchuser/out.csv': '~nosuchuser' names no user of this machine")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--at-step", "5"], "--at-step picks the snapshot a fork starts from: it needs --fork-from RUN_ID. Received: --at-step 5"),
+    (["--snapshot-folder", "snaps"], "--snapshot-folder is where --snapshot-every writes (or --fork-from reads): give one of them."),
+])  # fmt: skip
+def test_an_option_that_needs_another_is_refused_rather_than_dropped(tmp_path, args, message):
+    """Found by probing: both trained and recorded a plain run, ignoring the option."""
+    refused = run_cli_in_process("--steps", "10", "--db", "runs.db", *args, cwd=tmp_path)
+    assert refused.returncode == 2 and message in refused.stderr.splitlines()[-1]
+    assert os.listdir(tmp_path) == []

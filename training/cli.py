@@ -181,6 +181,12 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # An option that only means something beside another would be dropped without a word.
+    if args.at_step is not None and args.fork_from is None:
+        parser.error(f"--at-step picks the snapshot a fork starts from: it needs --fork-from RUN_ID. Received: --at-step {args.at_step}")
+    if args.snapshot_folder is not None and args.snapshot_every is None and args.fork_from is None:
+        parser.error("--snapshot-folder is where --snapshot-every writes (or --fork-from reads): give one of them. "
+                     f"Received: --snapshot-folder {args.snapshot_folder!r}")  # fmt: skip
     start_from = _settings_of_fork(parser, args) if args.fork_from is not None else None
     for name, default in (("task", "seed"), ("policy", "global_norm"), ("clip_threshold", 1.0), ("seed", 0)):
         if getattr(args, name) is None:
