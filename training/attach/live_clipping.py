@@ -49,6 +49,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from ..clipping import policies
 from ..clipping.engine import KNOB, STEP_RECORD, ClipEngine, step_record, variable_name
 from .callbacks import LiveClippingCallback
 from .run import (  # noqa: F401  (DRAIN_SECONDS, AttachedRunConfig: re-exported)
@@ -343,7 +344,8 @@ class LiveClipping(AttachedRun):
         loss = tf.reshape(tf.cast(loss, tf.float32), []) if known_loss else tf.constant(0.0)
         knobs = tf.identity(self._engine.knobs)
         context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        distributed = context is not None and context.num_replicas_in_sync > 1
+        if distributed:
             # One all-reduce: the gradients (each replica's loss is already divided by the
             # replica count, so the sum is the gradient of the whole batch), the loss, and the
             # first replica's knobs (zeros elsewhere): the chief's values, on every worker.
@@ -370,9 +372,24 @@ class LiveClipping(AttachedRun):
         self._stop_shared.assign(knobs[KNOB["stop"]])
         _scatter(self._engine.knobs, KNOB["spike"], 1.0)  # a demo spike hits one step
         result = list(gradients)
-        for index, gradient in zip(present, clipped):
+        for index, gradient, summed in zip(present, clipped, dense):
+            sparse = gradients[index]
+            if isinstance(sparse, tf.IndexedSlices) and not distributed:
+                gradient = _rescaled_slices(sparse, summed, gradient)
             result[index] = gradient
         return result
+
+
+def _rescaled_slices(sparse: "tf.IndexedSlices", dense, clipped) -> "tf.IndexedSlices":
+    """A sparse gradient (an Embedding's) given back sparse, its rows scaled as the policy scaled
+    the whole: Adam and RMSprop update a sparse gradient differently from its dense sum (repeated
+    rows square separately), so densifying it changed training even under `none`. Exact when the
+    step left it as it was; for the scaling policies the ratio of norms is their factor; for
+    `value` and `agc` (not a single factor) it keeps the clipped norm."""
+    unchanged = tf.reduce_all(tf.equal(clipped, dense))
+    factor = tf.math.divide_no_nan(policies.safe_norm(clipped), policies.safe_norm(dense))
+    factor = tf.where(unchanged, tf.ones_like(factor), factor)
+    return tf.IndexedSlices(sparse.values * tf.cast(factor, sparse.values.dtype), sparse.indices, sparse.dense_shape)
 
 
 def _scatter(variable, index, value) -> None:
