@@ -417,3 +417,23 @@ def test_an_embeddings_sparse_gradient_trains_exactly_as_unwrapped_when_nothing_
 
     for plain, wrapped in zip(trained(False), trained(True)):
         np.testing.assert_array_equal(plain, wrapped)
+
+
+def test_a_custom_loop_reads_every_step_it_has_taken_at_once():
+    """Found by probing: after five steps of a custom loop (clip, apply, sync), metrics() had 0
+    rows: sync() copies the graph's buffer out only every 0.25 s, and metrics() did not."""
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+    optimizer = keras.optimizers.SGD(0.01)
+    clipping = LiveClipping(clip_threshold=0.5, database=False)
+    inputs, targets = np.ones((8, 5), "float32"), np.ones((8, 1), "float32")
+    try:
+        for taken in range(1, 6):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(keras.losses.mean_squared_error(targets, model(inputs)))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(clipping.clip(gradients, model.trainable_variables, loss=loss), model.trainable_variables))
+            clipping.sync()
+            assert clipping.metrics().step.tolist() == list(range(1, taken + 1))
+            assert len(clipping.layer_norms()) == taken
+    finally:
+        clipping.close()

@@ -235,11 +235,19 @@ class LiveClipping(AttachedRun):
         return self._between_batches(None)
 
     def metrics(self, since: int | None = None):
-        """Every recorded step in memory, with the columns of `Trainer.metrics()`."""
+        """Every recorded step in memory, with the columns of `Trainer.metrics()`: the steps
+        trained so far, those not yet drained from the graph's buffer included."""
+        self._record_pending()
         return self._require_store().metrics(since)
 
     def layer_norms(self, since: int | None = None):
+        self._record_pending()
         return self._require_store().layer_norms(since)
+
+    def _record_pending(self) -> None:
+        # A custom loop's sync() drains every 0.25 s: a read right after its steps saw none.
+        if self._built and self._began:
+            self._drain(self._steps_done())
 
     def events(self):
         return self._require_store().events()

@@ -73,6 +73,7 @@ class AttachedRun(CommandApplier):
         self._acknowledgements: queue.SimpleQueue = queue.SimpleQueue()
         self._poller: threading.Thread | None = None
         self._closing = threading.Event()
+        self._drain_lock = threading.Lock()
 
     # --- opening and closing ------------------------------------------------------------------
 
@@ -271,7 +272,12 @@ class AttachedRun(CommandApplier):
         return self._stop
 
     def _drain(self, steps_done: int) -> None:
-        """Copy the steps the graph wrote since the last drain into the store and the writer."""
+        """Copy the steps the graph wrote since the last drain into the store and the writer
+        (from the training thread, or a reader asking for the steps so far: one at a time)."""
+        with self._drain_lock:
+            self._drain_unlocked(steps_done)
+
+    def _drain_unlocked(self, steps_done: int) -> None:
         self._last_drain = time.monotonic()
         new = steps_done - self._drained
         if new <= 0:
