@@ -57,6 +57,7 @@ from .run import (  # noqa: F401  (DRAIN_SECONDS, AttachedRunConfig: re-exported
 )  # fmt: skip
 from ..runs.database import RunDatabase
 from ..runs.store import MetricsStore
+from ..loop.config import validate_count
 
 _CLIPPING_ARGUMENTS = ("clipnorm", "clipvalue", "global_clipnorm")
 
@@ -99,7 +100,7 @@ class LiveClipping(AttachedRun):
         if isinstance(ring_steps, bool) or not isinstance(ring_steps, int) or ring_steps < 2:
             raise ValueError(f"`ring_steps` must be an integer >= 2. Received: ring_steps={ring_steps!r}")
         self._ring_steps = ring_steps
-        self._store_window = store_window
+        self._store_window = validate_count("store_window", store_window)
         self._optimizer = None
         self._strategy = None
         self._built = False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,7 +30,7 @@ from .commands import CommandApplier, variable_learning_rate
 from ..clipping.engine import STEP_RECORD
 from ..runs.evaluation import EVALUATION_COLUMNS, empty_evaluations
 from ..runs.database import DatabaseError, RunDatabase, default_path
-from ..loop.config import RunConfig
+from ..loop.config import RunConfig, validate_optional_run_name
 
 logger = logging.getLogger("training.keras")
 
@@ -60,8 +61,13 @@ class AttachedRun(CommandApplier):
 
     def _init_run(self, database, run_name, poll_seconds: float) -> None:
         self._poll_seconds = policies.validate_positive("poll_seconds", poll_seconds)
+        if not (database is None or isinstance(database, (bool, str, os.PathLike, RunDatabase))):
+            raise TypeError(
+                "database must be a SQLite file's path, a PostgreSQL URL, a RunDatabase, None (the "
+                f"default database) or False (none). Received: database={database!r}"
+            )
         self._database_setting = database
-        self._run_name = run_name
+        self._run_name = validate_optional_run_name(run_name)  # as Trainer and rename_run check it
         self._warned: set[str] = set()
         self.warning: str | None = None  # the last warning (e.g. the database is not written)
         self._writer = None
