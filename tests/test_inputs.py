@@ -447,3 +447,35 @@ def test_a_trainer_takes_a_database_location_as_live_clipping_does_and_refuses_o
         with pytest.raises(TypeError, match=f"since must be a step number .* Received: since={re.escape(repr(bad))}$"):
             trainer.metrics(since=bad)
     assert trainer.metrics(since=np.int64(20)).step.tolist() == list(range(21, 31))
+
+
+def test_a_run_leaves_the_processs_python_and_numpy_random_streams_as_they_were(trainers):
+    """Found by probing: a task's build_model calls keras.utils.set_random_seed, so starting a
+    Trainer restarted the user's np.random and random streams from the task's seed."""
+    import random
+
+    np.random.seed(123), random.seed(123)
+    expected = (np.random.rand(), random.random())
+    np.random.seed(123), random.seed(123)
+    trainer = trainers(task="seed", max_steps=50)
+    trainer.start()
+    wait_until(lambda: trainer.status.state not in ("idle", "running"), timeout=120, what="the run to end")
+    assert (np.random.rand(), random.random()) == expected
+
+
+def test_live_clipping_checks_its_settings_when_made_as_trainer_does():
+    """Found by probing: these were accepted and failed inside fit (or were stored as given)."""
+    from training.keras import LiveClipping
+
+    for settings, error, message in [
+        ({"store_window": "x"}, ValueError, "`store_window` must be an integer >= 1. Received: store_window='x'"),
+        ({"store_window": 0}, ValueError, "Received: store_window=0"),
+        ({"database": 123}, TypeError, "Received: database=123"),
+        ({"run_name": "a\x01b"}, ValueError, "A run's name must be non-empty text"),
+        ({"run_name": "a" * 300}, ValueError, "at most 200 characters"),
+        ({"run_name": 5}, ValueError, "A run's name must be non-empty text"),
+    ]:
+        with pytest.raises(error, match=re.escape(message)):
+            LiveClipping(**settings)
+    with pytest.raises(TypeError, match=re.escape("jit_compile must be True, False or None. Received: jit_compile='no'")):
+        Trainer("seed", jit_compile="no")  # bool("no") once meant XLA on

@@ -36,7 +36,7 @@ from ..runs.evaluation import Evaluator
 from ..runs.recorder import Recorder
 from ..runs.store import MetricsStore
 from ..tasks import Task, check_data_matches_model, get_task, streaming
-from ..tasks.base import BUILD_LOCK, make_optimizer, resolve_loss
+from ..tasks.base import make_optimizer, model_build, resolve_loss
 from .config import (  # noqa: F401  (the constants and checks are re-exported: their old home)
     DEFAULT_MAX_NONFINITE_STEPS, MAX_BATCH_SIZE, MAX_CHUNK_STEPS, MAX_SEED, MAX_STEPS_PER_SECOND, STATES,
     TARGET_CHUNK_SECONDS, RunConfig, Sink, TrainerStatus, validate_count, validate_learning_rate,
@@ -129,7 +129,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         self._task = task_spec
         self._data = data
         # None: try XLA, fall back once if the model does not compile (xla_fallback.py).
-        self._jit_compile = task_spec.jit_compile if jit_compile is None else bool(jit_compile)
+        self._jit_compile = task_spec.jit_compile if jit_compile is None else checked_flag("jit_compile", jit_compile)
         self._evaluator = None
         self._max_nonfinite_steps = validate_count("max_nonfinite_steps", max_nonfinite_steps)
         self._sinks = tuple(sinks)
@@ -243,12 +243,11 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
 
     def _build(self) -> None:
         config, task = self._config, self._task
-        with BUILD_LOCK:  # tasks seed Keras' global RNG: two runs must not build at once
-            model = task.build_model(config.seed)
+        with model_build():  # a task seeds the global RNGs (its data may draw on them): put back after
+            model, data = task.build_model(config.seed), task.make_data(config.seed)
         optimizer = make_optimizer(task.optimizer, config.learning_rate)
         variables = model.trainable_variables
         optimizer.build(variables)
-        data = task.make_data(config.seed)
         check_data_matches_model(task, model, data)
 
         engine = ClipEngine(config.policy, config.clip_threshold, config.policy_params)
@@ -514,6 +513,13 @@ def full_step_may_arrive(max_steps: int | None, steps_done: int, seconds_per_ste
         return asked or trained_seconds >= FULL_STEP_MIN_REMAINING_SECONDS
     # (A run that has just finished has no steps left: never.)
     return chunks_run >= FULL_STEP_FIRST_CHUNK and (max_steps - steps_done) * seconds_per_step >= FULL_STEP_MIN_REMAINING_SECONDS
+
+
+def checked_flag(name: str, value: Any) -> bool:
+    """True or False as given (numpy's too); bool("no") would have been True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True, False or None. Received: {name}={value!r}")
 
 
 def opened_database(database: Any) -> "RunDatabase | None":

@@ -26,16 +26,34 @@ Example (a plug-in file)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import random
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 # Tasks seed Keras' global RNG as they build: two models must not build at once (two runs, or
 # a run and a plug-in's check).
 BUILD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_build():
+    """One model build at a time (`BUILD_LOCK`), with the process's Python and NumPy random
+    states as they were before it: a task's `build_model` seeds them
+    (`keras.utils.set_random_seed`), and a user's own draws must not restart from its seed."""
+    with BUILD_LOCK:
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 # Keras optimizer names a task may give as `optimizer` (or give a callable instead).
 OPTIMIZER_NAMES = (

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs.locations import home_expanded
-from .base import BUILD_LOCK, Task, resolve_loss
+from .base import Task, model_build, resolve_loss
 from .builtin import TASKS
 
 ENVIRONMENT_VARIABLE = "CLIPWATCH_TASKS"
@@ -238,14 +238,13 @@ def check_task(task: Task, seed: int = 0) -> None:
 
     where = f"Task plug-in {task.source}" if task.source else f"Task {task.name!r}"
     try:
-        with BUILD_LOCK:  # tasks seed Keras' global RNG: one build at a time
-            model = task.build_model(seed)
+        with model_build():  # a task seeds the global RNGs (its data may draw on them): put back after
+            model, data = task.build_model(seed), task.make_data(seed)
         if not isinstance(model, keras.layers.Layer):  # keras.Model is a Layer
             raise PluginError(
                 f"{where}: build_model must return a Keras model. Received: {_kind(model)}"
             )
         _check_loss(task, where)
-        data = task.make_data(seed)
         check_data_matches_model(task, model, data)
         if task.make_validation_data is not None:
             check_data_matches_model(task, model, task.make_validation_data(seed), "make_validation_data")
