@@ -385,6 +385,12 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def _threshold(value: Any, policy: Any) -> float:
+    """A run's threshold for the tables: blank under `none`, which clips nothing (its steps
+    record inf; the Live header says "off"), not the sidebar's value it was started with."""
+    return math.nan if policy == "none" else _number(value)
+
+
 def history_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The History tab's list: one row per recorded run (`RunDatabase.list_runs()`, in its order;
     `lineage.lineage_order` puts branches under their run and adds the `depth` that indents a
@@ -404,7 +410,7 @@ def history_table(runs: pd.DataFrame) -> pd.DataFrame:
             "Forked from": [lineage.forked_from(parent, step) for parent, step in zip(parents, fork_steps)],
             "Task": runs["task"].astype(str).to_numpy(),
             "Policy": runs["policy"].astype(str).to_numpy(),
-            "Threshold": [_number(value) for value in runs["clip_threshold"]],
+            "Threshold": [_threshold(value, policy) for value, policy in zip(runs["clip_threshold"], runs["policy"])],
             "Steps": runs["steps"].fillna(0).astype(np.int64).to_numpy(),
             "Final loss": [_number(value) for value in runs["final_loss"]],
             "Clip rate": [_number(value) for value in runs["clip_rate"]],
@@ -436,7 +442,7 @@ def runs_config_table(infos: Sequence[Mapping[str, Any]], names: Sequence[str] |
                 "Task": info.get("task", config.get("task", "")),
                 "Policy": policy,
                 "Policy parameters": ", ".join(f"{key}={value:g}" for key, value in params.items()),
-                "Threshold": _number(info.get("clip_threshold")),
+                "Threshold": _threshold(info.get("clip_threshold"), policy),
                 "Learning rate": _number(info.get("learning_rate")),
                 "Batch size": int(info.get("batch_size") or config.get("batch_size") or 0),
                 "Seed": int(info.get("seed") if info.get("seed") is not None else config.get("seed", 0)),

@@ -161,7 +161,7 @@ def _recorded_run_view(manager: RunManager, recorded: RecordedRun) -> None:
     created = datetime.datetime.fromtimestamp(float(info["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
     st.caption(
         f"**#{run_id}** · task `{info['task']}` · policy `{info['policy']}` · threshold "
-        f"{float(info['clip_threshold']):g} at the start · learning rate "
+        f"{'off' if info['policy'] == 'none' else format(float(info['clip_threshold']), 'g') + ' at the start'} · learning rate "
         f"{float(info['learning_rate']):g} · batch {int(info['batch_size'])} · seed "
         f"{int(info['seed'])} · started {created} · read-only"
     )

@@ -143,6 +143,8 @@ def test_history_and_config_tables_read_the_database_rows():
     assert table["Host"].tolist() == ["gpu-box", ""]  # a run recorded before hosts were kept: blank
     assert table["Name"].tolist() == ["tuned", "baseline"] and table["Steps"].tolist() == [1000, 0]
     assert np.isnan(table["Final loss"].iloc[1]) and table["Date"].iloc[0].startswith("20")
+    # Policy none clips nothing: no threshold shown (found by probing: the sidebar's 1.0 was).
+    assert table["Threshold"].iloc[0] == 0.5 and np.isnan(table["Threshold"].iloc[1])
 
     infos = [
         {"name": "tuned", "task": "seed", "policy": "autoclip", "clip_threshold": 1.0, "learning_rate": 0.01,
@@ -156,6 +158,7 @@ def test_history_and_config_tables_read_the_database_rows():
     config = comparison.runs_config_table(infos, names)
     assert config["Run"].tolist() == names
     assert config["Policy parameters"].tolist() == ["percentile=10, window=1000", ""]
+    assert config["Threshold"].iloc[0] == 1.0 and np.isnan(config["Threshold"].iloc[1])  # autoclip's cap; none: blank
     with pytest.raises(ValueError, match="Received 1 names for 2 runs"):
         comparison.runs_config_table(infos, ["one"])
 
