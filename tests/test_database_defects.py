@@ -508,3 +508,17 @@ def test_a_tilde_path_is_in_the_home_folder_and_an_unknown_user_is_refused(tmp_p
     with pytest.raises(DatabaseError, match=r"'~no-such-user-of-clipwatch' names no user of this machine"):
         RunDatabase("~no-such-user-of-clipwatch/runs.db")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["home"]
+
+
+def test_a_run_id_taken_from_list_runs_reads_the_run(tmp_path):
+    """Found by probing: list_runs() gives numpy ids, and metrics(numpy_id) returned no row at all
+    (sqlite3 bound an int64 as bytes) while metrics(int(id)) returned the run's steps."""
+    database = RunDatabase(tmp_path / "runs.db")
+    writer = database.start_run(CONFIG, ["w"], "numpy id", ("global_norm",))
+    writer.append(step_rows(1, 20))
+    wait_until(lambda: writer.status.steps_written == 20, what="the steps written")
+    writer.finish("stopped")
+    run_id = database.list_runs()["run_id"].iloc[0]
+    assert isinstance(run_id, np.integer)
+    assert len(database.metrics(run_id)) == 20 and database.run_info(run_id)["name"] == "numpy id"
+    assert len(database.metrics(np.int32(run_id))) == 20

@@ -15,6 +15,8 @@ import json
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from .schema import ADDED_COLUMNS, BUSY_SECONDS, DatabaseError, added_column_statement
 
 
@@ -52,7 +54,9 @@ class Backend:
 
     def execute(self, connection, statement: str, parameters: Iterable[Any] = ()):
         cursor = connection.cursor()
-        cursor.execute(self.dialect(statement), tuple(parameters))
+        # A numpy number (a run id taken from list_runs()) as the Python one: sqlite3 bound an
+        # int64 as bytes, so `metrics(run_id)` matched no row and said nothing.
+        cursor.execute(self.dialect(statement), tuple(_plain(value) for value in parameters))
         return cursor
 
     def execute_many(self, connection, statement: str, rows: list[tuple]) -> None:
@@ -170,3 +174,7 @@ def json_value(value: Any) -> str | None:
 
 def value_from_json(stored: str | None) -> Any:
     return None if stored is None else json.loads(stored)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
