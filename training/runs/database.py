@@ -310,24 +310,27 @@ class RunDatabase:
 
     def command(self, command_id: int) -> dict[str, Any]:
         """One command's row (COMMAND_COLUMNS), e.g. to wait for its acknowledgement."""
+        command = self._command_where("id = ?", command_id)
+        if command is None:
+            raise ValueError(f"No command with id={command_id!r} in {self.location!r}")
+        return command
+
+    def last_command(self, run_id: int) -> dict[str, Any] | None:
+        """Run `run_id`'s latest command (as `command` gives it), whoever sent it; None if none.
+        One query: the attached page asks on every refresh."""
+        return self._command_where("run = ? ORDER BY id DESC LIMIT 1", run_id)
+
+    def _command_where(self, condition: str, value: Any) -> dict[str, Any] | None:
         with self.backend.connection() as connection:
             row = self._execute(
-                connection, f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands WHERE id = ?", (command_id,)
+                connection, f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands WHERE {condition}", (value,)
             ).fetchone()
         if row is None:
-            raise ValueError(f"No command with id={command_id!r} in {self.location!r}")
+            return None
         command = dict(zip(COMMAND_COLUMNS, row))
         command["parameters"] = json.loads(command["parameters"])
         command["value"] = self.backend.decode_value(command["value"])
         return command
-
-    def last_command(self, run_id: int) -> dict[str, Any] | None:
-        """Run `run_id`'s latest command (as `command` gives it), whoever sent it; None if none."""
-        with self.backend.connection() as connection:
-            row = self._execute(
-                connection, "SELECT id FROM commands WHERE run = ? ORDER BY id DESC LIMIT 1", (run_id,)
-            ).fetchone()
-        return None if row is None else self.command(int(row[0]))
 
     def commands(self, run_id: int) -> pd.DataFrame:
         frame = self._frame(
