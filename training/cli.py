@@ -304,13 +304,13 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
     """`--fork-from RUN_ID [--at-step S]`: the parent's settings fill every flag not given, and
     its nearest saved snapshot is where the branch starts. Exits 2 naming what is missing."""
     from .runs.database import DatabaseError, RunDatabase, default_path
-    from .runs.locations import is_server_location
+    from .runs.locations import missing_database_file
     from .runs.snapshot_files import SnapshotFileError, nearest_snapshot, read_snapshot
 
     location = args.db or default_path()
     if args.no_db:
         parser.error("--fork-from reads the parent run from the run database: drop --no-db.")
-    if not is_server_location(location) and not os.path.exists(os.path.expanduser(location)):
+    if missing_database_file(location):
         parser.error(f"--fork-from {args.fork_from}: there is no run database at {str(location)!r}.")
     try:
         database = RunDatabase(location)

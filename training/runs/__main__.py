@@ -13,7 +13,7 @@ import sys
 
 from .copying import copy_runs
 from .database import DatabaseError, RunDatabase
-from .locations import home_expanded, is_server_location
+from .locations import missing_database_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, location in (("SOURCE", args.source), ("TARGET", args.target)):
         if not location.strip():
             parser.error(f"{label} needs a SQLite file's path or a PostgreSQL URL, not empty text. Received: {location!r}")
-    _refuse_a_missing_source(parser, args.source)  # a mistyped SOURCE must not become a new, empty database
+    if missing_database_file(args.source):  # a mistyped SOURCE must not become a new, empty database
+        parser.error(f"SOURCE: there is no run database at {args.source!r}: nothing to copy.")
     try:
         source = RunDatabase(args.source)
         names = source.list_runs().set_index("run_id").name
@@ -54,17 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {old} -> {new}: {names[old]}")
     print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
     return 0
-
-
-def _refuse_a_missing_source(parser: argparse.ArgumentParser, source: str) -> None:
-    if is_server_location(source):
-        return
-    try:
-        path = home_expanded(source)
-    except ValueError as error:
-        parser.error(f"SOURCE: {error}. Received: {source!r}")
-    if not path.exists():
-        parser.error(f"SOURCE: there is no run database at {source!r}: nothing to copy.")
 
 
 if __name__ == "__main__":

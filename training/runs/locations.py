@@ -50,6 +50,18 @@ def home_expanded(path: str | os.PathLike) -> Path:
         raise ValueError(f"{path.parts[0]!r} names no user of this machine") from None
 
 
+def missing_database_file(location: Any) -> bool:
+    """Whether `location` names a database file that is not there: to read runs from it would
+    create an empty one. A server, or a `~name` of no user (which RunDatabase refuses, naming it),
+    is not "missing"."""
+    if is_server_location(location):
+        return False
+    try:
+        return not home_expanded(location).exists()
+    except ValueError:
+        return False
+
+
 def is_server_location(location: Any) -> bool:
     """Whether `location` names a PostgreSQL database (a URL or a keyword string), not a file."""
     if not isinstance(location, str):
