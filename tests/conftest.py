@@ -129,3 +129,28 @@ def database_location(request, tmp_path):
     from postgres_server import fresh_location
 
     return fresh_location(request.param, tmp_path, request)
+
+
+# The order the two workers take the modules in: longest first (--no-loadscope-reorder in
+# pyproject.toml keeps it; xdist's own order is by number of tests, which sent the long
+# one-test modules, test_xla_cache's 31 s among them, to the end, where one worker ran them
+# while the other had finished). Seconds per module, measured: the full suite at 531ca3a, both
+# workers. A module not listed counts as 0 and runs at the end, in collection order.
+MODULE_SECONDS = {
+    "benchmarks": 123, "keras": 109, "forking": 90, "browser": 84, "step_compiler": 72, "keras_scripts": 55,
+    "cli_defects": 49, "persistence": 44, "trainer": 43, "postgres": 42, "browser_speed": 42, "browser_attached": 41,
+    "reproducibility": 40, "command_relay": 39, "persistence_faults": 39, "benchmarks_speed": 33, "xla_cache": 31,
+    "app": 31, "fork_app": 31, "history_app": 30, "database_defects": 29, "inputs": 22, "browser_fork": 19,
+    "lineage_app": 18, "step_gaps": 17, "page_defects": 13, "cli": 13, "browser_access": 13, "snapshot_files": 12,
+    "attached_app": 12, "xla_fallback": 10, "import_name": 10, "chart_specs": 9, "lazy_import": 8, "copying": 7,
+    "app_access": 7, "evaluation": 6, "plugin_app": 6, "engine": 6, "advisor": 5,
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Longest modules first (stable: a module's tests keep their order)."""
+
+    def seconds(item) -> int:
+        return MODULE_SECONDS.get(item.path.stem.removeprefix("test_"), 0)
+
+    items.sort(key=lambda item: -seconds(item))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 from support import wait_until
 from test_browser import VIEWPORT, browser, metric  # noqa: F401  (fixtures)
@@ -65,8 +66,21 @@ def open_attached_run(server, context, database: RunDatabase, run_id: int):
     page.goto(server.url)
     expect(page.get_by_role("heading", name="Clipwatch")).to_be_visible(timeout=60_000)
     path_input = page.get_by_role("textbox", name="Database path")
-    if not path_input.is_visible():
+
+    def settings_open() -> bool:
+        """Open the Settings expander as a person would: click it until its path field shows.
+        Once clicked while the page's first script run was still drawing (a loaded CI-like
+        machine), the expander was drawn anew, closed, and the field never came (30 s timeout)."""
+        if path_input.is_visible():
+            return True
         page.get_by_text("Settings", exact=True).click()
+        try:
+            path_input.wait_for(state="visible", timeout=3_000)
+        except PlaywrightTimeoutError:
+            return False
+        return True
+
+    wait_until(settings_open, timeout=60, what="the Settings expander's Database path field")
     path_input.fill(str(database.path))
     path_input.press("Enter")
 

@@ -77,9 +77,17 @@ def test_learning_rate_and_policy_parameters_change_live_without_retracing(train
     assert trainer.trace_count == 1
 
 
+@pytest.fixture(scope="module")
+def run_at_threshold_0_7():
+    """One running seed run for every bad value: each is refused, so each finds it as it began."""
+    trainer = running(Trainer(task="seed", clip_threshold=0.7), min_steps=50)
+    yield trainer
+    trainer.stop(timeout=120)
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "0.5"])
-def test_bad_threshold_is_refused_and_the_run_keeps_its_threshold(trainers, bad):
-    trainer = running(trainers(task="seed", clip_threshold=0.7), min_steps=50)
+def test_bad_threshold_is_refused_and_the_run_keeps_its_threshold(run_at_threshold_0_7, bad):
+    trainer = run_at_threshold_0_7
     with pytest.raises(ValueError, match=f"Received: clip_threshold={bad!r}"):
         trainer.set_clip_threshold(bad)
     step = trainer.status.step
