@@ -436,3 +436,59 @@ def test_a_custom_loop_reads_every_step_it_has_taken_at_once():
             assert len(clipping.layer_norms()) == taken
     finally:
         clipping.close()
+
+
+@pytest.mark.parametrize("policy", ["global_norm", "value"])
+def test_a_non_finite_step_of_a_fit_is_skipped_as_its_record_says(policy):
+    """Found by probing: the wrap applied a non-finite step's update while its record said it
+    was skipped (the trainer skips it): under `global_norm` an inf input made every weight -inf,
+    under `value` the inf gradients were clipped to +-c and applied."""
+    finite_batch = (np.ones((1, 2), "float32"), np.zeros((1, 1), "float32"))
+
+    def fitted(batches):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="ones")])
+        clipping = LiveClipping(policy=policy, clip_threshold=1.0, database=False)
+        model.compile(optimizer=clipping.wrap(keras.optimizers.SGD(0.1)), loss="mse")
+        inputs, targets = (np.concatenate(arrays) for arrays in zip(*batches))
+        model.fit(inputs, targets, batch_size=1, shuffle=False, verbose=0, callbacks=[clipping.callback()])
+        return model, clipping.metrics()
+
+    model, recorded = fitted([(np.array([[np.inf, 1.0]], "float32"), np.zeros((1, 1), "float32")), finite_batch])
+    assert recorded.finite.tolist() == [False, True]
+    assert int(model.optimizer.iterations.numpy()) == 1  # the finite step alone was applied
+    reference, _ = fitted([finite_batch])
+    for weights, expected in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(weights, expected)
+
+
+def test_a_non_finite_step_records_no_clip_under_any_policy():
+    """Found by probing: `per_tensor_norm` and `value` recorded a skipped inf step as clipped
+    (and `value` a clipped norm of 1.73), `global_norm` not: clip rates depended on the policy."""
+    from training.clipping.policies import POLICY_NAMES
+
+    for policy in POLICY_NAMES:
+        clipping = LiveClipping(policy=policy, clip_threshold=1.0, database=False)
+        variables = [tf.Variable([1.0, 1.0]), tf.Variable([1.0, 1.0])]
+        clipping.clip([tf.constant([np.inf, 0.0]), tf.constant([3.0, 4.0])], variables, loss=tf.constant(1.0))
+        row = clipping.metrics().iloc[-1]
+        assert not row.finite and not row.clipped and math.isnan(row.clipped_grad_norm), (policy, row.to_dict())
+
+
+def test_an_embeddings_sparse_gradient_is_clipped_as_its_dense_sum_under_every_policy():
+    """Found by probing: a sparse gradient's rows were scaled by one factor, the ratio of the
+    norms, which is the rule of the scaling policies only: under `value` (c=1) an element stayed
+    at 1.005 and another shrank tenfold, and `agc` shrank a unit under its limit 70-fold. Summed
+    by index, the returned rows must equal the policy's clip of the dense sum, whatever the policy;
+    index 0 appears twice, as repeated tokens of a batch do."""
+    from training.clipping.policies import POLICY_NAMES
+
+    values = tf.constant([[10.0, 0.1], [-4.0, 0.05], [0.2, 0.3]])
+    sparse = tf.IndexedSlices(values, tf.constant([0, 0, 1]), tf.constant([3, 2]))
+    weights = tf.Variable([[1.0, 1.0], [1.0, 1.0], [0.5, 2.0]])
+    for policy in POLICY_NAMES:
+        settings = {"clip_factor": 0.1} if policy == "agc" else {}
+        dense_reference = LiveClipping(policy=policy, clip_threshold=1.0, database=False, **settings)
+        expected = dense_reference.clip([tf.convert_to_tensor(sparse)], [weights])[0]
+        returned = LiveClipping(policy=policy, clip_threshold=1.0, database=False, **settings).clip([sparse], [weights])[0]
+        assert isinstance(returned, tf.IndexedSlices), policy
+        np.testing.assert_allclose(tf.convert_to_tensor(returned).numpy(), expected.numpy(), rtol=1e-6, err_msg=policy)

@@ -157,8 +157,8 @@ class LiveClipping(AttachedRun):
             variables = list(
                 optimizer._trainable_variables if trainable_variables is None else trainable_variables
             )
-            clipped = self._clip_step(list(gradients), variables, self._take_loss())
-            return original_apply(clipped, variables)
+            clipped, finite = self._clip_step(list(gradients), variables, self._take_loss())
+            _apply_if_finite(original_apply, clipped, variables, finite)
 
         def scale_loss(loss):
             self._seen_loss.value = loss  # the loss of the step being traced, for the record
@@ -217,7 +217,7 @@ class LiveClipping(AttachedRun):
                 "`clip` needs one gradient per variable. Received: "
                 f"{len(gradients)} gradients, {len(variables)} variables"
             )
-        clipped = self._clip_step(gradients, variables, loss)
+        clipped, _ = self._clip_step(gradients, variables, loss)
         if tf.executing_eagerly():
             self.sync()
         return clipped
@@ -340,12 +340,12 @@ class LiveClipping(AttachedRun):
         row = tf.concat(
             [tf.stack([*scalars, learning_rate, tf.cast(step.policy_index, tf.float32)]), layer_norms], 0
         )
-        return step.clipped, step.states, row
+        return step, row
 
     @tf.autograph.experimental.do_not_convert
     def _clip_step(self, gradients, variables, loss):
         """One step in the graph: sum across replicas, clip once, record a row. Returns the
-        clipped gradients (None where a gradient is None)."""
+        clipped gradients (None where a gradient is None) and whether the step was finite."""
         self._ensure_built(variables)
         present = [index for index, gradient in enumerate(gradients) if gradient is not None]
         dense = [tf.convert_to_tensor(gradients[index]) for index in present]
@@ -371,34 +371,62 @@ class LiveClipping(AttachedRun):
             else tf.constant(math.nan)
         )  # fmt: skip
         kept_values = [tf.convert_to_tensor(variables[index]) for index in present]
-        clipped, new_states, row = self._clip_core(
+        clip_step, row = self._clip_core(
             dense, kept_values, knobs, loss, learning_rate, states, known_loss, present, len(variables)
         )
-        self._engine.write_states(new_states)
+        self._engine.write_states(clip_step.states)
         step = self._steps.read_value() + 1
         _scatter(self._ring, (step - 1) % self._ring_steps, row)
         self._steps.assign(step)  # after the row: a reader that sees the count sees the row
         self._stop_shared.assign(knobs[KNOB["stop"]])
         _scatter(self._engine.knobs, KNOB["spike"], 1.0)  # a demo spike hits one step
         result = list(gradients)
-        for index, gradient, summed in zip(present, clipped, dense):
+        for index, gradient, summed in zip(present, clip_step.clipped, dense):
             sparse = gradients[index]
             if isinstance(sparse, tf.IndexedSlices) and not distributed:
                 gradient = _rescaled_slices(sparse, summed, gradient)
             result[index] = gradient
-        return result
+        return result, clip_step.finite
+
+
+def _apply_if_finite(apply, gradients, variables, finite) -> None:
+    """`apply(gradients, variables)` unless the step is not finite: its update is skipped, as the
+    trainer skips it (one engine rule). Applied, a NaN step had turned every weight NaN, and
+    `value` had applied an inf step clipped to +-c, while the record said the step was skipped.
+
+    Under a strategy that needs `merge_call` (the optimizer's update has one), a `cond` in the
+    replica context may not hold it: decide in the cross-replica context, as Keras'
+    LossScaleOptimizer does. `finite` is the same on every replica (the gradients are summed)."""
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, lambda: apply(gradients, variables), lambda: None)
+        return
+
+    def cross_replica(distribution, gradients, finite):
+        def apply_on_each_replica():
+            distribution.extended.call_for_each_replica(apply, args=(gradients, variables))
+
+        tf.cond(distribution.experimental_local_results(finite)[0], apply_on_each_replica, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(gradients, finite))
 
 
 def _rescaled_slices(sparse: "tf.IndexedSlices", dense, clipped) -> "tf.IndexedSlices":
     """A sparse gradient (an Embedding's) given back sparse, its rows scaled as the policy scaled
-    the whole: Adam and RMSprop update a sparse gradient differently from its dense sum (repeated
-    rows square separately), so densifying it changed training even under `none`. Exact when the
-    step left it as it was; for the scaling policies the ratio of norms is their factor; for
-    `value` and `agc` (not a single factor) it keeps the clipped norm."""
+    its dense sum: Adam and RMSprop update a sparse gradient differently from its dense sum
+    (repeated rows square separately), so densifying it changed training even under `none`.
+
+    Exact when the step left it as it was. Otherwise each element is scaled by its own ratio,
+    clipped / dense, so the rows of one index sum to the clipped element whatever the policy:
+    one factor for the whole (the ratio of the norms) is right for the scaling policies only, and
+    had left `value`'s elements above c and shrunk `agc`'s units under their limit. Where the
+    dense sum is 0 (rows that cancel) the rows take the ratio of the norms."""
     unchanged = tf.reduce_all(tf.equal(clipped, dense))
     factor = tf.math.divide_no_nan(policies.safe_norm(clipped), policies.safe_norm(dense))
-    factor = tf.where(unchanged, tf.ones_like(factor), factor)
-    return tf.IndexedSlices(sparse.values * tf.cast(factor, sparse.values.dtype), sparse.indices, sparse.dense_shape)
+    rows_dense, rows_clipped = tf.gather(dense, sparse.indices), tf.gather(clipped, sparse.indices)
+    ratio = tf.where(tf.equal(rows_dense, 0), tf.cast(factor, rows_dense.dtype),
+                     tf.math.divide_no_nan(rows_clipped, rows_dense))  # fmt: skip
+    ratio = tf.where(unchanged, tf.ones_like(ratio), ratio)
+    return tf.IndexedSlices(sparse.values * tf.cast(ratio, sparse.values.dtype), sparse.indices, sparse.dense_shape)
 
 
 def _scatter(variable, index, value) -> None:

@@ -24,6 +24,8 @@ host arrays and `restore()` puts a copy back.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -184,6 +186,12 @@ class ClipEngine:
             finite = tf.logical_and(finite, tf.math.is_finite(loss))
         # A non-finite step leaves the adaptive history alone: no state changes.
         new_states = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_states, states)
+        # And it clips nothing: its update is skipped, so it records no clip and no clipped norm
+        # (`per_tensor_norm` and `value` had counted a skipped step as clipped, `global_norm` not).
+        nan = tf.constant(math.nan, stats.clipped_grad_norm.dtype)
+        stats = stats._replace(
+            clipped=tf.logical_and(stats.clipped, finite), clipped_grad_norm=tf.where(finite, stats.clipped_grad_norm, nan)
+        )
         return ClipStep(clipped, new_states, stats, finite, policy_index)
 
 
