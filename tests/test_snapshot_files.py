@@ -3,6 +3,7 @@ a new branch with lineage; files are written atomically; a corrupt or foreign fi
 
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -105,20 +106,69 @@ def test_files_round_trip_are_written_atomically_and_keep_the_newest(tmp_path):
         assert ours.dtype == theirs.dtype
 
 
+def test_a_run_steered_mid_run_is_forked_from_the_cli_with_the_settings_in_force_then_swept(tmp_path):
+    """Found by probing: the CLI's fork filled every setting not given from the run's first
+    config, so a run whose threshold and learning rate were changed mid-run was forked with the
+    old ones and the branch differed at 1,999 of 2,000 steps. And `--fork-from` with `--sweep`
+    swept from step --steps, counted from 0, not from the snapshot: every branch failed and
+    the summary's sweep was all nulls, exit 0."""
+    from training import Trainer
+    from training.persistence import RunDatabase
+
+    database = tmp_path / "runs.db"
+    # Paced: snapshot files come at most four a second, so an unpaced run (~0.1 s) saved too few.
+    parent = Trainer(task="seed", clip_threshold=1.0, max_steps=4_000, database=str(database),
+                     snapshot_folder=str(tmp_path / "snapshots"), persist_every=500)  # fmt: skip
+    parent.set_max_steps_per_second(4_000)
+    parent.start()
+    wait_until(lambda: parent.status.step > 0, what="the parent's first chunk")
+    parent.pause()
+    parent.set_clip_threshold(0.05)
+    parent.set_learning_rate(0.05)
+    parent.resume()
+    wait_until(lambda: parent.status.state in ("stopped", "failed"), timeout=300, what="the parent's end")
+    assert parent.status.state == "stopped", parent.status.error
+    result = cli("--fork-from", "1", "--at-step", "3000", "--steps", "300", "--sweep", "0.1,1", "--sweep-steps", "50",
+                 "--db", str(database), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    fork_step = summary["fork_step"]
+    changed_at = RunDatabase(database).events(1).query("kind == 'learning_rate'").step.max()
+    assert changed_at < fork_step <= 3_000  # forked from a step after the change
+    runs = RunDatabase(database)
+    theirs = runs.metrics(1).set_index("step").loc[fork_step + 1 : fork_step + 300]
+    ours = runs.metrics(summary["run_id"]).set_index("step").loc[fork_step + 1 : fork_step + 300]
+    assert len(ours) == len(theirs) == 300
+    for column in [*COMPARED, "clip_threshold", "learning_rate"]:
+        np.testing.assert_array_equal(ours[column].to_numpy(), theirs[column].to_numpy(), err_msg=column)
+    assert [row["clip_threshold"] for row in summary["sweep"]] == [0.1, 1.0]
+    for row in summary["sweep"]:
+        assert row["run_id"] is not None and math.isfinite(row["final_loss"]), summary["sweep"]
+        assert runs.run_info(row["run_id"])["fork_step"] == fork_step + 300
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
         (b"not a zip at all", "cannot be read as a Clipwatch snapshot"),
         ("foreign", "is not a Clipwatch snapshot (it has no header)"),
         ("newer", "is a version 99 snapshot; this Clipwatch reads version 1"),
+        ("no policy", "cannot be read as a Clipwatch snapshot: KeyError: 'policy'"),
+        ("a step that is not a number", "cannot be read as a Clipwatch snapshot: ValueError"),
     ],
 )
 def test_a_corrupt_or_foreign_file_is_refused_naming_it(tmp_path, content, message):
     path = tmp_path / "step-5.npz"
+    header = {"magic": "clipwatch-snapshot", "version": 1, "step": 5, "policy": "none", "policy_params": {}, "variables": 0}
     if content == "foreign":
         np.savez(path, weights=np.zeros(3))
     elif content == "newer":
         np.savez(path, header=np.array(json.dumps({"magic": "clipwatch-snapshot", "version": 99})))
+    elif content == "no policy":  # found by probing: a bare KeyError, without the file's name
+        np.savez(path, header=np.array(json.dumps({key: value for key, value in header.items() if key != "policy"})),
+                 knob_values=np.zeros(7, np.float32))  # fmt: skip
+    elif content == "a step that is not a number":
+        np.savez(path, header=np.array(json.dumps({**header, "step": "x"})), knob_values=np.zeros(7, np.float32))
     else:
         path.write_bytes(content)
     with pytest.raises(SnapshotFileError, match=re.escape(message)) as caught:
@@ -139,3 +189,14 @@ def test_the_cli_names_a_missing_snapshot_and_a_missing_database(tmp_path, monke
     result = cli("--fork-from", "1", "--db", str(tmp_path / "elsewhere.db"), cwd=tmp_path)
     assert result.returncode == 2 and "there is no run database at" in result.stderr
     assert not (tmp_path / "elsewhere.db").exists()
+
+
+@pytest.mark.parametrize("arguments", [("--snapshot-every", "0", "--db", "new.db", "--csv", "out.csv"),
+                                       ("--snapshot-every", "-3", "--db", "new.db"),
+                                       ("--snapshot-every", "5", "--no-db", "--csv", "out.csv")])  # fmt: skip
+def test_a_refused_snapshot_cadence_writes_no_file(tmp_path, arguments):
+    """Found by probing: these exited 2 only after the run database and the CSV were made, and
+    left them behind; the README promises a refusal writes nothing."""
+    result = cli("--steps", "50", *arguments, cwd=tmp_path)
+    assert result.returncode == 2 and "--snapshot-every" in result.stderr.strip().splitlines()[-1]
+    assert sorted(path.name for path in tmp_path.iterdir()) == []

@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from .interpreter_lock import switch_threads_often
+from .clipping.knobs import KNOB
 from .clipping.policies import POLICY_NAMES, POLICY_PARAMETERS
 from .loop.sweeps import DEFAULT_SWEEP_STEPS, validate_sweep_thresholds
 from .runs.command_relay import CommandRelay
@@ -187,6 +188,10 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     if args.snapshot_folder is not None and args.snapshot_every is None and args.fork_from is None:
         parser.error("--snapshot-folder is where --snapshot-every writes (or --fork-from reads): give one of them. "
                      f"Received: --snapshot-folder {args.snapshot_folder!r}")  # fmt: skip
+    if args.snapshot_every is not None and args.snapshot_every < 1:  # checked before any file opens
+        parser.error(f"--snapshot-every must be an integer >= 1. Received: {args.snapshot_every}")
+    if args.snapshot_every is not None and args.no_db:
+        parser.error("--snapshot-every writes beside the run database: drop --no-db.")
     start_from = _settings_of_fork(parser, args) if args.fork_from is not None else None
     for name, default in (("task", "seed"), ("policy", "global_norm"), ("clip_threshold", 1.0), ("seed", 0)):
         if getattr(args, name) is None:
@@ -295,9 +300,10 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
             csv_file.close()
         parser.error(str(error))
     sweep_id = None
-    if sweep is not None:
-        sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=args.steps)
-    return PreparedRun(trainer, database, csv_file, sweep_id, start_from[0]["step"] if start_from else 0)
+    start_step = start_from[0]["step"] if start_from else 0
+    if sweep is not None:  # after --steps of this run: a fork's steps count from its snapshot's
+        sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=start_step + args.steps)
+    return PreparedRun(trainer, database, csv_file, sweep_id, start_step)
 
 
 def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]:
@@ -322,10 +328,19 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
     config = info["config"]
     if args.task is None and config["task"] not in TASK_NAMES:
         parser.error(f"--fork-from {args.fork_from}: its task {config['task']!r} is a plug-in; name its file with --task.")
-    for name in ("task", "policy", "clip_threshold", "learning_rate", "batch_size", "seed"):
+    # The settings in force at the snapshot, not the run's first ones (its config): a run steered
+    # mid-run was forked with its starting threshold and learning rate, and the branch did not
+    # reproduce it. The policy, its parameters and the threshold are the snapshot's own; the
+    # learning rate is in its file's header (older files: the run's first one).
+    in_force = {
+        "task": config["task"], "batch_size": config["batch_size"], "seed": config["seed"],
+        "policy": snapshot["policy"], "clip_threshold": float(str(snapshot["knob_values"][KNOB["clip_threshold"]])),
+        "learning_rate": config["learning_rate"] if snapshot["learning_rate"] is None else snapshot["learning_rate"],
+    }  # fmt: skip
+    for name, value in in_force.items():
         if getattr(args, name) is None:
-            setattr(args, name, config[name])
-    for name, value in config["policy_params"].get(args.policy, {}).items():
+            setattr(args, name, value)
+    for name, value in snapshot["policy_params"].get(args.policy, {}).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     if args.at_step is not None and snapshot["step"] != args.at_step:
@@ -372,10 +387,6 @@ def _check_snapshot_folder(parser: argparse.ArgumentParser, folder: str) -> None
 
 
 def _snapshot_files(parser: argparse.ArgumentParser, args, database) -> dict:
-    if args.snapshot_every < 1:
-        parser.error(f"--snapshot-every must be an integer >= 1. Received: {args.snapshot_every}")
-    if database is None:
-        parser.error("--snapshot-every writes beside the run database: drop --no-db.")
     folder = args.snapshot_folder or _default_snapshot_folder(parser, database)
     return {"snapshot_folder": folder, "persist_every": args.snapshot_every}
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import replace
 from typing import Any, Iterable
 
+import numpy as np
+
 from ..clipping import policies
 from ..clipping.commands import apply_command, check_command
 from ..runs.snapshot_files import write_snapshot
@@ -199,7 +201,10 @@ class ForkDriving:
                 bucket = snapshot["step"] // every
                 if last["bucket"] != bucket:
                     last["bucket"] = bucket
-                    write_snapshot(folder, run_id, snapshot, kept)
+                    # The learning rate in force (the file's header), so a fork from the file
+                    # starts with it, not with the run's first one (it may have been changed).
+                    learning_rate = float(np.asarray(state.optimizer.learning_rate))
+                    write_snapshot(folder, run_id, {**snapshot, "learning_rate": learning_rate}, kept)
 
             self._forks.on_snapshot = persist
 

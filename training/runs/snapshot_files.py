@@ -44,6 +44,7 @@ def write_snapshot(folder: str | os.PathLike, run_id: int, snapshot: dict[str, A
     header = {
         "magic": MAGIC, "version": VERSION, "step": int(snapshot["step"]), "policy": snapshot["policy"],
         "policy_params": snapshot["policy_params"], "variables": len(snapshot["values"]),
+        "learning_rate": snapshot.get("learning_rate"),  # in force at the step (None: not known)
     }  # fmt: skip
     arrays = {f"v{index}": np.asarray(value) for index, value in enumerate(snapshot["values"])}
     path = target_folder / f"step-{int(snapshot['step'])}.npz"
@@ -101,13 +102,15 @@ def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
                     f"{path} is a version {header.get('version')!r} snapshot; this Clipwatch reads version {VERSION}."
                 )
             values = [archive[f"v{index}"] for index in range(int(header["variables"]))]
-            knob_values = archive["knob_values"]
+            # Inside the `try`: a header without "policy", or a step that is not a number, is a
+            # file that cannot be read, named as such (it was a bare KeyError or int() message).
+            return {
+                "step": int(header["step"]), "values": values, "policy": header["policy"],
+                "policy_params": header["policy_params"], "knob_values": archive["knob_values"].astype(np.float32),
+                "learning_rate": header.get("learning_rate"),
+            }  # fmt: skip
     except SnapshotFileError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
         raise SnapshotFileError(f"{path} cannot be read as a Clipwatch snapshot: {type(error).__name__}: {error}") from None
-    return {
-        "step": int(header["step"]), "values": values, "policy": header["policy"],
-        "policy_params": header["policy_params"], "knob_values": knob_values.astype(np.float32),
-    }  # fmt: skip
 
