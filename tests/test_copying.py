@@ -103,3 +103,46 @@ def test_a_refused_copy_creates_no_database(tmp_path, monkeypatch, capsys):
         assert exit.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message), argv
         assert sorted(path.name for path in tmp_path.iterdir()) == ["source.db"], argv
+
+
+def test_a_copy_into_its_own_source_is_refused_however_the_file_is_named(tmp_path, monkeypatch, capsys):
+    """Found by probing: `copy a.db x/../a.db` (or a symlink to a.db) copied every run into SOURCE
+    itself, doubling it: only the same spelling was refused."""
+    import hashlib
+
+    from training.runs.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    recorded_run(RunDatabase(tmp_path / "source.db"), "kept")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link.db").symlink_to(tmp_path / "source.db")
+    before = hashlib.sha256((tmp_path / "source.db").read_bytes()).hexdigest()
+    for target in ("folder/../source.db", "link.db", str(tmp_path / "source.db")):
+        with pytest.raises(SystemExit) as exit:
+            main(["copy", "source.db", target])
+        assert exit.value.code == 2
+        assert "SOURCE and TARGET are the same database file" in capsys.readouterr().err, target
+    assert hashlib.sha256((tmp_path / "source.db").read_bytes()).hexdigest() == before
+    assert len(RunDatabase(tmp_path / "source.db").list_runs()) == 1
+
+
+def test_a_branch_of_a_live_run_is_left_out_saying_why_and_never_copied_without_its_parent(tmp_path, monkeypatch, capsys):
+    """Found by probing: with its parent still live, a default copy copied the ended branches
+    with no parent (lineage cut, fork step kept), and a refused `--run BRANCH` had already
+    created TARGET."""
+    from training.runs.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    source = RunDatabase(tmp_path / "source.db")
+    parent_writer, parent = live_run(source, "parent")
+    branch = recorded_run(source, "branch", parent_run_id=parent, fork_step=10)
+    other = recorded_run(source, "unrelated")
+    assert main(["copy", "source.db", "target.db"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [f"run {other} -> 1: unrelated"]
+    assert f"left out 1 ended run(s) forked from a live run (their lineage would be cut): {branch}" in printed.err
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", "--run", str(branch), "source.db", "new.db"])
+    assert exit.value.code == 2 and f"Run {parent} is live" in capsys.readouterr().err
+    assert not (tmp_path / "new.db").exists()
+    parent_writer.finish("stopped")

@@ -357,19 +357,11 @@ def _default_snapshot_folder(parser: argparse.ArgumentParser, database) -> str:
 
 def _refuse_one_file_for_both(parser: argparse.ArgumentParser, args, database_location) -> None:
     """--csv naming the run database's own file would overwrite every run in it with a CSV."""
-    from .runs.locations import home_expanded, is_server_location
+    from .runs.locations import same_database_file
 
-    if args.csv is None or database_location is None or is_server_location(database_location):
+    if args.csv is None or database_location is None:
         return
-    try:
-        csv_path, database_path = home_expanded(args.csv), home_expanded(database_location)
-    except ValueError:
-        return  # a '~name' of no user: the database's own check names it
-    try:
-        same = os.path.samefile(csv_path, database_path)
-    except OSError:  # one of them does not exist yet
-        same = os.path.realpath(csv_path) == os.path.realpath(database_path)
-    if same:
+    if same_database_file(args.csv, database_location):
         parser.error(
             f"--csv and the run database name the same file ({str(database_location)!r}): the CSV would "
             f"overwrite the runs in it. Give the CSV another path. Received: --csv {args.csv!r}"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .copying import copy_runs
+from .copying import copy_runs, held_back_by_a_live_ancestor, runs_to_copy
 from .database import DatabaseError, RunDatabase
-from .locations import missing_database_file
+from .locations import missing_database_file, same_database_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,21 +39,25 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{label} needs a SQLite file's path or a PostgreSQL URL, not empty text. Received: {location!r}")
     if missing_database_file(args.source):  # a mistyped SOURCE must not become a new, empty database
         parser.error(f"SOURCE: there is no run database at {args.source!r}: nothing to copy.")
+    if same_database_file(args.source, args.target):  # however spelled: the copy went into SOURCE
+        parser.error(f"SOURCE and TARGET are the same database file ({args.source!r} and {args.target!r})")
     try:
         source = RunDatabase(args.source)
         names = source.list_runs().set_index("run_id").name
-        missing = [run for run in args.runs or () if run not in names.index]
-        if missing:  # before TARGET is opened: a refused copy creates no database
-            raise ValueError(f"No run with run_id={missing[0]!r} in {source.location!r}")
+        wanted = runs_to_copy(source, args.runs)  # before TARGET is opened: a refused copy creates no database
         target = RunDatabase(args.target)
         if source.location == target.location:
             parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
-        copied = copy_runs(source, target, args.runs)
+        copied = copy_runs(source, target, wanted)
     except (DatabaseError, ValueError) as error:
         parser.error(str(error))
     for old, new in copied.items():
         print(f"run {old} -> {new}: {names[old]}")
     print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
+    held_back = held_back_by_a_live_ancestor(source) if args.runs is None else []
+    if held_back:
+        print(f"left out {len(held_back)} ended run(s) forked from a live run (their lineage would be cut): "
+              f"{', '.join(map(str, held_back))}; copy them once it has ended", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -31,8 +31,9 @@ def runs_to_copy(source: "RunDatabase", run_ids: Iterable[int] | None) -> list[i
     """The ids to copy, parents before children: `run_ids` and their ancestors (all ended runs
     if None); ValueError naming a run that is missing or live."""
     runs = source.list_runs().set_index("run_id")
-    if run_ids is None:
-        return sorted(int(run_id) for run_id in runs.index[~runs.state.isin(LIVE_STATES)])
+    if run_ids is None:  # every ended run whose ancestors have ended too: no lineage is cut
+        held_back = set(held_back_by_a_live_ancestor(source))
+        return sorted(int(run_id) for run_id in runs.index[~runs.state.isin(LIVE_STATES)] if run_id not in held_back)
     wanted: set[int] = set()
     for run_id in run_ids:
         while run_id is not None and run_id not in wanted:
@@ -48,11 +49,28 @@ def runs_to_copy(source: "RunDatabase", run_ids: Iterable[int] | None) -> list[i
     return sorted(wanted)
 
 
+def held_back_by_a_live_ancestor(source: "RunDatabase") -> list[int]:
+    """The ended runs with a live ancestor: copied alone, a branch's parent would be missing in
+    the target (found by probing: such branches were copied with no parent and a fork step)."""
+    runs = source.list_runs().set_index("run_id")
+
+    def ancestors(run_id) -> list:
+        found = []
+        parent = runs.parent_run_id[run_id]
+        while parent is not None and parent == parent and int(parent) in runs.index and int(parent) not in found:
+            found.append(int(parent))
+            parent = runs.parent_run_id[int(parent)]
+        return found
+
+    ended = runs.index[~runs.state.isin(LIVE_STATES)]
+    return sorted(int(run_id) for run_id in ended if any(runs.state[a] in LIVE_STATES for a in ancestors(run_id)))
+
+
 def copy_runs(source: "RunDatabase", target: "RunDatabase", run_ids: Iterable[int] | None = None) -> dict[int, int]:
     """Copy runs (see the module) from `source` to `target`; returns {source id: target id}.
     Each run is copied in one transaction of the target: a failure leaves no half run."""
     copied: dict[int, int] = {}
-    for run_id in runs_to_copy(source, run_ids):
+    for run_id in runs_to_copy(source, run_ids):  # `run_ids` and their ancestors, checked
         copied[run_id] = _copy_run(source, target, run_id, copied)
     return copied
 

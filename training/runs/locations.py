@@ -62,6 +62,21 @@ def missing_database_file(location: Any) -> bool:
         return False
 
 
+def same_database_file(first: Any, second: Any) -> bool:
+    """Whether two locations name one file however spelled (`a.db`, `x/../a.db`, a symlink to it,
+    `~/a.db`). Servers, and a `~name` of no user, are never "the same file" here."""
+    if is_server_location(first) or is_server_location(second):
+        return False
+    try:
+        first_path, second_path = home_expanded(first), home_expanded(second)
+    except ValueError:
+        return False
+    try:
+        return os.path.samefile(first_path, second_path)
+    except OSError:  # one of them does not exist yet
+        return os.path.realpath(first_path) == os.path.realpath(second_path)
+
+
 def is_server_location(location: Any) -> bool:
     """Whether `location` names a PostgreSQL database (a URL or a keyword string), not a file."""
     if not isinstance(location, str):
