@@ -226,6 +226,29 @@ def test_at_most_four_forks_run_at_once_and_an_unknown_branch_is_named(trainers)
         trainer.sweep([0.1 * (i + 1) for i in range(9)])
 
 
+def test_an_ended_run_refuses_a_fork_a_sweep_and_an_adopt_naming_its_state(trainers):
+    """Found by probing: asked of a finished or failed run, each was taken: the branches waited
+    forever (wait_for_branches gave False) and an adopt of a finished branch did nothing."""
+    done = trainers(task="seed", max_steps=300)
+    branch = done.fork(at_step=100, steps=50, clip_threshold=0.5)
+    done.start()
+    finished(done)
+    assert done.wait_for_branches(60)
+    broken = trainers(task="exploding_rnn", policy="none", max_nonfinite_steps=5)
+    broken.start()
+    wait_until(lambda: broken.status.state in ENDED, timeout=300, what="the run to fail")
+    assert broken.status.state == "failed"
+    for trainer, state in ((done, "stopped"), (broken, "failed")):
+        ended = f"The run is {state}: its training thread has ended, so it cannot"
+        with pytest.raises(RuntimeError, match=f"{ended} fork"):
+            trainer.fork(clip_threshold=1.0, steps=100)
+        with pytest.raises(RuntimeError, match=f"{ended} sweep"):
+            trainer.sweep([0.5, 1.0], steps=100)
+        assert [status.state for status in trainer.branches()] == (["finished"] if trainer is done else [])
+    with pytest.raises(RuntimeError, match="The run is stopped: .* cannot adopt a branch"):
+        done.adopt(branch)
+
+
 def test_the_cli_sweeps_thresholds_after_its_steps_and_records_each_branch_with_its_lineage(tmp_path):
     database = tmp_path / "runs.db"
     result = run_cli_in_process("--task", "seed", "--steps", "2000", "--sweep", "0.1,0.3,1,3", "--sweep-steps", "500",

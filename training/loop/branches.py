@@ -161,6 +161,7 @@ class Forks:
         self.snapshot_nbytes = 0
         self.snapshot_seconds = 0.0  # time the training thread spent taking (and filing) snapshots
         self.refusal: str | None = None  # why this run cannot fork (streamed data, no monitoring)
+        self.ended: str | None = None  # the parent's final state once it has ended (nothing runs a branch)
         self.on_snapshot: Callable[[dict], None] | None = None
 
     # --- any thread ------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class Forks:
         if self.refusal is not None:
             raise ValueError(self.refusal)
         with self._lock:
+            self._refuse_once_ended("fork")
             alive = [b for b in self._branches.values() if b.status.state in ("waiting", "running") and b.status.role == "fork"]
             if role == "fork" and len(alive) >= MAX_BRANCHES:
                 raise ValueError(
@@ -198,7 +200,21 @@ class Forks:
         if branch.status.state not in ("running", "finished"):
             raise ValueError(f"Branch {branch_id} is {branch.status.state}; only a running or finished branch can be adopted.")
         with self._lock:
+            self._refuse_once_ended("adopt a branch")
             self._adopt.append(branch_id)
+
+    def request_allowed(self, what: str) -> None:
+        with self._lock:
+            self._refuse_once_ended(what)
+
+    def _refuse_once_ended(self, what: str) -> None:
+        """Found by probing: a fork, sweep or adopt asked of an ended run was taken and never
+        served (its branches waited forever, an adopt did nothing)."""
+        if self.ended is not None:
+            raise RuntimeError(
+                f"The run is {self.ended}: its training thread has ended, so it cannot {what}. Fork it from its "
+                "saved snapshot files instead (python -m training --fork-from RUN_ID), if it wrote them."
+            )
 
     def statuses(self) -> list[BranchStatus]:
         with self._lock:
@@ -346,8 +362,11 @@ class Forks:
             if branch.status.state in ("waiting", "running"):
                 self._finish(branch, "failed", f"Ended: {reason}, so its state no longer fits the compiled step.")
 
-    def close(self) -> None:
-        """The parent ended: its branches end too (a waiting one never starts)."""
+    def close(self, final_state: str = "stopped") -> None:
+        """The parent ended: its branches end too (a waiting one never starts), and later
+        requests are refused."""
+        with self._lock:
+            self.ended = final_state
         for branch in self._branches.values():
             if branch.status.state in ("waiting", "running"):
                 self._finish(branch, "discarded" if branch.status.state == "running" else "failed",

@@ -225,6 +225,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         except Exception as exception:  # kept for the UI, never lost
             state, error = "failed", f"{type(exception).__name__}: {exception}"
             trace = traceback.format_exc()
+        self._forks.close(state)  # its branches end with it (a failed run's too), and no new one starts
         if self._steps is not None:
             self._steps.abandon_compile()  # a stopped run never swaps its full step in
         self._store_ready.set()
@@ -313,7 +314,6 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 pacer.reset(self._steps_done)
             if self._stop_requested.is_set():
                 self._record("stop", None, None)
-                forks.close()
                 return "stopped", None
             step = self._steps_done
             max_steps, pace = self._config.max_steps, self._config.max_steps_per_second
@@ -335,7 +335,6 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             if finished:
                 self._evaluate(step)  # once at the end
                 self._record("finished", None, step)
-                forks.close()
                 return "stopped", None
             steps = chunk_steps
             if steered:
