@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from support import REPO, run_cli_in_process, wait_until
 
+from training.persistence import RunDatabase
 from training.runs.snapshot_files import SnapshotFileError, read_snapshot, saved_steps, write_snapshot
 
 COMPARED = ["loss", "grad_norm", "clipped_grad_norm", "clipped"]
@@ -34,18 +35,18 @@ def complete_rows(path):
 
 
 def test_a_killed_run_is_forked_from_its_nearest_snapshot_and_continues_it_exactly(tmp_path):
-    database, snapshots = tmp_path / "runs.db", tmp_path / "snapshots" / "run-1"
+    database, snapshots = tmp_path / "runs.db", tmp_path / "snapshots" / "runs.db" / "run-1"
     parent = subprocess.Popen(
         [sys.executable, "-m", "training", "--task", "seed", "--steps", "100000000", "--db", str(database),
          "--snapshot-every", "2000", "--csv", str(tmp_path / "parent.csv")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: len(saved_steps(tmp_path / "snapshots", 1)) >= 4, timeout=180, what="four snapshot files")
+        wait_until(lambda: len(saved_steps(tmp_path / "snapshots" / "runs.db", 1)) >= 4, timeout=180, what="four snapshot files")
     finally:
         parent.send_signal(signal.SIGKILL)  # no flush, no goodbye
         parent.communicate(timeout=60)
-    kept = saved_steps(tmp_path / "snapshots", 1)
+    kept = saved_steps(tmp_path / "snapshots" / "runs.db", 1)
     assert len(kept) <= 10 and kept == sorted(kept)  # the newest snapshots_kept files
     recorded = complete_rows(tmp_path / "parent.csv").set_index("step")
     # The CSV's recorder runs a chunk or two behind the training thread: fork where it has 300 more.
@@ -82,7 +83,7 @@ def test_a_fork_from_a_recorded_run_obeys_its_own_threshold(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     child = pd.read_csv(tmp_path / "child.csv")
     assert np.allclose(child.clip_threshold, 0.05) and (child.clipped_grad_norm <= 0.05 * (1 + 1e-5)).all()
-    assert child.step.iloc[0] - 1 == max(saved_steps(tmp_path / "snapshots", 1))  # the latest snapshot
+    assert child.step.iloc[0] - 1 == max(saved_steps(tmp_path / "snapshots" / "runs.db", 1))  # the latest snapshot
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     # The summary says where the branch began; its rate counts the 200 steps trained here only.
     assert summary["fork_step"] == child.step.iloc[0] - 1 and summary["steps"] == summary["fork_step"] + 200
@@ -113,7 +114,6 @@ def test_a_run_steered_mid_run_is_forked_from_the_cli_with_the_settings_in_force
     swept from step --steps, counted from 0, not from the snapshot: every branch failed and
     the summary's sweep was all nulls, exit 0."""
     from training import Trainer
-    from training.persistence import RunDatabase
 
     database = tmp_path / "runs.db"
     # Paced: snapshot files come at most four a second, so an unpaced run (~0.1 s) saved too few.
@@ -129,7 +129,7 @@ def test_a_run_steered_mid_run_is_forked_from_the_cli_with_the_settings_in_force
     wait_until(lambda: parent.status.state in ("stopped", "failed"), timeout=300, what="the parent's end")
     assert parent.status.state == "stopped", parent.status.error
     result = cli("--fork-from", "1", "--at-step", "3000", "--steps", "300", "--sweep", "0.1,1", "--sweep-steps", "50",
-                 "--db", str(database), cwd=tmp_path)  # fmt: skip
+                 "--db", str(database), "--snapshot-folder", str(tmp_path / "snapshots"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     fork_step = summary["fork_step"]
@@ -200,3 +200,28 @@ def test_a_refused_snapshot_cadence_writes_no_file(tmp_path, arguments):
     result = cli("--steps", "50", *arguments, cwd=tmp_path)
     assert result.returncode == 2 and "--snapshot-every" in result.stderr.strip().splitlines()[-1]
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_two_databases_in_one_folder_keep_their_snapshots_apart_and_a_foreign_file_is_refused(tmp_path):
+    """Found by probing: snapshot files went to snapshots/run-<id>/ beside the database, so two
+    databases in one folder shared run-1's files: the second overwrote the first's step 0,
+    pruned its files, and a fork took the other database's snapshot (a failed run, or a silent
+    fork from a step the run never reached)."""
+    for name, seed in (("first.db", "0"), ("second.db", "5")):
+        result = cli("--db", name, "--steps", "600", "--seed", seed, "--snapshot-every", "200", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(path.name for path in (tmp_path / "snapshots").iterdir()) == ["first.db", "second.db"]
+    first = read_snapshot(tmp_path / "snapshots" / "first.db" / "run-1" / "step-0.npz")
+    second = read_snapshot(tmp_path / "snapshots" / "second.db" / "run-1" / "step-0.npz")
+    assert any(not np.array_equal(a, b) for a, b in zip(first["values"], second["values"]))  # seeds 0 and 5
+    forked = cli("--db", "first.db", "--fork-from", "1", "--at-step", "0", "--steps", "20", cwd=tmp_path)
+    assert forked.returncode == 0 and json.loads(forked.stdout.strip().splitlines()[-1])["fork_step"] == 0
+
+    for name, seed in (("third.db", "0"), ("fourth.db", "5")):  # one folder named for both
+        assert cli("--db", name, "--steps", "600", "--seed", seed, "--snapshot-every", "200", "--snapshot-folder",
+                   "shared", cwd=tmp_path).returncode == 0  # fmt: skip
+    refused = cli("--db", "third.db", "--fork-from", "1", "--at-step", "0", "--steps", "20", "--snapshot-folder", "shared",
+                  cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2
+    assert "was saved by another run 1, not this database's" in refused.stderr.strip().splitlines()[-1]
+    assert len(RunDatabase(tmp_path / "third.db").list_runs()) == 1  # the refusal recorded no run

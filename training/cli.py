@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--snapshot-folder", default=None,
-        help="where snapshot files go (default: snapshots/ beside the SQLite file; needed with a server)",
+        help="where snapshot files go (default: snapshots/DATABASE_FILE_NAME/ beside the SQLite file; needed with a server)",
     )  # fmt: skip
     parser.add_argument("--fork-from", type=int, default=None, metavar="RUN_ID",
                         help="continue this recorded run from its nearest saved snapshot, as a new branch")  # fmt: skip
@@ -168,7 +168,7 @@ class PreparedRun:
     database: RunDatabase | None
     csv_file: IO[str] | None
     sweep_id: int | None = None
-    start_step: int = 0  # a fork's: the step of the snapshot it starts from
+    start_step: int | None = None  # a fork's: the step of the snapshot it starts from (None: not a fork)
 
     def close(self) -> None:
         if self.csv_file is not None:
@@ -300,9 +300,9 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
             csv_file.close()
         parser.error(str(error))
     sweep_id = None
-    start_step = start_from[0]["step"] if start_from else 0
+    start_step = start_from[0]["step"] if start_from else None
     if sweep is not None:  # after --steps of this run: a fork's steps count from its snapshot's
-        sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=start_step + args.steps)
+        sweep_id = trainer.sweep(sweep, steps=args.sweep_steps or DEFAULT_SWEEP_STEPS, at_step=(start_step or 0) + args.steps)
     return PreparedRun(trainer, database, csv_file, sweep_id, start_step)
 
 
@@ -322,9 +322,14 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
         database = RunDatabase(location)
         info = database.run_info(args.fork_from)
         folder = args.snapshot_folder or _default_snapshot_folder(parser, database)
-        snapshot = read_snapshot(nearest_snapshot(folder, args.fork_from, args.at_step))
+        path = nearest_snapshot(folder, args.fork_from, args.at_step)
+        snapshot = read_snapshot(path)
     except (DatabaseError, SnapshotFileError, ValueError) as error:
         parser.error(f"--fork-from {args.fork_from}: {error}")
+    if snapshot["run_created_at"] not in (None, info["created_at"]):  # None: a file without it (older)
+        parser.error(f"--fork-from {args.fork_from}: {str(path)!r} was saved by another run {args.fork_from}, not this "
+                     f"database's: another database keeps its snapshots in {folder!r} too. Name this one's folder "
+                     "with --snapshot-folder.")  # fmt: skip
     config = info["config"]
     if args.task is None and config["task"] not in TASK_NAMES:
         parser.error(f"--fork-from {args.fork_from}: its task {config['task']!r} is a plug-in; name its file with --task.")
@@ -352,7 +357,9 @@ def _settings_of_fork(parser: argparse.ArgumentParser, args) -> tuple[dict, int]
 def _default_snapshot_folder(parser: argparse.ArgumentParser, database) -> str:
     if database.path is None:
         parser.error("With a database server, name where snapshot files go: --snapshot-folder DIR.")
-    return str(Path(database.path).parent / "snapshots")
+    # One folder per database file: two databases in one folder both have a run 1, and shared
+    # run-1 folders mixed (and pruned) each other's files.
+    return str(Path(database.path).parent / "snapshots" / Path(database.path).name)
 
 
 def _refuse_one_file_for_both(parser: argparse.ArgumentParser, args, database_location) -> None:
@@ -468,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         "clip_rate": _clip_rate(trainer),
         "nonfinite_steps": status.nonfinite_steps,
         # The steps trained here: a fork's count starts at its snapshot's step, trained elsewhere.
-        "steps_per_second": (status.step - run.start_step) / elapsed if elapsed > 0 else None,
+        "steps_per_second": (status.step - (run.start_step or 0)) / elapsed if elapsed > 0 else None,
         "state": status.state,
     }
-    if run.start_step:
+    if run.start_step is not None:  # a fork from step 0 too (it was left out)
         summary["fork_step"] = run.start_step
     if status.run_id is not None:
         summary["run_id"] = status.run_id

@@ -196,6 +196,9 @@ class ForkDriving:
         if self._persisting is not None and self._writer is not None:
             folder, every = self._persisting
             run_id, kept = self._writer.run_id, self._forks.ring.kept
+            # The run's identity in every file: a fork from the file checks it is this run's
+            # (a run 1 of another database in the same folder is not).
+            created_at = self._database.run_info(run_id)["created_at"]
             last = {"bucket": None}
 
             def persist(snapshot: dict) -> None:
@@ -205,7 +208,8 @@ class ForkDriving:
                     # The learning rate in force (the file's header), so a fork from the file
                     # starts with it, not with the run's first one (it may have been changed).
                     learning_rate = float(np.asarray(state.optimizer.learning_rate))
-                    write_snapshot(folder, run_id, {**snapshot, "learning_rate": learning_rate}, kept)
+                    identity = {"learning_rate": learning_rate, "run_created_at": created_at}
+                    write_snapshot(folder, run_id, {**snapshot, **identity}, kept)
 
             self._forks.on_snapshot = persist
 

@@ -45,6 +45,7 @@ def write_snapshot(folder: str | os.PathLike, run_id: int, snapshot: dict[str, A
         "magic": MAGIC, "version": VERSION, "step": int(snapshot["step"]), "policy": snapshot["policy"],
         "policy_params": snapshot["policy_params"], "variables": len(snapshot["values"]),
         "learning_rate": snapshot.get("learning_rate"),  # in force at the step (None: not known)
+        "run_created_at": snapshot.get("run_created_at"),  # the run's identity in its database
     }  # fmt: skip
     arrays = {f"v{index}": np.asarray(value) for index, value in enumerate(snapshot["values"])}
     path = target_folder / f"step-{int(snapshot['step'])}.npz"
@@ -107,7 +108,7 @@ def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
             return {
                 "step": int(header["step"]), "values": values, "policy": header["policy"],
                 "policy_params": header["policy_params"], "knob_values": archive["knob_values"].astype(np.float32),
-                "learning_rate": header.get("learning_rate"),
+                "learning_rate": header.get("learning_rate"), "run_created_at": header.get("run_created_at"),
             }  # fmt: skip
     except SnapshotFileError:
         raise
