@@ -285,6 +285,23 @@ def test_the_cli_refuses_a_bad_sweep_naming_it(value, capsys):
     assert f"--sweep {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("policy", ["none", "autoclip", "agc"])
+def test_a_threshold_sweep_under_a_policy_that_picks_its_own_is_refused(trainers, policy, capsys, tmp_path):
+    """Found by probing: a sweep under autoclip (or none, agc) trained every branch alike, its
+    rows were identical, and it still named a "best" threshold."""
+    from training.cli import prepare
+
+    with pytest.raises(SystemExit) as exit_info:
+        prepare(["--policy", policy, "--sweep", "0.1,1", "--db", str(tmp_path / "runs.db")])
+    assert exit_info.value.code == 2
+    assert f"'{policy}' does not, so every branch would train alike" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before the database was made
+    trainer = trainers(task="seed", policy=policy, max_steps=100)
+    with pytest.raises(ValueError, match=f"A threshold sweep needs a policy that reads the clip threshold .*{policy!r}"):
+        trainer.sweep([0.1, 1.0], steps=50)
+    assert trainer.branches() == []
+
+
 def test_the_cli_refuses_sweep_steps_without_a_sweep(capsys):
     from training.cli import prepare
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from .interpreter_lock import switch_threads_often
 from .clipping.knobs import KNOB
-from .clipping.policies import POLICY_NAMES, POLICY_PARAMETERS
+from .clipping.policies import POLICY_NAMES, POLICY_PARAMETERS, refuse_a_threshold_sweep
 from .loop.sweeps import DEFAULT_SWEEP_STEPS, validate_sweep_thresholds
 from .runs.command_relay import CommandRelay
 from .runs.store import STEP_COLUMNS
@@ -215,6 +215,11 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     if args.steps < 1:
         parser.error(f"--steps must be an integer >= 1. Received: {args.steps}")
     sweep = _sweep_thresholds(parser, args)
+    if sweep is not None:
+        try:
+            refuse_a_threshold_sweep(args.policy)
+        except ValueError as error:
+            parser.error(f"--sweep: {error}")
     for flag, path in (("--csv", args.csv), ("--db", args.db)):
         if path is not None and not path.strip():
             parser.error(f"{flag} needs a file path, not empty text. Received: {flag} {path!r}")

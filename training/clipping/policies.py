@@ -502,23 +502,24 @@ class PolicyEntry(NamedTuple):
 
     factory: Callable[..., ClipPolicy]  # structural parameters -> ClipPolicy
     parameters: dict[str, Parameter]  # besides the clip threshold
+    reads_clip_threshold: bool = True  # False: it picks its own (a threshold sweep means nothing)
 
 
 # The registry: adding a policy is one factory above and one line here. Every driver (the
 # trainer's compiled chunk, LiveClipping's optimizer) builds its policies from it.
 REGISTRY: dict[str, PolicyEntry] = {
-    "none": PolicyEntry(no_clipping, {}),
+    "none": PolicyEntry(no_clipping, {}, reads_clip_threshold=False),
     "global_norm": PolicyEntry(global_norm, {}),
     "per_tensor_norm": PolicyEntry(per_tensor_norm, {}),
     "value": PolicyEntry(clip_by_value, {}),
     "autoclip": PolicyEntry(autoclip, {
         "percentile": Parameter(10.0, float, 0.0, 100.0, False, True, live=True),
         "window": Parameter(1000, int, 1, 1_000_000, True, True, live=False),
-    }),
+    }, reads_clip_threshold=False),
     "agc": PolicyEntry(agc, {
         "clip_factor": Parameter(0.01, float, **_POSITIVE, live=True),
         "eps": Parameter(1e-3, float, **_POSITIVE, live=False),
-    }),
+    }, reads_clip_threshold=False),
     "zclip": PolicyEntry(zclip, {
         "z_threshold": Parameter(2.5, float, **_POSITIVE, live=True),
         "alpha": Parameter(0.97, float, 0.0, 1.0, False, False, live=False),
@@ -564,6 +565,18 @@ def unregister_policy(name: str) -> None:
 
 _BUILT_IN = frozenset(REGISTRY)
 _publish_registry()
+
+
+def refuse_a_threshold_sweep(policy: str) -> None:
+    """ValueError if `policy` does not read the clip threshold: its branches would all train
+    alike (found by probing: an autoclip sweep's rows were identical, and a "best" was named)."""
+    if not REGISTRY[policy].reads_clip_threshold:
+        readers = ", ".join(name for name, entry in REGISTRY.items() if entry.reads_clip_threshold)
+        raise ValueError(
+            f"A threshold sweep needs a policy that reads the clip threshold ({readers}); {policy!r} does not, so "
+            f"every branch would train alike. Switch the run's policy first, or fork with other settings. "
+            f"Received: policy={policy!r}"
+        )
 
 
 def make_policy(name: str, **params: Any) -> ClipPolicy:

@@ -46,6 +46,7 @@ class RunForking:
             thresholds = default_sweep_thresholds(self._config.clip_threshold, recent)
         thresholds = validate_sweep_thresholds(thresholds)
         self._forks.request_allowed("sweep")  # an ended run: refused before any branch is queued
+        policies.refuse_a_threshold_sweep(self._config.policy)
         steps = validate_count("steps", steps)
         at_step = self._checked_fork_step(at_step)
         sweep_id = self._forks.new_sweep_id()
