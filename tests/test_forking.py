@@ -249,6 +249,21 @@ def test_an_ended_run_refuses_a_fork_a_sweep_and_an_adopt_naming_its_state(train
         done.adopt(branch)
 
 
+def test_an_open_ended_branch_of_a_bounded_run_ends_where_the_run_ends(trainers):
+    """Found by probing: a branch without `steps` of a run with max_steps trained on, unpaced,
+    after the run's last step, and the finished run showed as running until stopped."""
+    trainer = trainers(task="seed", max_steps=3_000)
+    branch = trainer.fork(at_step=1_000, clip_threshold=0.1)
+    with pytest.raises(ValueError, match=r"at_step=3001 is past the run's last step \(max_steps=3000\)"):
+        trainer.fork(at_step=3_001)  # found by probing too: taken, then failed when the run ended
+    trainer.start()
+    finished(trainer, timeout=120)
+    [status] = trainer.branches()
+    assert status.branch_id == branch and status.state == "finished" and status.fork_step == 1_000
+    assert status.step == status.max_steps == 3_000
+    assert trainer.branch_metrics(branch).step.tolist() == list(range(1_001, 3_001))
+
+
 def test_the_cli_sweeps_thresholds_after_its_steps_and_records_each_branch_with_its_lineage(tmp_path):
     database = tmp_path / "runs.db"
     result = run_cli_in_process("--task", "seed", "--steps", "2000", "--sweep", "0.1,0.3,1,3", "--sweep-steps", "500",

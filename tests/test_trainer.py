@@ -77,24 +77,27 @@ def test_learning_rate_and_policy_parameters_change_live_without_retracing(train
     assert trainer.trace_count == 1
 
 
-@pytest.fixture(scope="module")
-def run_at_threshold_0_7():
-    """One running seed run for every bad value: each is refused, so each finds it as it began."""
-    trainer = running(Trainer(task="seed", clip_threshold=0.7), min_steps=50)
-    yield trainer
-    trainer.stop(timeout=120)
+class TestABadThreshold:
+    """One running seed run for every bad value: each is refused, so each finds the run as it
+    began. Class-scoped: a module-scoped run trained on at full speed through the module's
+    later tests, and slowed them (test_exploding_rnn_needs_clipping: 4 s -> 20 s)."""
 
+    @pytest.fixture(scope="class")
+    def run_at_threshold_0_7(self):
+        trainer = running(Trainer(task="seed", clip_threshold=0.7), min_steps=50)
+        yield trainer
+        trainer.stop(timeout=120)
 
-@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "0.5"])
-def test_bad_threshold_is_refused_and_the_run_keeps_its_threshold(run_at_threshold_0_7, bad):
-    trainer = run_at_threshold_0_7
-    with pytest.raises(ValueError, match=f"Received: clip_threshold={bad!r}"):
-        trainer.set_clip_threshold(bad)
-    step = trainer.status.step
-    wait_until(lambda: trainer.status.step > step + 100, what='trainer.status.step > step + 100')
-    assert (trainer.metrics()["clip_threshold"] == np.float32(0.7)).all()
-    assert trainer.config.clip_threshold == 0.7
-    assert "clip_threshold" not in trainer.events().kind.tolist()
+    @pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "0.5"])
+    def test_is_refused_and_the_run_keeps_its_threshold(self, run_at_threshold_0_7, bad):
+        trainer = run_at_threshold_0_7
+        with pytest.raises(ValueError, match=f"Received: clip_threshold={bad!r}"):
+            trainer.set_clip_threshold(bad)
+        step = trainer.status.step
+        wait_until(lambda: trainer.status.step > step + 100, what='trainer.status.step > step + 100')
+        assert (trainer.metrics()["clip_threshold"] == np.float32(0.7)).all()
+        assert trainer.config.clip_threshold == 0.7
+        assert "clip_threshold" not in trainer.events().kind.tolist()
 
 
 def test_unknown_task_or_policy_lists_the_valid_names():

@@ -272,10 +272,12 @@ class Forks:
                 self.on_snapshot(snapshot)  # e.g. a snapshot file (training/runs/snapshot_files.py)
             self.snapshot_seconds += time.perf_counter() - started
 
-    def launch_due(self, state: TrainingState, new_store: Callable[[], MetricsStore],
-                   open_writer: Callable[[BranchStatus], Any]) -> list[BranchStatus]:  # fmt: skip
+    def launch_due(self, state: TrainingState, new_store: Callable[[], MetricsStore], open_writer: Callable[[BranchStatus], Any],
+                   parent_max_steps: int | None = None) -> list[BranchStatus]:  # fmt: skip
         """Start every waiting branch whose fork step is here or kept; returns the started ones.
-        Leaves the parent's state in the variables."""
+        Leaves the parent's state in the variables. A branch without `steps` of a bounded parent
+        ends where the parent ends (found by probing: it trained on, unpaced, and the parent,
+        finished, showed as running until stopped)."""
         started = []
         for branch in list(self._branches.values()):
             if branch.status.state != "waiting" or (branch.at_step is not None and branch.at_step > state.step):
@@ -311,7 +313,8 @@ class Forks:
                 clip_threshold=branch.settings.clip_threshold or _as_typed(branch.values["knob_values"][KNOB["clip_threshold"]]),
                 policy=branch.values["policy"], learning_rate=branch.settings.learning_rate or learning_rate,
                 data_seed=data_seed,
-                max_steps=None if branch.steps is None else fork_step + branch.steps,
+                max_steps=(fork_step + branch.steps if branch.steps is not None
+                           else None if parent_max_steps is None else max(fork_step, parent_max_steps)),
             )  # fmt: skip
             branch.store = new_store()
             branch.store.record_event(fork_step, "fork", None, status.label)

@@ -148,6 +148,9 @@ class RunForking:
         if at_step is None:
             return None
         at_step = validate_count("at_step", at_step, minimum=0)
+        max_steps = self._config.max_steps
+        if max_steps is not None and at_step > max_steps:  # it was taken, and failed when the run ended
+            raise ValueError(f"at_step={at_step} is past the run's last step (max_steps={max_steps}). Received: at_step={at_step}")
         kept = self._forks.snapshot_steps
         if at_step < self._status.step and at_step not in kept:
             raise ValueError(
@@ -219,7 +222,8 @@ class ForkDriving:
         every policy, where the quick step holds only the parent's)."""
         state = self._state
         self._steps.finish_compiling(self._steps_done)
-        for started in self._forks.launch_due(state, self._new_branch_store, self._open_branch_writer):
+        launched = self._forks.launch_due(state, self._new_branch_store, self._open_branch_writer, self._config.max_steps)
+        for started in launched:
             self._record("fork", None, f"branch {started.branch_id} from step {started.fork_step}: {started.label}")
         policy_names = state.engine.policy_names
 
