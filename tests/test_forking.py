@@ -264,6 +264,30 @@ def test_an_open_ended_branch_of_a_bounded_run_ends_where_the_run_ends(trainers)
     assert trainer.branch_metrics(branch).step.tolist() == list(range(1_001, 3_001))
 
 
+def test_a_recorded_branch_has_its_own_policy_parameters_and_batch_order(trainers, tmp_path):
+    """Found by probing: a branch at percentile 90 was recorded with the parent's 10, and a
+    sweep's noise branch (batch order seed + 1) with the parent's seed."""
+    from training.persistence import RunDatabase
+
+    database = RunDatabase(tmp_path / "runs.db")
+    trainer = trainers(task="seed", policy="autoclip", percentile=10, seed=3, max_steps=1_000, database=database)
+    trainer.fork(at_step=500, percentile=90, steps=100)
+    trainer.start()
+    finished(trainer)
+    assert trainer.wait_for_branches(120)
+    [branch] = trainer.branches()
+    recorded = database.run_info(branch.run_id)["config"]
+    assert recorded["policy_params"]["autoclip"]["percentile"] == 90 and recorded["seed"] == 3
+
+    parent = trainers(task="seed", seed=3, max_steps=600, database=database)
+    sweep = parent.sweep([0.5, 1.0], steps=50, at_step=300)
+    parent.start()
+    finished(parent)
+    assert parent.wait_for_branches(120) and parent.sweep_result(sweep)["done"]
+    seeds = {status.label.split(" ")[0]: database.run_info(status.run_id)["config"]["seed"] for status in parent.branches()}
+    assert seeds == {"clip": 3, "baseline": 3, "noise": 4}
+
+
 def test_the_cli_sweeps_thresholds_after_its_steps_and_records_each_branch_with_its_lineage(tmp_path):
     database = tmp_path / "runs.db"
     result = run_cli_in_process("--task", "seed", "--steps", "2000", "--sweep", "0.1,0.3,1,3", "--sweep-steps", "500",

@@ -272,7 +272,7 @@ class Forks:
                 self.on_snapshot(snapshot)  # e.g. a snapshot file (training/runs/snapshot_files.py)
             self.snapshot_seconds += time.perf_counter() - started
 
-    def launch_due(self, state: TrainingState, new_store: Callable[[], MetricsStore], open_writer: Callable[[BranchStatus], Any],
+    def launch_due(self, state: TrainingState, new_store: Callable[[], MetricsStore], open_writer: Callable[[BranchStatus, dict], Any],
                    parent_max_steps: int | None = None) -> list[BranchStatus]:  # fmt: skip
         """Start every waiting branch whose fork step is here or kept; returns the started ones.
         Leaves the parent's state in the variables. A branch without `steps` of a bounded parent
@@ -318,7 +318,7 @@ class Forks:
             )  # fmt: skip
             branch.store = new_store()
             branch.store.record_event(fork_step, "fork", None, status.label)
-            branch.writer = open_writer(status)
+            branch.writer = open_writer(status, branch.values["policy_params"])
             if branch.writer is not None:
                 status = replace(status, run_id=branch.writer.run_id)
             self._set(branch, **{name: getattr(status, name) for name in status.__dataclass_fields__})
