@@ -25,7 +25,6 @@ host arrays and `restore()` puts a copy back.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
