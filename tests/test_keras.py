@@ -492,3 +492,21 @@ def test_an_embeddings_sparse_gradient_is_clipped_as_its_dense_sum_under_every_p
         returned = LiveClipping(policy=policy, clip_threshold=1.0, database=False, **settings).clip([sparse], [weights])[0]
         assert isinstance(returned, tf.IndexedSlices), policy
         np.testing.assert_allclose(tf.convert_to_tensor(returned).numpy(), expected.numpy(), rtol=1e-6, err_msg=policy)
+
+
+def test_a_fit_whose_optimizer_was_not_wrapped_says_so(caplog):
+    """Found by probing: `callback()` without `wrap(...)` trained unclipped and recorded nothing,
+    silently (a run of 0 steps, its epoch losses all at step 0)."""
+    model, inputs, targets = small_problem()
+    clipping = LiveClipping(database=False)
+    model.compile(optimizer="adam", loss="mse")  # wrap(...) forgotten
+    with caplog.at_level(logging.WARNING):
+        model.fit(inputs[:64], targets[:64], batch_size=32, epochs=2, verbose=0, callbacks=[clipping.callback()])
+    assert len(clipping.metrics()) == 0
+    expected = "fit took 4 step(s) and none was clipped or recorded: compile the model with optimizer=clipping.wrap(...)"
+    assert clipping.warning.startswith(expected) and "Received: optimizer=Adam" in clipping.warning
+    assert expected in caplog.text
+    wrapped = LiveClipping(database=False)  # and a wrapped one stays quiet
+    model.compile(optimizer=wrapped.wrap("adam"), loss="mse")
+    model.fit(inputs[:64], targets[:64], batch_size=32, epochs=2, verbose=0, callbacks=[wrapped.callback()])
+    assert len(wrapped.metrics()) == 4 and wrapped.warning is None

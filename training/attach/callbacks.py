@@ -26,6 +26,7 @@ class LiveClippingCallback(keras.callbacks.Callback):
         self._steps_done = 0
         self._in_fit = False
         self._replaced: dict[str, object] = {}  # model attributes a stopped fit replaced
+        self._fit_start = (0, 0)  # the optimizer's step count and the steps recorded, as the fit began
 
     def set_model(self, model):
         super().set_model(model)
@@ -56,6 +57,7 @@ class LiveClippingCallback(keras.callbacks.Callback):
             clipping._between_batches(self._steps_done)  # commands sent between fits; a pause holds
         if clipping.stopped:
             self._take_no_step()
+        self._fit_start = (_iterations(self.model), int(clipping._steps.numpy()))
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begin_step = batch
@@ -91,6 +93,14 @@ class LiveClippingCallback(keras.callbacks.Callback):
                 object.__setattr__(self.model, name, value)
         self._replaced = {}
         clipping = self._clipping
+        iterations, recorded = self._fit_start
+        taken = _iterations(self.model) - iterations
+        if taken > 0 and int(clipping._steps.numpy()) == recorded:  # found by probing: silent, 0 steps
+            clipping._warn_once(
+                "unwrapped", f"fit took {taken} step(s) and none was clipped or recorded: compile the model with "
+                "optimizer=clipping.wrap(...), or call clipping.clip(...) in its train_step. Received: optimizer="
+                f"{type(self.model.optimizer).__name__}, not the one this LiveClipping wrapped",
+            )  # fmt: skip
         if clipping._stop:
             clipping.close()
         elif clipping._began:  # every step of this fit in memory (`metrics()`) and handed to the writer
@@ -108,6 +118,12 @@ class LiveClippingCallback(keras.callbacks.Callback):
         if name not in self._replaced:
             self._replaced[name] = self.model.__dict__.get(name)  # None: the class's own
         object.__setattr__(self.model, name, value)
+
+
+def _iterations(model) -> int:
+    """The optimizer's step count (0 without one)."""
+    optimizer = getattr(model, "optimizer", None)
+    return 0 if optimizer is None else int(optimizer.iterations.numpy())
 
 
 def _numbers(logs: dict) -> dict[str, float]:

@@ -285,6 +285,10 @@ class AttachedRun(CommandApplier):
 
     def _drain_unlocked(self, steps_done: int) -> None:
         self._last_drain = time.monotonic()
+        # Never past the graph's own count: the callback counts batches, and a fit whose
+        # optimizer was not wrapped clips none (found by probing: its empty ring slots were
+        # recorded as steps of zeros).
+        steps_done = min(steps_done, self._steps_done())
         new = steps_done - self._drained
         if new <= 0:
             return
