@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .copying import copy_runs, held_back_by_a_live_ancestor, runs_to_copy
+from .copying import copy_runs, runs_to_copy
 from .database import DatabaseError, RunDatabase
 from .locations import missing_database_file, same_database_file
+from .schema import LIVE_STATES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"SOURCE and TARGET are the same database file ({args.source!r} and {args.target!r})")
     try:
         source = RunDatabase(args.source)
-        names = source.list_runs().set_index("run_id").name
+        listed = source.list_runs()
+        names = listed.set_index("run_id").name
         wanted = runs_to_copy(source, args.runs)  # before TARGET is opened: a refused copy creates no database
         target = RunDatabase(args.target)
         if source.location == target.location:
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for old, new in copied.items():
         print(f"run {old} -> {new}: {names[old]}")
     print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
-    held_back = held_back_by_a_live_ancestor(source) if args.runs is None else []
+    # By default every ended run is wanted but those runs_to_copy held back (a live ancestor).
+    ended = listed.run_id[~listed.state.isin(LIVE_STATES)]
+    held_back = [] if args.runs is not None else sorted(set(map(int, ended)) - set(wanted))
     if held_back:
         print(f"left out {len(held_back)} ended run(s) forked from a live run (their lineage would be cut): "
               f"{', '.join(map(str, held_back))}; copy them once it has ended", file=sys.stderr)  # fmt: skip
