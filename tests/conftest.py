@@ -74,6 +74,15 @@ def trainers():
         trainer.stop(timeout=120)  # joined: a thread still compiling must not run into the next test
 
 
+@pytest.fixture
+def fresh_compile():
+    """The test watches its runs compile: no run before it in this process lends them its
+    compiled steps (training/loop/step_pool.py)."""
+    from training.loop import step_pool
+
+    step_pool.clear()
+
+
 # Threads that run TensorFlow (a trainer, a step compile, a warm-up). An attached run's command
 # poller ("clipwatch-commands") only reads the database and lives as long as its LiveClipping.
 _COMPILE_THREADS = ("clipwatch-compile", "clipwatch-warm-up-")

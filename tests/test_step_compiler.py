@@ -9,6 +9,8 @@ from support import wait_until
 
 from training.policies import POLICY_NAMES
 
+pytestmark = pytest.mark.usefixtures("fresh_compile")  # each run compiles its own steps
+
 
 def test_commands_sent_while_compiling_survive_the_hand_over(trainers):
     trainer = trainers(task="seed", policy="global_norm", clip_threshold=1.0)

@@ -33,7 +33,7 @@ def running(trainer, min_steps=1, compiled=False):
     return trainer
 
 
-def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers):
+def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers, fresh_compile):
     chunks = []  # (first step, steps) of every chunk, as the sinks receive them
     record_chunk = lambda rows: chunks.append((int(rows["step"][0]), len(rows["step"])))  # noqa: E731
     trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,)), min_steps=200, compiled=True)
@@ -61,7 +61,7 @@ def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retr
     assert trainer.trace_count == traces == 1
 
 
-def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers):
+def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers, fresh_compile):
     trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100, compiled=True)
     trainer.set_learning_rate(0.002)
     trainer.set_policy("autoclip", percentile=30)

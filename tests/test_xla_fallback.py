@@ -8,10 +8,13 @@ from support import wait_until, write_plugin
 
 from training import Trainer, plugins
 
+pytestmark = pytest.mark.usefixtures("fresh_compile")  # each run compiles its own steps
+
 NO_XLA_MODEL = '''
 import numpy as np
 import tensorflow as tf
 from training.tasks import Task
+
 
 
 def build_model(seed):

@@ -6,10 +6,11 @@ which applies it between two chunks. Before the thread starts, a setting just co
 from __future__ import annotations
 
 import queue
+from dataclasses import replace
 from typing import Any, Callable
 
 from ..clipping import policies
-from ..clipping.commands import SENT_COMMAND_KINDS, Command, check_command
+from ..clipping.commands import SENT_COMMAND_KINDS, Change, Command, apply_command, check_command
 from .config import configured
 
 
@@ -102,3 +103,39 @@ class RunSteering:
                 else:
                     on_applied(self._steps_done + 1, None)
             applied = True
+
+    def _apply(self, command: Command) -> None:
+        config, kind, value = self._config, command.kind, command.value
+        state = self._state
+        applied = apply_command(
+            state.engine, command, state.variables, optimizer=state.optimizer, learning_rate=config.learning_rate
+        )
+        if applied.pause and self._status.state == "running":
+            if self._recorder is not None:
+                self._recorder.flush()  # a paused run shows every step it trained
+            self._set_status(state="paused", steps_per_second=0.0)
+            self._record("pause", None, None)
+        elif applied.pause is False and self._status.state == "paused":
+            self._set_status(state="running")
+            self._record("resume", None, None)
+        if applied.rebuild:
+            state.engine.build_policies(state.variables)  # a new buffer size or constant: retraces
+            self._forks.invalidate(f"the run's {command.value!r} parameters were rebuilt at step {self._steps_done}")
+            self._steps.rebuild(self._quick_start)
+        elif applied.policy_switched:
+            self._steps.policy_switched()
+        if kind == "max_steps_per_second":
+            applied.changes.append(Change(kind, config.max_steps_per_second, value))
+        for change in applied.changes:
+            self._record(change.kind, change.old, change.new)
+        engine = state.engine
+        self._config = replace(
+            config,
+            clip_threshold=value if kind == "clip_threshold" else config.clip_threshold,
+            learning_rate=value if kind == "learning_rate" else config.learning_rate,
+            max_steps_per_second=value if kind == "max_steps_per_second" else config.max_steps_per_second,
+            policy=engine.policy,
+            policy_params=engine.policy_params,
+        )
+        self._set_status(config=self._config)
+

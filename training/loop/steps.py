@@ -72,21 +72,65 @@ class ChunkSteps:
         self.switched_on_quick_step = False  # the policy was switched before the full step came
         self._fallback_reasons: list[str] = []  # XLA fallbacks of the compile thread, not recorded yet
         self.function: Callable | None = None
+        # The steps built for the engine's policies as they are (kept for a later run of this
+        # state: training/loop/step_pool.py): the full one once compiled, the quick ones by policy.
+        self._full: Callable | None = None
+        self._quick: dict[int, FallbackFunction] = {}
+
+    @property
+    def state(self) -> TrainingState:
+        return self._state
+
+    def reuse(self, on_event: Callable[[str, Any, Any], None], on_compiling: Callable[[bool], None]) -> None:
+        """A new run takes these steps over (its values are already in the state's variables):
+        it reports to its own callbacks and starts with no traces and no compile of its own. A
+        full step whose compile the last run left running (it ended first) is ready by now."""
+        job = self.compile_job
+        if job is not None and job.function is not None and job.error is None:
+            self._full = job.function
+        self._on_event, self._on_compiling = on_event, on_compiling
+        self.trace_count, self.compile_job, self.function = 0, None, None
+        self._full_step_wanted = self.switched_on_quick_step = False
+        self._fallback_reasons = []
+        self.nonfinite_run.assign(0)
+
+    def release(self) -> None:
+        """The run is over: drop its callbacks (they hold the run), keep the compiled steps."""
+        self._on_event, self._on_compiling = _ignore, _ignore
+
+    @property
+    def reusable(self) -> bool:
+        """No compile is under way, and XLA was never given up (a later run must start as this
+        one did, XLA included)."""
+        if self.jit_compile is False or self._fallback_reasons:
+            return False
+        if self.compile_job is not None:
+            return self.compile_job.ready()
+        return self._full is not None or bool(self._quick)
 
     @property
     def compiling(self) -> bool:
         return self._full_step_wanted or self.compile_job is not None
 
     def build(self, quick_start: bool) -> None:
-        """Build the steps for the engine's policies as they are now; traces anew."""
+        """Build the steps for the engine's policies as they are now: the full step if an
+        earlier run of this state compiled it, else the quick one (or the full one, traced anew)."""
         self.compile_job = None  # a compile still running for the old policies is dropped
         self._fallback_reasons = []
+        if self._full is not None:
+            self.function = self._full
+            return
         if not quick_start:
-            self.function = self._full_step()
+            self.function = self._full = self._full_step()
             return
         self._full_step_wanted = True
         self.function = self._quick_step()
         self._on_compiling(True)
+
+    def rebuild(self, quick_start: bool) -> None:
+        """The engine's policies were rebuilt (a structural parameter): every step traces anew."""
+        self._full, self._quick = None, {}
+        self.build(quick_start)
 
     def policy_switched(self) -> None:
         """The policy in force changed: a quick step still in use is rebuilt for it."""
@@ -119,7 +163,7 @@ class ChunkSteps:
             return
         if compile_job.error is not None:
             raise compile_job.error
-        self.function = compile_job.function
+        self.function = self._full = compile_job.function
         self.compile_job = None
         while self._fallback_reasons:
             self._on_xla_fallback(self._fallback_reasons.pop(0))
@@ -160,8 +204,10 @@ class ChunkSteps:
         first call and the full step is then built without XLA: again one kind for both.
         """
         only_policy = int(self._state.engine.knob_values[KNOB["policy"]])
-        return FallbackFunction(functools.partial(self._train_chunk, only_policy=only_policy),
-                                self.jit_compile, self._on_xla_fallback, self._drop_xla)  # fmt: skip
+        if only_policy not in self._quick:
+            self._quick[only_policy] = FallbackFunction(functools.partial(self._train_chunk, only_policy=only_policy),
+                                                        self.jit_compile, self._on_xla_fallback, self._drop_xla)  # fmt: skip
+        return self._quick[only_policy]
 
     def _full_step(self, on_fallback: Callable[[str], None] | None = None):
         """Every policy in one `tf.switch_case`, XLA-compiled when it can be."""
@@ -232,6 +278,10 @@ class ChunkSteps:
         # quick step was updating them.
         tf.cond(num_steps > 0, write_back_states, lambda: None)
         return {"steps_run": steps_run, **{name: buffer.stack() for name, buffer in buffers.items()}}
+
+
+def _ignore(*_: Any) -> None:
+    pass
 
 
 def gather_batch(inputs, targets, data_seed: tf.Variable, batch_size: int, step):

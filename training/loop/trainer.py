@@ -30,7 +30,7 @@ import numpy as np
 from ..lazy_import import tf  # TensorFlow at first use (training/lazy_import.py)
 
 from ..clipping import policies
-from ..clipping.commands import Change, Command, apply_command
+from ..clipping.commands import Command
 from ..clipping.engine import KNOB, ClipEngine, TrainingState, variable_name
 from ..runs.evaluation import Evaluator
 from ..runs.recorder import Recorder
@@ -47,6 +47,8 @@ from .forking import ForkDriving, RunForking, start_from_lineage
 from .reading import RunReading
 from .pacing import Pacer
 from .steering import RunSteering
+from . import step_pool
+from .step_pool import pool_key
 from .steps import ChunkSteps, chunk_rows, gather_batch
 
 if TYPE_CHECKING:
@@ -175,6 +177,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
         # compiled chunk: built on the training thread (`_build`).
         self._state: TrainingState | None = None
         self._steps: ChunkSteps | None = None
+        self._pooling: tuple | None = None  # (key, data) of the compiled steps (training/loop/step_pool.py)
         self._steps_done = 0  # steps the training thread has run (status.step shows them)
         # The last step the recorder thread has filed: `metrics()` waits until it reaches the
         # `status.step` it was called at, so a reader that saw step N finds step N.
@@ -240,6 +243,8 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             # the record is complete before the state shows; stopped before its first step: no row
             self._writer.finish(state, error, discard_if_empty=True)
             warning = self._writer.status.warning
+        if self._pooling is not None and self._steps is not None and trace is None:  # before a waiter sees the end
+            step_pool.keep(*self._pooling, self._task, self, self._steps)
         self._set_status(state=state, error=error, traceback=trace, steps_per_second=0.0, warning=warning)
 
     def _build(self) -> None:
@@ -266,6 +271,7 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             writer = (self._writer.append,) if self._writer is not None else ()
             self._recorder = Recorder((self._store.append, *writer, *self._sinks, self._publish_recorded))
         jit_compile = self._jit_compile
+        on_compiling = lambda compiling: self._set_status(compiling=compiling)  # noqa: E731
         if streaming.is_dataset(data) or self._data == "stream":
             batches = iter(
                 streaming.training_batches(streaming.as_dataset(data), config.seed, config.batch_size, task.shuffle_buffer)
@@ -277,19 +283,23 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 "batches cannot be drawn again by step, so a branch would train on other batches "
                 "than its parent. Give the task in-memory arrays (make_data returning (inputs, targets))."
             )
-        else:
+        else:  # an earlier run's compiled steps, if one of this configuration ended (step_pool.py)
+            self._pooling = (pool_key(task, config, monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps,
+                                      jit_compile=jit_compile), data)  # fmt: skip
+            self._steps = step_pool.take(*self._pooling, task, self._state, self._record, on_compiling)
+            self._state = self._steps.state if self._steps is not None else self._state
             inputs, targets = data
             next_batch = functools.partial(gather_batch, tf.constant(inputs), tf.constant(targets), data_seed, config.batch_size)
         if task.make_validation_data is not None:
             validation = task.make_validation_data(config.seed)
             check_data_matches_model(task, model, validation, "make_validation_data")
-            self._evaluator = Evaluator(task, model, resolve_loss(task.build_loss), validation, config.batch_size)
-        self._steps = ChunkSteps(
-            self._state, resolve_loss(task.build_loss), next_batch,
-            monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps, jit_compile=jit_compile,
-            on_event=self._record, on_compiling=lambda compiling: self._set_status(compiling=compiling),
-        )  # fmt: skip
-        self._state.loop_variables = [self._steps.nonfinite_run]
+            self._evaluator = Evaluator(task, self._state.model, resolve_loss(task.build_loss), validation, config.batch_size)
+        if self._steps is None:
+            self._steps = ChunkSteps(
+                self._state, resolve_loss(task.build_loss), next_batch, monitoring=self._monitoring,
+                max_nonfinite_steps=self._max_nonfinite_steps, jit_compile=jit_compile, on_event=self._record, on_compiling=on_compiling,
+            )  # fmt: skip
+            self._state.loop_variables = [self._steps.nonfinite_run]
         self._prepare_forking()  # a start from a snapshot, snapshot files
         if not self._monitoring:
             self._forks.refusal = "Forking needs a monitored run (monitoring=False records no steps to compare)."
@@ -418,41 +428,6 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
             event = self._store.record_event(self._steps_done, kind, old, new)
             if self._writer is not None:
                 self._writer.event(*event)
-
-    def _apply(self, command: Command) -> None:
-        config, kind, value = self._config, command.kind, command.value
-        state = self._state
-        applied = apply_command(
-            state.engine, command, state.variables, optimizer=state.optimizer, learning_rate=config.learning_rate
-        )
-        if applied.pause and self._status.state == "running":
-            if self._recorder is not None:
-                self._recorder.flush()  # a paused run shows every step it trained
-            self._set_status(state="paused", steps_per_second=0.0)
-            self._record("pause", None, None)
-        elif applied.pause is False and self._status.state == "paused":
-            self._set_status(state="running")
-            self._record("resume", None, None)
-        if applied.rebuild:
-            state.engine.build_policies(state.variables)  # a new buffer size or constant: retraces
-            self._forks.invalidate(f"the run's {command.value!r} parameters were rebuilt at step {self._steps_done}")
-            self._steps.build(self._quick_start)
-        elif applied.policy_switched:
-            self._steps.policy_switched()
-        if kind == "max_steps_per_second":
-            applied.changes.append(Change(kind, config.max_steps_per_second, value))
-        for change in applied.changes:
-            self._record(change.kind, change.old, change.new)
-        engine = state.engine
-        self._config = replace(
-            config,
-            clip_threshold=value if kind == "clip_threshold" else config.clip_threshold,
-            learning_rate=value if kind == "learning_rate" else config.learning_rate,
-            max_steps_per_second=value if kind == "max_steps_per_second" else config.max_steps_per_second,
-            policy=engine.policy,
-            policy_params=engine.policy_params,
-        )
-        self._set_status(config=self._config)
 
 
 def trainer_from_settings(
