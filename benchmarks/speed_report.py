@@ -94,10 +94,19 @@ def startup_lines(startup: dict) -> list[str]:
                 + [f"{first[key]:.2f}" for key in ("built_s", "first_step_s", "full_step_s")]
                 + [f"{later[key]:.2f}" for key in ("built_s", "first_step_s", "full_step_s")]
             )
+    reuse = [
+        f"  {case} / {variant}: later run on the kept steps: first step {row['later_run']['first_step_s']:.2f} s, full step "
+        f"{row['later_run']['full_step_s']:.2f} s; compiled afresh {compiled['first_step_s']:.2f} s, {compiled['full_step_s']:.2f} s "
+        f"(full step x{compiled['full_step_s'] / max(row['later_run']['full_step_s'], 1e-9):.1f} sooner)"
+        for case, variants in startup["results"].items()
+        for variant, row in variants.items()
+        if (compiled := row.get("later_run_compiled"))  # results saved before the step pool have none
+    ]
     return [
         f"Start -> first step (fresh process per sample, empty XLA cache; seconds from Trainer.start(), "
         f"medians of {startup['rounds']} interleaved rounds; 'full step': trains on every policy + XLA)",
         *table(header, rows, right=set(range(2, 10))),
+        *(["A later run of one configuration in the process (training/loop/step_pool.py), side by side:", *reuse] if reuse else []),
     ]
 
 

@@ -2,8 +2,9 @@
 
 Each measurement is a fresh Python process (as a freshly started server is), with an empty
 persistent XLA cache of its own. It imports TensorFlow, optionally warms up as the dashboard
-does at server start (`training.warmup`), then starts two runs one after the other (the first
-run of the process, and a later one) and times, from `Trainer.start()`:
+does at server start (`training.warmup`), then starts three runs one after the other (the first
+run of the process; a later one compiled afresh, the step pool cleared; a later one reusing the
+compiled steps, as every later run does: training/loop/step_pool.py) and times, from `Trainer.start()`:
 
 * `built_s`: the model, optimizer, store and policy variables are built (`wait_until_ready`);
 * `first_step_s`: the first step is counted (`status.step > 0`);
@@ -33,7 +34,9 @@ VARIANTS = {
     "quick start": {"quick_start": True, "warm": False},
     "full step first (before #11)": {"quick_start": False, "warm": False},
 }
-RUNS_PER_PROCESS = 2  # the first run of a fresh process, then a later one
+# The first run of a fresh process; a later one with the kept steps forgotten (it compiles afresh,
+# as every run did before training/loop/step_pool.py); a later one that reuses them (the default).
+RUNS_PER_PROCESS = 3
 POLL_SECONDS = 0.002
 Log = Callable[[str], None]
 
@@ -91,7 +94,11 @@ def child(case: str, quick_start: bool, warm: bool) -> dict:
         warm_started = time.perf_counter()
         warmup.warm_up().join()
         result["warm_up_s"] = time.perf_counter() - warm_started
-    result["runs"] = [_time_run(case, quick_start) for _ in range(RUNS_PER_PROCESS)]
+    from training.loop import step_pool
+
+    result["runs"] = [_time_run(case, quick_start)]
+    step_pool.clear()
+    result["runs"] += [_time_run(case, quick_start) for _ in range(RUNS_PER_PROCESS - 1)]
     return result
 
 
@@ -146,6 +153,10 @@ def run_startup(rounds: int, log: Log, cases=CASES, variants=tuple(VARIANTS)) ->
                 },
                 "later_run": {
                     key: median(lambda result, key=key: result["runs"][-1][key])
+                    for key in ("built_s", "first_step_s", "full_step_s")
+                },
+                "later_run_compiled": {
+                    key: median(lambda result, key=key: result["runs"][1][key])
                     for key in ("built_s", "first_step_s", "full_step_s")
                 },
                 "failed": [error for result in results for run in result["runs"] for error in run["failed"]],

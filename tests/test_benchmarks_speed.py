@@ -54,3 +54,18 @@ def test_report_prints_issue_11_sections_from_saved_results():
     }
     printed = report.format_report(saved)
     assert "Start -> first step" in printed and "quick start + warm-up" in printed
+
+
+def test_startup_prints_the_later_run_on_kept_steps_beside_one_compiled_afresh():
+    row = {
+        "import_s": 4.0, "warm_up_s": 2.0, "failed": [], "samples": [],
+        "first_run": {"built_s": 0.1, "first_step_s": 2.5, "full_step_s": 6.0},
+        "later_run_compiled": {"built_s": 0.1, "first_step_s": 1.5, "full_step_s": 5.0},
+        "later_run": {"built_s": 0.1, "first_step_s": 0.2, "full_step_s": 0.5},
+    }  # fmt: skip
+    startup_section = {"rounds": 1, "cases": ["seed"], "variants": ["quick start"], "results": {"seed": {"quick start": row}}}
+    printed = "\n".join(speed_report.startup_lines(startup_section))
+    assert "seed / quick start: later run on the kept steps: first step 0.20 s, full step 0.50 s" in printed
+    assert "compiled afresh 1.50 s, 5.00 s (full step x10.0 sooner)" in printed
+    del row["later_run_compiled"]  # a result saved before the step pool
+    assert "kept steps" not in "\n".join(speed_report.startup_lines(startup_section))
