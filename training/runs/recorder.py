@@ -66,6 +66,9 @@ class Recorder:
             self._pending.put(_CLOSE)
             self._thread.join()
         self.closed = True
+        # Its consumers may hold the run: dropped, the ended run's Trainer is freed as soon as
+        # nobody holds it, without a garbage collection (its kept steps: training/loop/step_pool.py).
+        self._consumers = ()
 
     def _run(self) -> None:
         while True:
