@@ -2,10 +2,14 @@
 (training/loop/step_pool.py): no trace, no compile, and bit for bit the run a fresh compile trains."""
 
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
-from support import wait_until
+from support import REPO, wait_until
 
 from training.loop import step_pool
 
@@ -122,3 +126,26 @@ def test_of_two_kept_runs_of_one_configuration_the_one_nobody_holds_is_reused():
     later = run_alone(max_steps=100)
     assert later["steps"] is dropped_steps and later["traces"] == 0
     assert held.steps is not dropped_steps and held.status.state == "stopped"
+
+
+def test_a_process_that_drops_its_run_while_the_full_step_compiles_exits_cleanly(tmp_path):
+    """Its kept steps may still be compiling when nothing holds the run any more; the exit waits
+    for that compile (found by the suite: a compile running at shutdown aborts the process,
+    SIGABRT, and waiting for the live runs' compiles no longer covered it)."""
+    script = tmp_path / "drop_and_exit.py"
+    script.write_text(textwrap.dedent('''
+        import time
+        from training import Trainer
+
+        trainer = Trainer(task="seed", database=None)
+        trainer.start()
+        while trainer.steps is None or trainer.steps.compile_job is None:  # the full step compiles
+            time.sleep(0.01)
+        trainer.stop()
+        del trainer
+        print("exiting while the full step compiles", flush=True)
+    '''))
+    environment = {**os.environ, "PYTHONPATH": REPO}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exiting while the full step compiles" in done.stdout

@@ -22,6 +22,24 @@ from typing import Callable
 
 from . import xla_cache
 
+_running: set = set()  # every BackgroundCompile whose thread has not finished
+_running_lock = threading.Lock()
+
+
+def wait_for_running_compiles(timeout: float = 60.0) -> None:
+    """Wait until every compile still running has finished (at most `timeout` seconds in all).
+
+    A compile still running when the interpreter shuts down aborts the process ("terminate called
+    after throwing", SIGABRT). Waiting for the jobs themselves, not for the runs that started them:
+    a run that nobody holds any more is gone while its full step may still compile (its steps
+    kept for a later run, training/loop/step_pool.py).
+    """
+    deadline = time.monotonic() + timeout
+    with _running_lock:
+        jobs = list(_running)
+    for job in jobs:
+        job.wait(max(0.0, deadline - time.monotonic()))
+
 
 class BackgroundCompile:
     """Traces `make_function()` for `signature`, then calls it once with `warm_arguments()`, all
@@ -65,6 +83,8 @@ class BackgroundCompile:
         function = make_function()
         if self.trace_on_caller:
             self._trace(function)
+        with _running_lock:
+            _running.add(self)
         threading.Thread(target=self._run, args=(function,), name="clipwatch-compile", daemon=True).start()
 
     def ready(self) -> bool:
@@ -106,3 +126,5 @@ class BackgroundCompile:
             self.error, self.traceback = error, traceback.format_exc()
         self.seconds = time.perf_counter() - started
         self._done.set()
+        with _running_lock:
+            _running.discard(self)

@@ -49,6 +49,7 @@ from .pacing import Pacer
 from .steering import RunSteering
 from . import step_pool
 from .step_pool import pool_key
+from .step_compiler import wait_for_running_compiles
 from .steps import ChunkSteps, chunk_rows, gather_batch
 
 if TYPE_CHECKING:
@@ -533,9 +534,4 @@ def _nonfinite_runs(finite: np.ndarray, carried: int) -> tuple[int, int]:
 def _stop_all_trainers() -> None:
     for trainer in list(_LIVE_TRAINERS):
         trainer.stop(timeout=1.0)
-    for trainer in list(_LIVE_TRAINERS):
-        # A compile still running when the interpreter shuts down aborts the process
-        # ("terminate called after throwing"): let it finish first.
-        compile_job = trainer._compile_job()
-        if compile_job is not None:
-            compile_job.wait(60.0)
+    wait_for_running_compiles()  # a compile still running at shutdown aborts the process
