@@ -144,12 +144,12 @@ def database_location(request, tmp_path):
 # pyproject.toml keeps it; xdist's own order is by number of tests, which sent the long
 # one-test modules, test_xla_cache's 31 s among them, to the end, where one worker ran them
 # while the other had finished). Seconds per module, measured: the full suite at 045210c, both
-# workers (test_trainer's since made shorter). A module not listed counts as 0 and runs at the
-# end, in collection order.
+# workers (test_trainer's since made shorter; test_step_pool's at 551b272). A module not listed
+# counts as 0 and runs at the end, in collection order.
 MODULE_SECONDS = {
     "benchmarks": 118, "forking": 118, "keras": 102, "step_compiler": 76, "postgres": 51, "keras_scripts": 48,
     "persistence": 48, "browser": 47, "trainer": 45, "browser_speed": 41, "persistence_faults": 40, "cli_defects": 39,
-    "browser_attached": 39, "command_relay": 32, "reproducibility": 32, "app": 28, "database_defects": 27,
+    "browser_attached": 39, "step_pool": 37, "command_relay": 32, "reproducibility": 32, "app": 28, "database_defects": 27,
     "benchmarks_speed": 27, "fork_app": 26, "inputs": 24, "snapshot_files": 23, "history_app": 23, "browser_fork": 22,
     "xla_cache": 21, "step_gaps": 20, "lineage_app": 13, "browser_access": 13, "page_defects": 13, "attached_app": 12,
     "cli": 12, "chart_specs": 9, "copying": 9, "xla_fallback": 9, "plugin_app": 7, "advisor": 6, "lazy_import": 6,

@@ -101,7 +101,8 @@ def _take(key: tuple, task, data: tuple, fresh: TrainingState):
 def _fits(kept: _Kept, data: tuple, fresh: TrainingState) -> bool:
     """The same variables (shapes and dtypes, in order) and the same captured data."""
     state = kept.steps.state
-    theirs = state.tracked()[: len(state.tracked()) - len(state.loop_variables)]
+    tracked = state.tracked()
+    theirs = tracked[: len(tracked) - len(state.loop_variables)]
     ours = fresh.tracked()
     same_variables = len(theirs) == len(ours) and all(
         a.shape == b.shape and a.dtype == b.dtype for a, b in zip(theirs, ours)

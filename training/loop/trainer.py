@@ -289,8 +289,9 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                                       jit_compile=jit_compile), data)  # fmt: skip
             self._steps = step_pool.take(*self._pooling, task, self._state, self._record, on_compiling)
             self._state = self._steps.state if self._steps is not None else self._state
-            inputs, targets = data
-            next_batch = functools.partial(gather_batch, tf.constant(inputs), tf.constant(targets), data_seed, config.batch_size)
+            if self._steps is None:  # kept steps captured their own copy of the data
+                inputs, targets = data
+                next_batch = functools.partial(gather_batch, tf.constant(inputs), tf.constant(targets), data_seed, config.batch_size)
         if task.make_validation_data is not None:
             validation = task.make_validation_data(config.seed)
             check_data_matches_model(task, model, validation, "make_validation_data")
