@@ -1,4 +1,5 @@
 import atexit
+import gc
 import os
 import shutil
 import sys
@@ -143,17 +144,17 @@ def database_location(request, tmp_path):
 # The order the two workers take the modules in: longest first (--no-loadscope-reorder in
 # pyproject.toml keeps it; xdist's own order is by number of tests, which sent the long
 # one-test modules, test_xla_cache's 31 s among them, to the end, where one worker ran them
-# while the other had finished). Seconds per module, measured: the full suite at 045210c, both
-# workers (test_trainer's since made shorter; test_step_pool's at 551b272). A module not listed
-# counts as 0 and runs at the end, in collection order.
+# while the other had finished). Seconds per module, measured: the full suite at b798d5d, both
+# workers (test_browser's with the fork test it took in since). A module not listed counts as 0
+# and runs at the end, in collection order.
 MODULE_SECONDS = {
-    "benchmarks": 118, "forking": 118, "keras": 102, "step_compiler": 76, "postgres": 51, "keras_scripts": 48,
-    "persistence": 48, "browser": 47, "trainer": 45, "browser_speed": 41, "persistence_faults": 40, "cli_defects": 39,
-    "browser_attached": 39, "step_pool": 37, "command_relay": 32, "reproducibility": 32, "app": 28, "database_defects": 27,
-    "benchmarks_speed": 27, "fork_app": 26, "inputs": 24, "snapshot_files": 23, "history_app": 23, "browser_fork": 22,
-    "xla_cache": 21, "step_gaps": 20, "lineage_app": 13, "browser_access": 13, "page_defects": 13, "attached_app": 12,
-    "cli": 12, "chart_specs": 9, "copying": 9, "xla_fallback": 9, "plugin_app": 7, "advisor": 6, "lazy_import": 6,
-    "engine": 6, "import_name": 6,
+    "keras": 119, "browser": 70, "step_compiler": 72, "benchmarks": 69, "keras_scripts": 63, "trainer": 56,
+    "forking": 47, "step_pool": 45, "cli_defects": 39, "command_relay": 36, "persistence_faults": 36,
+    "browser_attached": 36, "postgres": 34, "reproducibility": 34, "browser_speed": 33, "database_defects": 30,
+    "history_app": 30, "app": 28, "inputs": 28, "benchmarks_speed": 24, "xla_cache": 24, "fork_app": 23,
+    "persistence": 21, "step_gaps": 20, "snapshot_files": 17, "cli": 13, "browser_access": 13, "page_defects": 13,
+    "attached_app": 12, "xla_fallback": 12, "copying": 9, "lazy_import": 7, "plugin_app": 7, "engine": 7,
+    "chart_specs": 7, "import_name": 6,
 }
 
 
@@ -164,3 +165,13 @@ def pytest_collection_modifyitems(items):
         return MODULE_SECONDS.get(item.path.stem.removeprefix("test_"), 0)
 
     items.sort(key=lambda item: -seconds(item))
+
+
+def pytest_unconfigure(config):
+    """One garbage collection, then freeze what survives it. pytest's unraisable-exception check
+    ends each process with five full collections (_pytest/unraisableexception.py, after this
+    hook); over a worker's heap of traced TensorFlow graphs they took 1.95 s for two modules
+    here, at the very end of the run. Frozen, they scan only what is new (0.00 s). Anything
+    this collection finds still reaches that check: its hook is in place until after them."""
+    gc.collect()
+    gc.freeze()
