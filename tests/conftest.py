@@ -145,12 +145,12 @@ def database_location(request, tmp_path):
 # pyproject.toml keeps it; xdist's own order is by number of tests, which sent the long
 # one-test modules, test_xla_cache's 31 s among them, to the end, where one worker ran them
 # while the other had finished). Seconds per module, measured: the full suite at b798d5d, both
-# workers (test_browser's with the fork and attached-script tests it took in since). A module
-# not listed counts as 0 and runs at the end, in collection order.
+# workers (test_browser's with the fork test it took in since). A module not listed counts as 0
+# and runs at the end, in collection order.
 MODULE_SECONDS = {
-    "keras": 119, "browser": 105, "step_compiler": 72, "benchmarks": 69, "keras_scripts": 63, "trainer": 56,
+    "keras": 119, "browser": 70, "step_compiler": 72, "benchmarks": 69, "keras_scripts": 63, "trainer": 56,
     "forking": 47, "step_pool": 45, "cli_defects": 39, "command_relay": 36, "persistence_faults": 36,
-    "postgres": 34, "reproducibility": 34, "browser_speed": 33, "database_defects": 30,
+    "browser_attached": 36, "postgres": 34, "reproducibility": 34, "browser_speed": 33, "database_defects": 30,
     "history_app": 30, "app": 28, "inputs": 28, "benchmarks_speed": 24, "xla_cache": 24, "fork_app": 23,
     "persistence": 21, "step_gaps": 20, "snapshot_files": 17, "cli": 13, "browser_access": 13, "page_defects": 13,
     "attached_app": 12, "xla_fallback": 12, "copying": 9, "lazy_import": 7, "plugin_app": 7, "engine": 7,
