@@ -1,6 +1,9 @@
 """training.runs.copying and `python -m training.runs copy`: runs moved between any two
 databases (file to server, server to file), ids remapped, every row and the lineage kept."""
 
+import contextlib
+import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -146,3 +149,65 @@ def test_a_branch_of_a_live_run_is_left_out_saying_why_and_never_copied_without_
     assert exit.value.code == 2 and f"Run {parent} is live" in capsys.readouterr().err
     assert not (tmp_path / "new.db").exists()
     parent_writer.finish("stopped")
+
+
+def test_a_read_only_source_is_copied_and_left_as_it_was(tmp_path):
+    """Found by probing: a database the user may only read (a colleague's file, an archive on a
+    read-only mount) was refused as a copy's SOURCE ("the file is read-only. Pick another path
+    (CLI --db, ...)"): the copy opened it to write, as a run's database. A copy only reads it."""
+    from test_persistence_faults import without_root_file_rights
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    source = RunDatabase(archive / "source.db")
+    run_id = recorded_run(source, "kept")
+    expected = without_ids(source.metrics(run_id))
+    before = {path.name: path.read_bytes() for path in archive.iterdir()}
+    (archive / "source.db").chmod(0o444)
+    archive.chmod(0o555)  # no -wal or -shm file can be made beside it either
+    try:
+        # Root writes whatever the modes say: the copy runs without root's file rights.
+        copied = subprocess.run(
+            [sys.executable, "-m", "training.runs", "copy", str(archive / "source.db"), str(tmp_path / "mine.db")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            preexec_fn=without_root_file_rights if os.geteuid() == 0 else None,
+        )  # fmt: skip
+        after = {path.name: path.read_bytes() for path in archive.iterdir()}
+    finally:
+        archive.chmod(0o755)
+        (archive / "source.db").chmod(0o644)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    assert copied.stdout.splitlines() == [f"run {run_id} -> 1: kept"]
+    pd.testing.assert_frame_equal(without_ids(RunDatabase(tmp_path / "mine.db").metrics(1)), expected)
+    assert after == before  # byte for byte, and no file added
+
+
+def test_a_source_is_only_read_an_older_one_is_refused_and_a_dead_run_in_it_stays_as_recorded(tmp_path, monkeypatch, capsys):
+    """Opened to copy, a source is never upgraded, switched or marked: an older schema is refused
+    saying why (it was upgraded in place), and a run whose process died stays as the file says."""
+    from training.runs.__main__ import main
+    from training.runs.schema import SCHEMA_VERSION
+
+    monkeypatch.chdir(tmp_path)
+    source = RunDatabase(tmp_path / "source.db")
+    kept = recorded_run(source, "kept")
+    # A run whose process is gone, not yet marked (as after a crash, before anything opened it).
+    with contextlib.closing(sqlite3.connect(source.path)) as connection:
+        connection.execute("UPDATE runs SET state = 'running', pid = 999999999 WHERE run_id = ?", (kept,))
+        connection.commit()
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert main(["copy", "source.db", "target.db", "--run", str(kept)]) == 0
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name != "target.db"} == before
+    assert source.run_info(kept)["state"] == "running"  # not marked in the source...
+    copied = RunDatabase(tmp_path / "target.db").run_info(1)  # ...copied as what it is
+    assert copied["state"] == "interrupted" and copied["error"] == "The process running it ended without stopping it."
+
+    with contextlib.closing(sqlite3.connect(source.path)) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", "source.db", "other.db"])
+    assert exit.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"its schema is version {SCHEMA_VERSION - 1}, older than this Clipwatch's {SCHEMA_VERSION}" in message
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no other.db either

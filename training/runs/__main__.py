@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if same_database_file(args.source, args.target):  # however spelled: the copy went into SOURCE
         parser.error(f"SOURCE and TARGET are the same database file ({args.source!r} and {args.target!r})")
     try:
-        source = RunDatabase(args.source)
+        source = RunDatabase(args.source, read_only=True)  # read, never written: a read-only file works
         listed = source.list_runs()
         names = listed.set_index("run_id").name
         wanted = runs_to_copy(source, args.runs)  # before TARGET is opened: a refused copy creates no database

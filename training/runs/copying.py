@@ -70,16 +70,19 @@ def copy_runs(source: "RunDatabase", target: "RunDatabase", run_ids: Iterable[in
     """Copy runs (see the module) from `source` to `target`; returns {source id: target id}.
     Each run is copied in one transaction of the target: a failure leaves no half run."""
     copied: dict[int, int] = {}
+    listed = source.list_runs().set_index("run_id")  # a dead run as interrupted, even in a source read only
     for run_id in runs_to_copy(source, run_ids):  # `run_ids` and their ancestors, checked
-        copied[run_id] = _copy_run(source, target, run_id, copied)
+        copied[run_id] = _copy_run(source, target, run_id, copied, listed.loc[run_id])
     return copied
 
 
-def _copy_run(source: "RunDatabase", target: "RunDatabase", run_id: int, copied: dict[int, int]) -> int:
+def _copy_run(source: "RunDatabase", target: "RunDatabase", run_id: int, copied: dict[int, int], listed) -> int:
+    """`listed`: the run's row of `source.list_runs()`, whose state and error it is copied with."""
     reading, writing = source.backend, target.backend
     with reading.connection() as connection:
         _, [row] = reading.rows(connection, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,))
-        run = dict(zip(RUN_COLUMNS, row))
+        error = listed["error"] if isinstance(listed["error"], str) else None  # pandas' NaN for NULL
+        run = {**dict(zip(RUN_COLUMNS, row)), "state": listed["state"], "error": error}
         rows = {
             table: reading.rows(
                 connection,

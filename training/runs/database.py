@@ -68,13 +68,16 @@ from .sqlite_backend import SqliteBackend
 from .writer import RunWriter, WriterStatus  # noqa: F401
 
 
-def open_backend(location, max_pages: int | None, writer_busy_seconds: float) -> Backend:
+def open_backend(location, max_pages: int | None, writer_busy_seconds: float, read_only: bool = False) -> Backend:
     """The backend for `location`: a PostgreSQL connection string, else a SQLite file's path."""
     if is_server_location(location):
         from .postgres_backend import PostgresBackend  # imports psycopg: only when asked for
 
         return PostgresBackend(location)
-    return SqliteBackend(location, max_pages, writer_busy_seconds)
+    return SqliteBackend(location, max_pages, writer_busy_seconds, read_only)
+
+
+INTERRUPTED_ERROR = "The process running it ended without stopping it."
 
 
 class RunDatabase:
@@ -89,6 +92,10 @@ class RunDatabase:
             writer go on.
         writer_busy_seconds: (SQLite) how long a run's writer waits for another process's
             write lock before it reports the wait and retries.
+        read_only: only read it (a copy's source): a SQLite file is opened read-only, so a
+            file or folder the user may only read works and nothing in it changes; runs whose
+            process died are listed as interrupted, not marked so in it. A file of an older
+            schema is refused, not upgraded.
     """
 
     def __init__(
@@ -97,14 +104,18 @@ class RunDatabase:
         *,
         max_pages: int | None = None,
         writer_busy_seconds: float = WRITER_BUSY_SECONDS,
+        read_only: bool = False,
     ):
         if location is None:
             location = default_path()
-        self.backend = open_backend(location, max_pages, writer_busy_seconds)
+        self.backend = open_backend(location, max_pages, writer_busy_seconds, read_only)
         self.writer_busy_seconds = writer_busy_seconds
         self.location = self.backend.shown  # what may be shown: a password is never in it
         self.errors = self.backend.errors  # the driver's exceptions, for callers that catch them
+        self.read_only = read_only
         self.backend.prepare()  # refuses a store that is not Clipwatch's, or a newer one
+        if read_only:
+            return
         try:
             self.mark_interrupted()
         except self.errors as error:  # locked: the next opening marks them
@@ -133,19 +144,21 @@ class RunDatabase:
             self._mark_interrupted(connection)
 
     def _mark_interrupted(self, connection) -> None:
+        self.backend.execute_many(
+            connection,
+            f"UPDATE runs SET state = 'interrupted', error = '{INTERRUPTED_ERROR}' WHERE run_id = ?",
+            [(run_id,) for run_id in self._dead_runs(connection)],
+        )
+
+    def _dead_runs(self, connection) -> list[int]:
+        """The live runs whose process has ended (what opening marks interrupted)."""
         _, rows = self.backend.rows(
             connection,
             f"SELECT run_id, host, pid, last_seen FROM runs WHERE state IN ({','.join('?' * len(LIVE_STATES))})",
             LIVE_STATES,
         )
         this_host, now = socket.gethostname(), time.time()
-        dead = [(run_id,) for run_id, host, pid, last_seen in rows if has_died(host, pid, last_seen, this_host, now)]
-        self.backend.execute_many(
-            connection,
-            "UPDATE runs SET state = 'interrupted', "
-            "error = 'The process running it ended without stopping it.' WHERE run_id = ?",
-            dead,
-        )
+        return [int(run_id) for run_id, host, pid, last_seen in rows if has_died(host, pid, last_seen, this_host, now)]
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -350,7 +363,12 @@ class RunDatabase:
         return pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
 
     def list_runs(self) -> pd.DataFrame:
-        return self._frame(f"SELECT {', '.join(RUN_LIST_COLUMNS)} FROM runs ORDER BY run_id DESC")
+        runs = self._frame(f"SELECT {', '.join(RUN_LIST_COLUMNS)} FROM runs ORDER BY run_id DESC")
+        if self.read_only:  # what opening marks in a database it may write, shown without writing
+            with self.backend.connection() as connection:
+                dead = runs.run_id.isin(self._dead_runs(connection))
+            runs.loc[dead, "state"], runs.loc[dead, "error"] = "interrupted", INTERRUPTED_ERROR
+        return runs
 
     def run_info(self, run_id: int) -> dict[str, Any]:
         with self.backend.connection() as connection:

@@ -42,9 +42,15 @@ class SqliteBackend(Backend):
     INSERTION_ORDER = "rowid"
     errors = (sqlite3.Error,)
 
-    def __init__(self, path: str | os.PathLike, max_pages: int | None, writer_busy_seconds: float = WRITER_BUSY_SECONDS):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_pages: int | None,
+        writer_busy_seconds: float = WRITER_BUSY_SECONDS,
+        read_only: bool = False,
+    ):
         self.shown = str(path)  # as given, until it is expanded: the refusal below quotes it
-        self.max_pages, self.writer_busy_seconds = max_pages, writer_busy_seconds
+        self.max_pages, self.writer_busy_seconds, self.read_only = max_pages, writer_busy_seconds, read_only
         try:  # "~/runs.db" (CLIPWATCH_DB, LiveClipping(database=...)) is in the home folder, not in a new "~"
             self.path = home_expanded(path)
         except ValueError as error:
@@ -52,10 +58,26 @@ class SqliteBackend(Backend):
         self.shown = str(self.path)
 
     def connect(self, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
+        if self.read_only:
+            return self._connect_read_only(busy_seconds)
         connection = sqlite3.connect(self.path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
         connection.execute(f"PRAGMA max_page_count={int(self.max_pages or NO_PAGE_CAP)}")
+        return connection
+
+    def _connect_read_only(self, busy_seconds: float) -> sqlite3.Connection:
+        """A connection that cannot write the file, and leaves nothing beside it. A WAL database
+        read with `mode=ro` gets a -wal and a -shm file made beside it, left there after (a
+        reader may not remove them), or cannot be read at all where none can be made (a
+        read-only folder or mount). So, unless a -wal file is there (a writer has it open, or
+        ended uncleanly: its steps are only there), the file is read as immutable: nothing is
+        made, nothing is locked."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "immutable=1"
+        uri = f"{self.path.resolve().as_uri()}?{mode}"
+        connection = sqlite3.connect(uri, uri=True, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         return connection
 
     def table_columns(self, connection) -> dict[str, tuple[str, ...]]:
@@ -64,6 +86,8 @@ class SqliteBackend(Backend):
     # --- recognising, stamping, upgrading ------------------------------------------------------
 
     def prepare(self) -> None:
+        if self.read_only:
+            return self._recognise_read_only()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._check_header()
@@ -78,6 +102,27 @@ class SqliteBackend(Backend):
             raise
         except (OSError, ValueError, sqlite3.Error) as error:  # ValueError: a NUL in the path
             raise self.cannot_use(str(error)) from error
+
+    def _recognise_read_only(self) -> None:
+        """`prepare` for a database that is only read (a copy's source): recognised, never
+        stamped, upgraded or switched to WAL."""
+        try:
+            if not self.path.is_file():
+                raise self.cannot_use("there is no run database file there")
+            self._check_header()
+            with self.connection() as connection:
+                version = self._recognise(connection)
+        except DatabaseError:
+            raise
+        except (OSError, ValueError, sqlite3.Error) as error:
+            raise self.cannot_use(str(error)) from error
+        if version is None:
+            raise self.cannot_use("it is an empty file, not a run database")
+        if version != SCHEMA_VERSION:
+            raise self.cannot_use(
+                f"its schema is version {version}, older than this Clipwatch's {SCHEMA_VERSION}, and it is "
+                "opened to be read only: open it once where it may be written, and it is upgraded"
+            )
 
     def _not_ours(self, reason: str) -> DatabaseError:
         return self.cannot_use(f"it is not a Clipwatch database ({reason}); it was left unchanged")
