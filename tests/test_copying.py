@@ -211,3 +211,22 @@ def test_a_source_is_only_read_an_older_one_is_refused_and_a_dead_run_in_it_stay
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"its schema is version {SCHEMA_VERSION - 1}, older than this Clipwatch's {SCHEMA_VERSION}" in message
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no other.db either
+
+
+def test_a_refused_source_or_target_is_named_as_such_without_the_run_database_advice(tmp_path, monkeypatch, capsys):
+    """A copy's refusal said "Pick another path (CLI --db, ...)": advice for a run's database,
+    not for the copy, whose SOURCE and TARGET are its own arguments."""
+    from training.runs.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    recorded_run(RunDatabase(tmp_path / "ours.db"), "kept")
+    with contextlib.closing(sqlite3.connect(tmp_path / "theirs.db")) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    for argv, side in ((["theirs.db", "new.db"], "SOURCE"), (["ours.db", "theirs.db"], "TARGET")):
+        with pytest.raises(SystemExit) as exit:
+            main(["copy", *argv])
+        assert exit.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith(f"python -m training.runs: error: {side}: Cannot use the run database at "), message
+        assert "theirs.db" in message and "it is not a Clipwatch database" in message and "--db" not in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ours.db", "theirs.db"]

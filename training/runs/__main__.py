@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .backend import PICK_ANOTHER_PATH
 from .copying import copy_runs, runs_to_copy
 from .database import DatabaseError, RunDatabase
 from .locations import missing_database_file, same_database_file
@@ -42,16 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"SOURCE: there is no run database at {args.source!r}: nothing to copy.")
     if same_database_file(args.source, args.target):  # however spelled: the copy went into SOURCE
         parser.error(f"SOURCE and TARGET are the same database file ({args.source!r} and {args.target!r})")
+    side = "SOURCE"
     try:
         source = RunDatabase(args.source, read_only=True)  # read, never written: a read-only file works
         listed = source.list_runs()
         names = listed.set_index("run_id").name
         wanted = runs_to_copy(source, args.runs)  # before TARGET is opened: a refused copy creates no database
+        side = "TARGET"
         target = RunDatabase(args.target)
         if source.location == target.location:
             parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
         copied = copy_runs(source, target, wanted)
-    except (DatabaseError, ValueError) as error:
+    except DatabaseError as error:  # said of the side it is about, without the run database's --db advice
+        parser.error(f"{side}: {str(error).removesuffix(' ' + PICK_ANOTHER_PATH)}")
+    except ValueError as error:
         parser.error(str(error))
     for old, new in copied.items():
         print(f"run {old} -> {new}: {names[old]}")

@@ -19,6 +19,9 @@ import numpy as np
 
 from .schema import ADDED_COLUMNS, BUSY_SECONDS, DatabaseError, added_column_statement
 
+# How a run's database is chosen again (a copy's SOURCE and TARGET are not chosen there).
+PICK_ANOTHER_PATH = "Pick another path (CLI --db, the CLIPWATCH_DB variable, or the UI's settings)."
+
 
 class WriteFault(Exception):
     """The database cannot be written right now; the message says why (the writer retries)."""
@@ -138,10 +141,7 @@ class Backend:
     # --- messages ------------------------------------------------------------------------------
 
     def cannot_use(self, reason: str) -> DatabaseError:
-        return DatabaseError(
-            f"Cannot use the run database at {self.shown!r}: {reason}. "
-            "Pick another path (CLI --db, the CLIPWATCH_DB variable, or the UI's settings)."
-        )
+        return DatabaseError(f"Cannot use the run database at {self.shown!r}: {reason}. {PICK_ANOTHER_PATH}")
 
     def newer_schema(self, version: int) -> DatabaseError:
         from .schema import SCHEMA_VERSION
