@@ -43,13 +43,14 @@ _kept: list[_Kept] = []
 _lock = threading.Lock()
 
 
-def pool_key(task, config, *, monitoring: bool, max_nonfinite_steps: int, jit_compile: bool | None) -> tuple:
-    """What the compiled steps bake in besides the variables' values."""
+def pool_key(config, *, monitoring: bool, max_nonfinite_steps: int, jit_compile: bool | None) -> tuple:
+    """What the compiled steps bake in besides the variables' values and the task (which `take`
+    matches by identity: the task object is kept, as an id() of one that is gone could be reused)."""
     structural = tuple(
         (name, tuple(sorted((key, value) for key, value in params.items() if not policies.POLICY_PARAMETERS[name][key].live)))
         for name, params in sorted(config.policy_params.items())
     )  # fmt: skip
-    return (id(task), policies.POLICY_NAMES, config.seed, config.batch_size, structural, monitoring,
+    return (policies.POLICY_NAMES, config.seed, config.batch_size, structural, monitoring,
             max_nonfinite_steps, jit_compile)  # fmt: skip
 
 

@@ -48,7 +48,6 @@ from .reading import RunReading
 from .pacing import Pacer
 from .steering import RunSteering
 from . import step_pool
-from .step_pool import pool_key
 from .step_compiler import wait_for_running_compiles
 from .steps import ChunkSteps, chunk_rows, gather_batch
 
@@ -285,8 +284,10 @@ class Trainer(RunSteering, RunReading, RunForking, ForkDriving):
                 "than its parent. Give the task in-memory arrays (make_data returning (inputs, targets))."
             )
         else:  # an earlier run's compiled steps, if one of this configuration ended (step_pool.py)
-            self._pooling = (pool_key(task, config, monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps,
-                                      jit_compile=jit_compile), data)  # fmt: skip
+            key = step_pool.pool_key(
+                config, monitoring=self._monitoring, max_nonfinite_steps=self._max_nonfinite_steps, jit_compile=jit_compile
+            )
+            self._pooling = (key, data)
             self._steps = step_pool.take(*self._pooling, task, self._state, self._record, on_compiling)
             self._state = self._steps.state if self._steps is not None else self._state
             if self._steps is None:  # kept steps captured their own copy of the data
