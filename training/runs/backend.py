@@ -151,6 +151,15 @@ class Backend:
             f"versions up to {SCHEMA_VERSION}). Upgrade Clipwatch to open it"
         )
 
+    def older_schema_read_only(self, version: int) -> DatabaseError:
+        """An older store opened to be read only: refused, not upgraded in place."""
+        from .schema import SCHEMA_VERSION
+
+        return self.cannot_use(
+            f"its schema is version {version}, older than this Clipwatch's {SCHEMA_VERSION}, and it is "
+            "opened to be read only: open it once where it may be written, and it is upgraded"
+        )
+
 
 class WriterLink:
     """A run writer's connection through faults: `connection(last_step_written)` returns a

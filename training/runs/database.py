@@ -73,7 +73,7 @@ def open_backend(location, max_pages: int | None, writer_busy_seconds: float, re
     if is_server_location(location):
         from .postgres_backend import PostgresBackend  # imports psycopg: only when asked for
 
-        return PostgresBackend(location)
+        return PostgresBackend(location, read_only)
     return SqliteBackend(location, max_pages, writer_busy_seconds, read_only)
 
 
@@ -93,9 +93,10 @@ class RunDatabase:
         writer_busy_seconds: (SQLite) how long a run's writer waits for another process's
             write lock before it reports the wait and retries.
         read_only: only read it (a copy's source): a SQLite file is opened read-only, so a
-            file or folder the user may only read works and nothing in it changes; runs whose
-            process died are listed as interrupted, not marked so in it. A file of an older
-            schema is refused, not upgraded.
+            file or folder the user may only read works and nothing in it changes; a PostgreSQL
+            session is made read-only, and a database without Clipwatch's tables is refused, not
+            set up. Runs whose process died are shown as interrupted, not marked so in it. A
+            store of an older schema is refused, not upgraded.
     """
 
     def __init__(
@@ -379,6 +380,10 @@ class RunDatabase:
         info["config"] = json.loads(info.pop("config_json"))
         info["variable_names"] = json.loads(info.pop("variable_names_json"))
         info["policy_names"] = json.loads(info.pop("policy_names_json"))
+        if self.read_only and info["state"] in LIVE_STATES:  # as list_runs shows it
+            with self.backend.connection() as connection:
+                if run_id in self._dead_runs(connection):
+                    info["state"], info["error"] = "interrupted", INTERRUPTED_ERROR
         return info
 
     def _columns(self, run_id: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -47,8 +47,9 @@ class PostgresBackend(Backend):
     BEGIN = "BEGIN"
     INSERTION_ORDER = "row_order"
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, read_only: bool = False):
         self.location, self.shown = location.strip(), redacted(location.strip())
+        self.read_only = read_only  # a copy's source: every session read-only, nothing set up
         try:
             import psycopg  # only a server database needs the driver
             from psycopg.conninfo import conninfo_to_dict
@@ -77,7 +78,10 @@ class PostgresBackend(Backend):
 
     def connect(self, busy_seconds: float = BUSY_SECONDS):
         options = {} if "connect_timeout" in self.parameters else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
-        return self.psycopg.connect(self.location, autocommit=True, **options)
+        connection = self.psycopg.connect(self.location, autocommit=True, **options)
+        if self.read_only:  # the server itself refuses any write on it
+            connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        return connection
 
     @contextlib.contextmanager
     def connection(self, busy_seconds: float = BUSY_SECONDS) -> Iterator[Any]:
@@ -152,6 +156,10 @@ class PostgresBackend(Backend):
 
     def prepare(self) -> None:
         try:
+            if self.read_only:
+                with self.connection() as connection:
+                    self._recognise_read_only(connection)
+                return
             with self.transaction() as connection:
                 # Two processes opening a new database at once: one creates, the other waits.
                 self.execute(connection, "SELECT pg_advisory_xact_lock(?)", (APPLICATION_ID,))
@@ -168,22 +176,39 @@ class PostgresBackend(Backend):
         except self.psycopg.Error as error:
             raise self.cannot_use(self.hidden(error)) from None
 
-    def _create_or_upgrade(self, connection) -> None:
+    def _recognise(self, connection) -> int | None:
+        """The store's schema version (None: no Clipwatch tables at all); DatabaseError if it
+        is newer than this Clipwatch, or holds tables named as Clipwatch's without its version."""
         tables = self.table_columns(connection)
         if VERSION_TABLE in tables:
             _, [(version,)] = self.rows(connection, f"SELECT version FROM {VERSION_TABLE}")
             if version > SCHEMA_VERSION:
                 raise self.newer_schema(version)
-            if version < SCHEMA_VERSION:
-                self.add_missing_columns(connection)
-                self.execute(connection, f"UPDATE {VERSION_TABLE} SET version = ?", (SCHEMA_VERSION,))
-            return
+            return version
         ours = sorted(set(tables) & set(CLIPWATCH_TABLES))
         if ours:
             raise self.cannot_use(
                 f"it holds tables named as Clipwatch's ({', '.join(ours)}) without its "
                 f"{VERSION_TABLE} table: not a Clipwatch database; it was left unchanged"
             )
+        return None
+
+    def _recognise_read_only(self, connection) -> None:
+        """`prepare` for a database that is only read (a copy's source): recognised, never set up
+        or upgraded."""
+        version = self._recognise(connection)
+        if version is None:
+            raise self.cannot_use("it holds no Clipwatch runs (no Clipwatch tables); it was left unchanged")
+        if version != SCHEMA_VERSION:
+            raise self.older_schema_read_only(version)
+
+    def _create_or_upgrade(self, connection) -> None:
+        version = self._recognise(connection)
+        if version is not None:
+            if version < SCHEMA_VERSION:
+                self.add_missing_columns(connection)
+                self.execute(connection, f"UPDATE {VERSION_TABLE} SET version = ?", (SCHEMA_VERSION,))
+            return
         for statement in render_schema(self.TYPES):
             self.execute(connection, statement)
         self.execute(connection, f"CREATE TABLE {VERSION_TABLE} (version INTEGER NOT NULL)")

@@ -119,10 +119,7 @@ class SqliteBackend(Backend):
         if version is None:
             raise self.cannot_use("it is an empty file, not a run database")
         if version != SCHEMA_VERSION:
-            raise self.cannot_use(
-                f"its schema is version {version}, older than this Clipwatch's {SCHEMA_VERSION}, and it is "
-                "opened to be read only: open it once where it may be written, and it is upgraded"
-            )
+            raise self.older_schema_read_only(version)
 
     def _not_ours(self, reason: str) -> DatabaseError:
         return self.cannot_use(f"it is not a Clipwatch database ({reason}); it was left unchanged")
