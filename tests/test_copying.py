@@ -230,3 +230,106 @@ def test_a_refused_source_or_target_is_named_as_such_without_the_run_database_ad
         assert message.startswith(f"python -m training.runs: error: {side}: Cannot use the run database at "), message
         assert "theirs.db" in message and "it is not a Clipwatch database" in message and "--db" not in message
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ours.db", "theirs.db"]
+
+
+def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_unchanged(tmp_path, monkeypatch, capsys, request):
+    """Found by probing: a PostgreSQL SOURCE was opened as a run's database. A mistyped database
+    name got Clipwatch's tables created in it ("copied 0 run(s)"), an older schema was upgraded
+    in place, and a run whose process died was marked interrupted in the source."""
+    from test_database_defects import execute
+
+    from training.runs.__main__ import main
+    from training.runs.postgres_backend import VERSION_TABLE
+    from training.runs.schema import SCHEMA_VERSION
+
+    monkeypatch.chdir(tmp_path)
+    server = request.getfixturevalue("postgres_server")
+    empty = fresh_location("postgresql", tmp_path, request)
+
+    def tables(url):
+        import psycopg
+
+        with psycopg.connect(url) as connection:
+            rows = connection.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            return sorted(name for (name,) in rows)
+
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", empty, "target.db"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("it holds no Clipwatch runs (no Clipwatch tables); it was left unchanged.")
+    assert tables(empty) == [] and not (tmp_path / "target.db").exists()
+
+    source_url = fresh_location("postgresql", tmp_path, request)
+    source = RunDatabase(source_url)
+    kept = recorded_run(source, "kept")
+    execute(source, "UPDATE runs SET state = 'running', pid = 999999999 WHERE run_id = ?", (kept,))
+    read_only = RunDatabase(source_url, read_only=True)
+    assert read_only.run_info(kept)["state"] == "interrupted"  # shown as list_runs shows it
+    with pytest.raises(Exception, match="read-only transaction"):  # the server refuses a write on it
+        with read_only.backend.connection() as connection:
+            read_only.backend.execute(connection, "DELETE FROM runs")
+    assert main(["copy", source_url, "target.db"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"run {kept} -> 1: kept"]
+    assert RunDatabase(tmp_path / "target.db").run_info(1)["state"] == "interrupted"
+    with psycopg_connection(source_url) as connection:
+        assert connection.execute("SELECT state FROM runs WHERE run_id = %s", (kept,)).fetchone() == ("running",)
+
+    execute(source, f"UPDATE {VERSION_TABLE} SET version = ?", (SCHEMA_VERSION - 1,))
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", source_url, "other.db"])
+    assert exit.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"SOURCE: Cannot use the run database at {server.url(source_url.rsplit('/', 1)[1])!r}" in message
+    assert f"its schema is version {SCHEMA_VERSION - 1}, older than this Clipwatch's {SCHEMA_VERSION}" in message
+    with psycopg_connection(source_url) as connection:
+        assert connection.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone() == (SCHEMA_VERSION - 1,)
+    assert not (tmp_path / "other.db").exists()
+
+
+@contextlib.contextmanager
+def psycopg_connection(url):
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        yield connection
+
+
+def test_a_source_damaged_midway_stops_the_copy_with_one_message_and_the_runs_before_it_whole(tmp_path, monkeypatch, capsys):
+    """Found by probing: a SQLite error while reading a run (a damaged archive) ended the copy
+    with a Python traceback, and the runs copied before it had not been printed."""
+    from training.runs.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    source = RunDatabase(tmp_path / "source.db")
+    first = recorded_run(source, "first", steps=1000)
+    writer = source.start_run(CONFIG, ["w"], "second", ("global_norm",))
+    for chunk in range(8):  # its step column's bytes are its own (steps 5001...)
+        writer.append(step_rows(5001 + 500 * chunk, 500))
+        wait_until(lambda: writer.status.steps_written == 500 * (chunk + 1), what="a chunk written")  # one row each
+    writer.finish("stopped")
+    second = writer.run_id
+    del source, writer
+    with contextlib.closing(sqlite3.connect(tmp_path / "source.db")) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        # One page in the middle of the second run's last chunk: an overflow page holding only
+        # that chunk's bytes (found by them: SQLite's dbstat is not always built in). Reading
+        # the first run never touches it (its key search stops before the last chunk).
+        (last_chunk,) = connection.execute(
+            "SELECT step FROM step_chunks WHERE run_id = ? ORDER BY first_step DESC LIMIT 1", (second,)).fetchone()
+    data = bytearray((tmp_path / "source.db").read_bytes())
+    at = data.find(bytes(last_chunk)[len(last_chunk) // 2 : len(last_chunk) // 2 + 64])
+    assert at > 0 and data.count(bytes(last_chunk)[len(last_chunk) // 2 : len(last_chunk) // 2 + 64]) == 1
+    page = at // page_size
+    data[page * page_size : (page + 1) * page_size] = b"\xff" * page_size
+    (tmp_path / "source.db").write_bytes(bytes(data))
+
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", "source.db", "target.db"])
+    assert exit.value.code == 2
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [f"run {first} -> 1: first"], printed.err[-2000:]
+    message = printed.err.strip().splitlines()[-1]
+    assert "the copy stopped on a database error ('source.db' to 'target.db'): DatabaseError: " in message, message
+    assert "The runs printed above were copied whole; no other run was." in message
+    assert RunDatabase(tmp_path / "target.db").list_runs().name.tolist() == ["first"]

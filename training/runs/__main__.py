@@ -1,9 +1,10 @@
 """`python -m training.runs copy SOURCE TARGET [--run ID]`: copy runs between two run databases.
 
 SOURCE and TARGET are each a SQLite file's path or a PostgreSQL connection string (as `--db`
-takes). Prints one line per copied run (`run 3 -> 41: name`); a database that cannot be used
-or a run that cannot be copied exits with status 2 and one message. Locations are shown
-redacted (no password).
+takes). Prints one line per copied run (`run 3 -> 41: name`) as it is copied; a database that
+cannot be used, a run that cannot be copied, or a database error midway (a damaged file, a
+server gone) exits with status 2 and one message, the runs printed before it copied whole.
+Locations are shown redacted (no password).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from .backend import PICK_ANOTHER_PATH
 from .copying import copy_runs, runs_to_copy
 from .database import DatabaseError, RunDatabase
-from .locations import missing_database_file, same_database_file
+from .locations import missing_database_file, same_database_file, without_password
 from .schema import LIVE_STATES
 
 
@@ -43,23 +44,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"SOURCE: there is no run database at {args.source!r}: nothing to copy.")
     if same_database_file(args.source, args.target):  # however spelled: the copy went into SOURCE
         parser.error(f"SOURCE and TARGET are the same database file ({args.source!r} and {args.target!r})")
-    side = "SOURCE"
+    side, opened = "SOURCE", []
     try:
         source = RunDatabase(args.source, read_only=True)  # read, never written: a read-only file works
-        listed = source.list_runs()
+        opened.append(source)
+        listed = source.list_runs()  # read once: what is wanted, held back and copied agree
         names = listed.set_index("run_id").name
-        wanted = runs_to_copy(source, args.runs)  # before TARGET is opened: a refused copy creates no database
+        wanted = runs_to_copy(source, args.runs, listed)  # before TARGET is opened: a refused copy creates no database
         side = "TARGET"
         target = RunDatabase(args.target)
+        opened.append(target)
         if source.location == target.location:
             parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
-        copied = copy_runs(source, target, wanted)
+
+        def copied_one(old: int, new: int) -> None:
+            print(f"run {old} -> {new}: {names[old]}", flush=True)
+
+        copied = copy_runs(source, target, wanted, listed=listed, on_copied=copied_one)
     except DatabaseError as error:  # said of the side it is about, without the run database's --db advice
         parser.error(f"{side}: {str(error).removesuffix(' ' + PICK_ANOTHER_PATH)}")
     except ValueError as error:
         parser.error(str(error))
-    for old, new in copied.items():
-        print(f"run {old} -> {new}: {names[old]}")
+    except Exception as error:  # the driver's own (a damaged file, a server gone): one message, not a traceback
+        if not any(isinstance(error, database.errors) for database in opened):
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        for location in (args.source, args.target):
+            text = without_password(text, location)
+        locations = " to ".join(repr(database.location) for database in opened)  # shown redacted
+        parser.error(f"the copy stopped on a database error ({locations}): {type(error).__name__}: {text}. "
+                     "The runs printed above were copied whole; no other run was.")  # fmt: skip
     print(f"copied {len(copied)} run(s) from {source.location!r} to {target.location!r}", file=sys.stderr)
     # By default every ended run is wanted but those runs_to_copy held back (a live ancestor).
     ended = listed.run_id[~listed.state.isin(LIVE_STATES)]

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .schema import LIVE_STATES, TABLE_COLUMNS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .database import RunDatabase
 
 # What is copied of each run, table by table: (table, its run column, its own id column if any,
@@ -27,12 +29,14 @@ COPIED_TABLES = (("step_chunks", "run_id", None, "first_step"), ("events", "run_
 RUN_COLUMNS = tuple(column for column in TABLE_COLUMNS["runs"] if column != "run_id")
 
 
-def runs_to_copy(source: "RunDatabase", run_ids: Iterable[int] | None) -> list[int]:
+def runs_to_copy(source: "RunDatabase", run_ids: Iterable[int] | None, listed: "pd.DataFrame | None" = None) -> list[int]:
     """The ids to copy, parents before children: `run_ids` and their ancestors (all ended runs
-    if None); ValueError naming a run that is missing or live."""
-    runs = source.list_runs().set_index("run_id")
+    if None); ValueError naming a run that is missing or live. `listed`: `source.list_runs()`,
+    if already read."""
+    listed = source.list_runs() if listed is None else listed
+    runs = listed.set_index("run_id")
     if run_ids is None:  # every ended run whose ancestors have ended too: no lineage is cut
-        held_back = set(held_back_by_a_live_ancestor(source))
+        held_back = set(held_back_by_a_live_ancestor(source, listed))
         return sorted(int(run_id) for run_id in runs.index[~runs.state.isin(LIVE_STATES)] if run_id not in held_back)
     wanted: set[int] = set()
     for run_id in run_ids:
@@ -49,10 +53,10 @@ def runs_to_copy(source: "RunDatabase", run_ids: Iterable[int] | None) -> list[i
     return sorted(wanted)
 
 
-def held_back_by_a_live_ancestor(source: "RunDatabase") -> list[int]:
+def held_back_by_a_live_ancestor(source: "RunDatabase", listed: "pd.DataFrame | None" = None) -> list[int]:
     """The ended runs with a live ancestor: copied alone, a branch's parent would be missing in
     the target (found by probing: such branches were copied with no parent and a fork step)."""
-    runs = source.list_runs().set_index("run_id")
+    runs = (source.list_runs() if listed is None else listed).set_index("run_id")
 
     def ancestors(run_id) -> list:
         found = []
@@ -66,13 +70,25 @@ def held_back_by_a_live_ancestor(source: "RunDatabase") -> list[int]:
     return sorted(int(run_id) for run_id in ended if any(runs.state[a] in LIVE_STATES for a in ancestors(run_id)))
 
 
-def copy_runs(source: "RunDatabase", target: "RunDatabase", run_ids: Iterable[int] | None = None) -> dict[int, int]:
+def copy_runs(
+    source: "RunDatabase",
+    target: "RunDatabase",
+    run_ids: Iterable[int] | None = None,
+    *,
+    listed: "pd.DataFrame | None" = None,
+    on_copied: Callable[[int, int], None] | None = None,
+) -> dict[int, int]:
     """Copy runs (see the module) from `source` to `target`; returns {source id: target id}.
-    Each run is copied in one transaction of the target: a failure leaves no half run."""
+    Each run is copied in one transaction of the target: a failure leaves no half run, and the
+    runs copied before it are in the target (`on_copied(source id, target id)` is called as
+    each one is). `listed`: `source.list_runs()`, if already read."""
     copied: dict[int, int] = {}
-    listed = source.list_runs().set_index("run_id")  # a dead run as interrupted, even in a source read only
-    for run_id in runs_to_copy(source, run_ids):  # `run_ids` and their ancestors, checked
-        copied[run_id] = _copy_run(source, target, run_id, copied, listed.loc[run_id])
+    listed = source.list_runs() if listed is None else listed  # a dead run as interrupted, even in a source read only
+    rows = listed.set_index("run_id")
+    for run_id in runs_to_copy(source, run_ids, listed):  # `run_ids` and their ancestors, checked
+        copied[run_id] = _copy_run(source, target, run_id, copied, rows.loc[run_id])
+        if on_copied is not None:
+            on_copied(run_id, copied[run_id])
     return copied
 
 
