@@ -206,7 +206,7 @@ def test_two_databases_in_one_folder_keep_their_snapshots_apart_and_a_foreign_fi
     """Found by probing: snapshot files went to snapshots/run-<id>/ beside the database, so two
     databases in one folder shared run-1's files: the second overwrote the first's step 0,
     pruned its files, and a fork took the other database's snapshot (a failed run, or a silent
-    fork from a step the run never reached)."""
+    fork from a step the run never reached). Named explicitly for both, one folder still did."""
     for name, seed in (("first.db", "0"), ("second.db", "5")):
         result = cli("--db", name, "--steps", "600", "--seed", seed, "--snapshot-every", "200", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -217,11 +217,22 @@ def test_two_databases_in_one_folder_keep_their_snapshots_apart_and_a_foreign_fi
     forked = cli("--db", "first.db", "--fork-from", "1", "--at-step", "0", "--steps", "20", cwd=tmp_path)
     assert forked.returncode == 0 and json.loads(forked.stdout.strip().splitlines()[-1])["fork_step"] == 0
 
-    for name, seed in (("third.db", "0"), ("fourth.db", "5")):  # one folder named for both
-        assert cli("--db", name, "--steps", "600", "--seed", seed, "--snapshot-every", "200", "--snapshot-folder",
-                   "shared", cwd=tmp_path).returncode == 0  # fmt: skip
-    refused = cli("--db", "third.db", "--fork-from", "1", "--at-step", "0", "--steps", "20", "--snapshot-folder", "shared",
+    # One folder named for both: the second database's run 1 is refused before it writes a file
+    # (found by probing: it overwrote the first's files and pruned them).
+    assert cli("--db", "third.db", "--steps", "600", "--snapshot-every", "200", "--snapshot-folder", "shared",
+               cwd=tmp_path).returncode == 0  # fmt: skip
+    before = {path.name: path.read_bytes() for path in (tmp_path / "shared" / "run-1").iterdir()}
+    assert before
+    fourth = cli("--db", "fourth.db", "--steps", "600", "--seed", "5", "--snapshot-every", "200", "--snapshot-folder",
+                 "shared", cwd=tmp_path)  # fmt: skip
+    assert fourth.returncode == 1
+    assert "the run failed: SnapshotFileError: shared/run-1 already holds snapshot files (steps 0, " in fourth.stderr
+    assert "Give this database its own snapshot folder (CLI --snapshot-folder" in fourth.stderr
+    assert {path.name: path.read_bytes() for path in (tmp_path / "shared" / "run-1").iterdir()} == before
+    assert RunDatabase(tmp_path / "fourth.db").run_info(1)["state"] == "failed"
+    # A fork checks the file it reads is its own run's: fourth.db's run 1 is not third.db's.
+    refused = cli("--db", "fourth.db", "--fork-from", "1", "--at-step", "0", "--steps", "20", "--snapshot-folder", "shared",
                   cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2
     assert "was saved by another run 1, not this database's" in refused.stderr.strip().splitlines()[-1]
-    assert len(RunDatabase(tmp_path / "third.db").list_runs()) == 1  # the refusal recorded no run
+    assert len(RunDatabase(tmp_path / "fourth.db").list_runs()) == 1  # the refusal recorded no run

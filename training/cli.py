@@ -11,7 +11,7 @@ bar on stderr when stderr is a terminal, and prints a one-line JSON summary last
 the run database do). The summary is strict JSON: a NaN or infinite number is written as null.
 
 Bad arguments exit with status 2 and a message, and write nothing: every setting is checked
-before the database or the CSV is opened. A failed run exits with status 1. Ctrl-C and SIGTERM
+before the database or the CSV is opened. A failed run exits with status 1, saying why on stderr. Ctrl-C and SIGTERM
 (what `kill`, systemd, Docker and CI runners send) stop the run the same way: every step trained
 is flushed to the CSV and the database, the run is marked "stopped", the summary is printed and
 the exit status is 0. A run recorded in a database is steered through it like an attached script
@@ -501,4 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     if status.error:
         summary["error"] = status.error
     print(json.dumps({key: _json_number(value) for key, value in summary.items()}, allow_nan=False))
-    return 1 if status.state == "failed" else 0
+    if status.state == "failed":  # said where a person reads it, not only in the summary
+        print(f"python -m training: the run failed: {status.error}", file=sys.stderr)
+        return 1
+    return 0

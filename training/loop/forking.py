@@ -16,7 +16,7 @@ import numpy as np
 
 from ..clipping import policies
 from ..clipping.commands import apply_command, check_command
-from ..runs.snapshot_files import write_snapshot
+from ..runs.snapshot_files import refuse_another_runs_files, write_snapshot
 from ..runs.store import MetricsStore
 from .branches import BranchSettings, BranchStatus, validate_branch_policy_params
 from .config import MAX_SEED, validate_count, validate_learning_rate
@@ -203,6 +203,7 @@ class ForkDriving:
             # The run's identity in every file: a fork from the file checks it is this run's
             # (a run 1 of another database in the same folder is not).
             created_at = self._database.run_info(run_id)["created_at"]
+            refuse_another_runs_files(folder, run_id)  # this run's own files only are overwritten and pruned
             last = {"bucket": None}
 
             def persist(snapshot: dict) -> None:

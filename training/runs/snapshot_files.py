@@ -67,6 +67,22 @@ def write_snapshot(folder: str | os.PathLike, run_id: int, snapshot: dict[str, A
     return path
 
 
+def refuse_another_runs_files(folder: str | os.PathLike, run_id: int) -> None:
+    """Before a new run writes its first file: SnapshotFileError if its folder already holds
+    snapshot files. Run ids are never reused in a database, so they are another run's (run
+    `run_id` of another database given the same folder, or of one deleted since), and this run
+    would overwrite and prune them."""
+    steps = saved_steps(folder, run_id)
+    if steps:
+        shown = ", ".join(map(str, steps[:5])) + (", ..." if len(steps) > 5 else "")
+        raise SnapshotFileError(
+            f"{run_folder(folder, run_id)} already holds snapshot files (steps {shown}) of another run {run_id}: "
+            "another run database keeps its snapshots in this folder too (or one deleted since), and this "
+            "run would overwrite and prune them. Give this database its own snapshot folder "
+            "(CLI --snapshot-folder, Python snapshot_folder=), or move those files away."
+        )
+
+
 def saved_steps(folder: str | os.PathLike, run_id: int) -> list[int]:
     """The steps of a run's snapshot files, oldest first (none: [])."""
     target_folder = run_folder(folder, run_id)
