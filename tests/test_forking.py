@@ -159,11 +159,25 @@ def test_a_sweep_still_waiting_reads_as_a_table_of_its_thresholds_at_progress_ze
     assert all(np.isnan(row["mean_loss"]) for row in result["sweep"])
     with pytest.raises(ValueError, match=r"sweep 1 is not finished \(done=False, 2 thresholds\)"):
         export.sweep_csv(result)
+    # Found by probing: each sweep() queued ten more branches, all training at once (the page
+    # offers one sweep at a time); a second is refused until the first's branches have ended.
+    with pytest.raises(ValueError, match=r"Sweep 1 is still running \(4 of its branches left: 1, 2, 3, 4\); one sweep runs at a time"):
+        trainer.sweep([0.2, 0.4], steps=100)
     branch = trainer.fork(clip_threshold=0.3)
     trainer.start()
     wait_until(lambda: trainer.branches()[-1].state == "running", what="the fork to start")
     status = trainer.branches()[-1]
     assert (status.branch_id, status.clip_threshold, status.learning_rate) == (branch, 0.3, 0.05)  # as typed
+    for waiting in trainer.branches():
+        if waiting.sweep_id == sweep:
+            trainer.discard(waiting.branch_id)
+    wait_until(lambda: all(b.state == "discarded" for b in trainer.branches() if b.sweep_id == sweep),
+               what="the waiting sweep's branches discarded")  # fmt: skip
+    # 0.2 and 0.2 + 1e-9 are one float32 threshold: one branch, not two training the same numbers.
+    second = trainer.sweep([0.2, 0.2 + 1e-9], steps=10)
+    assert second == 2
+    assert [(b.role, b.clip_threshold) for b in trainer.branches() if b.sweep_id == second][0] == ("threshold", 0.2)
+    assert [b.role for b in trainer.branches() if b.sweep_id == second] == ["threshold", "baseline", "noise"]
 
 
 def test_a_branch_of_a_paced_run_keeps_the_parents_pace(trainers):

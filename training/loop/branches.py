@@ -166,29 +166,54 @@ class Forks:
 
     # --- any thread ------------------------------------------------------------------------------
 
-    def request(self, settings: BranchSettings, at_step: int | None, steps: int | None, label: str,
-                sweep_id: int | None = None, role: str = "fork") -> int:  # fmt: skip
+    def request(self, settings: BranchSettings, at_step: int | None, steps: int | None, label: str) -> int:
+        """Queue one fork; returns its branch id."""
         if self.refusal is not None:
             raise ValueError(self.refusal)
         with self._lock:
             self._refuse_once_ended("fork")
-            alive = [b for b in self._branches.values() if b.status.state in ("waiting", "running") and b.status.role == "fork"]
-            if role == "fork" and len(alive) >= MAX_BRANCHES:
+            alive = self._alive("fork")
+            if len(alive) >= MAX_BRANCHES:
                 raise ValueError(
                     f"At most {MAX_BRANCHES} branches run at once; {len(alive)} are running "
                     f"({', '.join(str(b.status.branch_id) for b in alive)}). Discard or adopt one first."
                 )
-            branch_id = next(self._ids)
-            # A waiting branch already shows what it was asked for (the run's own values when it starts).
-            status = BranchStatus(branch_id, fork_step=-1 if at_step is None else at_step, step=-1, state="waiting",
-                                  label=label, clip_threshold=settings.clip_threshold, policy=settings.policy,
-                                  learning_rate=settings.learning_rate, data_seed=settings.data_seed,
-                                  sweep_id=sweep_id, role=role)  # fmt: skip
-            self._branches[branch_id] = _Branch(status, settings, at_step, steps)
-        return branch_id
+            return self._queue(settings, at_step, steps, label, None, "fork")
 
-    def new_sweep_id(self) -> int:
-        return next(self._sweep_ids)
+    def request_sweep(self, branches: list[tuple[BranchSettings, str, str]], at_step: int | None, steps: int) -> int:
+        """Queue a sweep's branches ((settings, label, role) each) at once; returns the sweep's id.
+        One sweep at a time (as the page offers it): a second, while one has branches left, is
+        refused (found by probing: each call queued ten more branches, all training at once)."""
+        if self.refusal is not None:
+            raise ValueError(self.refusal)
+        with self._lock:
+            self._refuse_once_ended("sweep")
+            left = [b for b in self._branches.values() if b.status.sweep_id is not None and b.status.state in ("waiting", "running")]
+            if left:
+                raise ValueError(
+                    f"Sweep {left[0].status.sweep_id} is still running ({len(left)} of its branches left: "
+                    f"{', '.join(str(b.status.branch_id) for b in left)}); one sweep runs at a time. Wait for "
+                    "it (wait_for_branches) or discard its branches first."
+                )
+            sweep_id = next(self._sweep_ids)
+            for settings, label, role in branches:
+                self._queue(settings, at_step, steps, label, sweep_id, role)
+        return sweep_id
+
+    def _alive(self, role: str) -> list["_Branch"]:
+        return [b for b in self._branches.values() if b.status.state in ("waiting", "running") and b.status.role == role]
+
+    def _queue(self, settings: BranchSettings, at_step: int | None, steps: int | None, label: str,
+               sweep_id: int | None, role: str) -> int:  # fmt: skip
+        """(Under the lock.) A waiting branch already shows what it was asked for (the run's own
+        values when it starts)."""
+        branch_id = next(self._ids)
+        status = BranchStatus(branch_id, fork_step=-1 if at_step is None else at_step, step=-1, state="waiting",
+                              label=label, clip_threshold=settings.clip_threshold, policy=settings.policy,
+                              learning_rate=settings.learning_rate, data_seed=settings.data_seed,
+                              sweep_id=sweep_id, role=role)  # fmt: skip
+        self._branches[branch_id] = _Branch(status, settings, at_step, steps)
+        return branch_id
 
     def discard(self, branch_id: int) -> None:
         self._branch(branch_id)

@@ -49,15 +49,11 @@ class RunForking:
         policies.refuse_a_threshold_sweep(self._config.policy)
         steps = validate_count("steps", steps)
         at_step = self._checked_fork_step(at_step)
-        sweep_id = self._forks.new_sweep_id()
-        for threshold in thresholds:
-            settings = BranchSettings(clip_threshold=threshold)
-            self._forks.request(settings, at_step, steps, f"clip {threshold:g}", sweep_id, "threshold")
-        self._forks.request(BranchSettings(), at_step, steps, "baseline (the run's settings)", sweep_id, "baseline")
         noise_seed = (self._config.seed + 1) % (MAX_SEED + 1)
-        self._forks.request(BranchSettings(data_seed=noise_seed), at_step, steps,
-                            f"noise (the run's settings, batch order {noise_seed})", sweep_id, "noise")  # fmt: skip
-        return sweep_id
+        branches = [(BranchSettings(clip_threshold=threshold), f"clip {threshold:g}", "threshold") for threshold in thresholds]
+        branches += [(BranchSettings(), "baseline (the run's settings)", "baseline"),
+                     (BranchSettings(data_seed=noise_seed), f"noise (the run's settings, batch order {noise_seed})", "noise")]  # fmt: skip
+        return self._forks.request_sweep(branches, at_step, steps)
 
     def discard(self, branch_id: int) -> None:
         self._forks.discard(branch_id)

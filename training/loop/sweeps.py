@@ -21,13 +21,21 @@ TAIL_FRACTION = 0.25  # the mean loss is taken over the last quarter of a branch
 
 
 def validate_sweep_thresholds(thresholds: Iterable) -> tuple[float, ...]:
-    """1..MAX_SWEEP_THRESHOLDS distinct clip thresholds, sorted; ValueError naming the value."""
+    """1..MAX_SWEEP_THRESHOLDS distinct clip thresholds, sorted; ValueError naming the value.
+
+    Distinct as the compiled step holds them (float32): two numbers that round to one float32
+    are one threshold, kept as the smaller one given (found by probing: 0.1 and 0.1 + 1e-9 made
+    two branches, both "clip 0.1", training the same numbers)."""
     if isinstance(thresholds, (str, bytes)):
         raise ValueError(f"Sweep thresholds must be a list of numbers. Received: {thresholds!r}")
     try:
-        values = sorted({policies.validate_clip_threshold(value) for value in thresholds})
+        checked = sorted(policies.validate_clip_threshold(value) for value in thresholds)
     except TypeError:
         raise ValueError(f"Sweep thresholds must be a list of numbers. Received: {thresholds!r}") from None
+    by_float32: dict[np.float32, float] = {}
+    for value in checked:
+        by_float32.setdefault(np.float32(value), value)
+    values = list(by_float32.values())
     if not 1 <= len(values) <= MAX_SWEEP_THRESHOLDS:
         raise ValueError(
             f"A sweep takes 1 to {MAX_SWEEP_THRESHOLDS} distinct thresholds. Received: "
