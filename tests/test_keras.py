@@ -463,15 +463,23 @@ def test_a_non_finite_step_of_a_fit_is_skipped_as_its_record_says(policy):
 
 def test_a_non_finite_step_records_no_clip_under_any_policy():
     """Found by probing: `per_tensor_norm` and `value` recorded a skipped inf step as clipped
-    (and `value` a clipped norm of 1.73), `global_norm` not: clip rates depended on the policy."""
+    (and `value` a clipped norm of 1.73), `global_norm` not: clip rates depended on the policy.
+    And `clip()` gave a custom loop the step's NaN gradients (global_norm: inf * c / inf) while
+    recording it as skipped: applied, they made the weights NaN for good."""
     from training.clipping.policies import POLICY_NAMES
 
     for policy in POLICY_NAMES:
         clipping = LiveClipping(policy=policy, clip_threshold=1.0, database=False)
-        variables = [tf.Variable([1.0, 1.0]), tf.Variable([1.0, 1.0])]
-        clipping.clip([tf.constant([np.inf, 0.0]), tf.constant([3.0, 4.0])], variables, loss=tf.constant(1.0))
+        variables = [tf.Variable([1.0, 1.0]), tf.Variable([1.0, 1.0]), tf.Variable([[1.0], [1.0]])]
+        sparse = tf.IndexedSlices(tf.constant([[np.nan]]), tf.constant([1]), tf.constant([2, 1]))
+        returned = clipping.clip([tf.constant([np.inf, 0.0]), tf.constant([3.0, 4.0]), sparse], variables, loss=tf.constant(1.0))
         row = clipping.metrics().iloc[-1]
         assert not row.finite and not row.clipped and math.isnan(row.clipped_grad_norm), (policy, row.to_dict())
+        assert isinstance(returned[2], tf.IndexedSlices), policy
+        for gradient in returned:
+            assert (tf.convert_to_tensor(gradient).numpy() == 0).all(), (policy, gradient)
+        keras.optimizers.SGD(0.1).apply_gradients(zip(returned, variables))
+        assert all((variable.numpy() == 1.0).all() for variable in variables), policy  # nothing moved
 
 
 def test_an_embeddings_sparse_gradient_is_clipped_as_its_dense_sum_under_every_policy():

@@ -210,6 +210,11 @@ class LiveClipping(AttachedRun):
         For custom `GradientTape` loops that call `optimizer.apply_gradients` themselves (with
         an optimizer that is not wrapped). Called eagerly it also records the step at once;
         inside a `tf.function`, call `sync()` after each step. Pass `loss` to record it.
+
+        A step that is not finite (a NaN or inf gradient norm, or loss) is recorded as skipped
+        and its gradients come back as zeros, so applying them never writes NaN into the
+        weights (under SGD nothing moves; an optimizer with momentum still takes its momentum
+        step: to skip the whole update, as `fit` does, `wrap` the optimizer instead).
         """
         gradients, variables = list(gradients), list(variables)
         if len(gradients) != len(variables):
@@ -217,7 +222,8 @@ class LiveClipping(AttachedRun):
                 "`clip` needs one gradient per variable. Received: "
                 f"{len(gradients)} gradients, {len(variables)} variables"
             )
-        clipped, _ = self._clip_step(gradients, variables, loss)
+        clipped, finite = self._clip_step(gradients, variables, loss)
+        clipped = [_zeros_unless(finite, gradient) for gradient in clipped]
         if tf.executing_eagerly():
             self.sync()
         return clipped
@@ -387,6 +393,16 @@ class LiveClipping(AttachedRun):
                 gradient = _rescaled_slices(sparse, summed, gradient)
             result[index] = gradient
         return result, clip_step.finite
+
+
+def _zeros_unless(finite, gradient):
+    """`gradient` if the step is finite, else zeros of its shape (None stays None; a sparse
+    gradient stays sparse). tf.where, not a product: 0 * NaN is NaN."""
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(_zeros_unless(finite, gradient.values), gradient.indices, gradient.dense_shape)
+    return tf.where(finite, gradient, tf.zeros_like(gradient))
 
 
 def _apply_if_finite(apply, gradients, variables, finite) -> None:
