@@ -161,6 +161,15 @@ def test_a_command_to_a_closed_run_is_refused_at_once(tmp_path):
         database.send_command(clipping.run_id, "clip_threshold", 0.1)
     assert len(database.commands(clipping.run_id)) == 0  # refused: nothing queued for nobody
 
+    # Trained again, a closed LiveClipping opens a new run, and what it reads in memory is that
+    # run's (found by probing: metrics() kept the closed run's rows, steps 1..n then 1..m again).
+    closed_run = clipping.run_id
+    fit_epoch(model, clipping, train, validation, 1)
+    clipping.close()
+    assert clipping.run_id != closed_run
+    assert clipping.metrics().step.tolist() == database.metrics(clipping.run_id).step.tolist() == list(range(1, BATCHES + 1))
+    assert clipping.events().kind.tolist()[0] == "start" and clipping.events().step.min() == 0
+
 
 # --- a stop that holds -----------------------------------------------------------------------
 

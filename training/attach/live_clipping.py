@@ -329,8 +329,11 @@ class LiveClipping(AttachedRun):
                 tf.zeros([self._ring_steps, len(RING_COLUMNS) + len(variables)]), "ring"
             )
         self._variable_names = [variable_name(v) for v in variables]
-        self._store = MetricsStore(self._variable_names, self._engine.policy_names, window=self._store_window)
+        self._store = self._new_store()
         self._built = True
+
+    def _new_store(self) -> MetricsStore:
+        return MetricsStore(self._variable_names, self._engine.policy_names, window=self._store_window)
 
     def _clip_core(self, dense, kept_values, knobs, loss, learning_rate, states, known_loss, present, count):
         """The engine's clip (one `tf.switch_case` over every policy, as in the trainer) and the

@@ -57,7 +57,7 @@ class AttachedRunConfig(RunConfig):
 
 class AttachedRun(CommandApplier):
     """The run record of a `LiveClipping` and its lifetime (a mixin: it reads the graph side's
-    `_steps`, `_ring` and `_store`, which `LiveClipping` builds)."""
+    `_steps`, `_ring` and `_store`, which `LiveClipping` builds, and `_new_store()`)."""
 
     def _init_run(self, database, run_name, poll_seconds: float) -> None:
         self._poll_seconds = policies.validate_positive("poll_seconds", poll_seconds)
@@ -94,6 +94,10 @@ class AttachedRun(CommandApplier):
         replicas = strategy.num_replicas_in_sync
         self._multi_worker = replicas > 1 and replicas > len(extended.worker_devices)
         self._step_offset = self._steps_before_run  # the graph's count when a closed run ended
+        if self._steps_before_run and self._store is not None:
+            # A new run after close(): metrics() and events() are its own, numbered from 1 (found
+            # by probing: the closed run's rows stayed, and steps 1..16 were followed by 1..8).
+            self._store = self._new_store()
         self._drained = 0
         self._marks = [(0, time.time())]
         self._last_drain = time.monotonic()
