@@ -273,6 +273,12 @@ def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_uncha
     assert RunDatabase(tmp_path / "target.db").run_info(1)["state"] == "interrupted"
     with psycopg_connection(source_url) as connection:
         assert connection.execute("SELECT state FROM runs WHERE run_id = %s", (kept,)).fetchone() == ("running",)
+    # The same database spelled another way (a host name for its address) is refused: every
+    # run would have been copied into SOURCE itself (only the same spelling was).
+    with pytest.raises(SystemExit) as exit:
+        main(["copy", source_url, source_url.replace("@127.0.0.1:", "@localhost:")])
+    assert exit.value.code == 2 and "SOURCE and TARGET are the same database" in capsys.readouterr().err
+    assert len(RunDatabase(source_url, read_only=True).list_runs()) == 1
 
     execute(source, f"UPDATE {VERSION_TABLE} SET version = ?", (SCHEMA_VERSION - 1,))
     with pytest.raises(SystemExit) as exit:

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         side = "TARGET"
         target = RunDatabase(args.target)
         opened.append(target)
-        if source.location == target.location:
-            parser.error(f"SOURCE and TARGET are the same database ({source.location!r})")
+        if source.backend.identity() == target.backend.identity():  # however spelled: a copy into SOURCE
+            parser.error(f"SOURCE and TARGET are the same database ({source.location!r} and {target.location!r})")
 
         def copied_one(old: int, new: int) -> None:
             print(f"run {old} -> {new}: {names[old]}", flush=True)

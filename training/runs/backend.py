@@ -138,6 +138,11 @@ class Backend:
     def writer_link(self, busy_seconds: float) -> "WriterLink":
         raise NotImplementedError
 
+    def identity(self) -> tuple:
+        """What names this store however its location is spelled (two equal identities: one
+        store), e.g. so a copy never goes into its own source."""
+        raise NotImplementedError
+
     # --- messages ------------------------------------------------------------------------------
 
     def cannot_use(self, reason: str) -> DatabaseError:

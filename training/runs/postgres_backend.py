@@ -214,6 +214,17 @@ class PostgresBackend(Backend):
         self.execute(connection, f"CREATE TABLE {VERSION_TABLE} (version INTEGER NOT NULL)")
         self.execute(connection, f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (SCHEMA_VERSION,))
 
+    def identity(self) -> tuple:
+        """The server (its start time and port: a host name or its address, a socket or TCP all
+        reach the same) and the database's oid on it. Any user may read these."""
+        with self.connection() as connection:
+            _, [row] = self.rows(
+                connection,
+                "SELECT pg_postmaster_start_time()::text, current_setting('port'),"
+                " (SELECT oid FROM pg_database WHERE datname = current_database())::bigint",
+            )
+        return ("postgresql", *row)
+
     def writer_link(self, busy_seconds: float) -> "PostgresWriterLink":
         return PostgresWriterLink(self)
 

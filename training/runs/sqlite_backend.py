@@ -103,6 +103,10 @@ class SqliteBackend(Backend):
         except (OSError, ValueError, sqlite3.Error) as error:  # ValueError: a NUL in the path
             raise self.cannot_use(str(error)) from error
 
+    def identity(self) -> tuple:
+        status = os.stat(self.path)  # a symbolic link or another spelling: the same file
+        return ("sqlite", status.st_dev, status.st_ino)
+
     def _recognise_read_only(self) -> None:
         """`prepare` for a database that is only read (a copy's source): recognised, never
         stamped, upgraded or switched to WAL."""
