@@ -100,6 +100,22 @@ def test_a_policy_name_is_registered_once_and_built_ins_stay():
         policies.register_policy("not a name", halve)
 
 
+def test_a_registered_policy_that_picks_its_own_threshold_is_not_swept():
+    """Found by probing: register_policy could not say a policy ignores the clip threshold, so a
+    sweep of one (every branch training alike) was taken and named a "best" threshold."""
+    policies.register_policy("halve", halve, reads_clip_threshold=False)
+    try:
+        trainer = Trainer("seed", policy="halve", max_steps=10)
+        with pytest.raises(ValueError, match=r"A threshold sweep needs a policy that reads the clip threshold .*'halve' does not"):
+            trainer.sweep([0.1, 1.0])
+        assert trainer.branches() == []
+    finally:
+        policies.unregister_policy("halve")
+    with pytest.raises(ValueError, match=r"Received: reads_clip_threshold='no'"):
+        policies.register_policy("halve", halve, reads_clip_threshold="no")
+    assert "halve" not in policies.REGISTRY
+
+
 def test_a_command_is_checked_once_and_applied_to_the_engine_knobs():
     engine = ClipEngine.with_defaults("autoclip", 1.0, percentile=20.0)
     engine.build([])

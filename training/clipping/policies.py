@@ -537,10 +537,16 @@ def _publish_registry() -> None:
     POLICY_NAMES = tuple(REGISTRY)
 
 
-def register_policy(name: str, factory: Callable[..., ClipPolicy], parameters: dict | None = None) -> None:
+def register_policy(
+    name: str, factory: Callable[..., ClipPolicy], parameters: dict | None = None, *, reads_clip_threshold: bool = True
+) -> None:
     """Add a policy at run time (a plug-in's own, or a test's): every driver built after this
     call offers it. Its live parameters can only be the existing live knobs (LIVE_PARAMETERS);
-    any other parameter is structural (a change rebuilds the step)."""
+    any other parameter is structural (a change rebuilds the step). `reads_clip_threshold=False`:
+    it picks its own threshold, so a threshold sweep of it is refused (its branches would train
+    alike), as for autoclip and agc."""
+    if not isinstance(reads_clip_threshold, bool):
+        raise ValueError(f"reads_clip_threshold must be True or False. Received: reads_clip_threshold={reads_clip_threshold!r}")
     parameters = dict(parameters or {})
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"A policy name must be an identifier. Received: name={name!r}")
@@ -551,7 +557,7 @@ def register_policy(name: str, factory: Callable[..., ClipPolicy], parameters: d
         raise ValueError(
             f"A live parameter must be one of {', '.join(LIVE_PARAMETERS)}. Received: {', '.join(live)}"
         )
-    REGISTRY[name] = PolicyEntry(factory, parameters)
+    REGISTRY[name] = PolicyEntry(factory, parameters, reads_clip_threshold=reads_clip_threshold)
     _publish_registry()
 
 
