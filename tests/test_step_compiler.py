@@ -174,6 +174,7 @@ def test_a_run_paused_on_its_quick_step_swaps_in_its_full_step_while_paused(trai
     trainer.resume()
     wait_until(lambda: trainer.status.step > paused_at + 100, what="steps after the resume")
     assert trainer.trace_count == 1 and not trainer.status.compiling
+    trainer.stop(timeout=60)  # not training on beside the next run's compile
 
     # A policy switched while paused on the quick step asks for the full step too, as it does
     # after a chunk (nothing here calls wait_until_compiled, which would ask on its own).

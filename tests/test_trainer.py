@@ -36,7 +36,9 @@ def running(trainer, min_steps=1, compiled=False):
 def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retracing(trainers, fresh_compile):
     chunks = []  # (first step, steps) of every chunk, as the sinks receive them
     record_chunk = lambda rows: chunks.append((int(rows["step"][0]), len(rows["step"])))  # noqa: E731
-    trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,)), min_steps=200, compiled=True)
+    # On its full step from the start (quick_start=False): what is tested is the compiled step's
+    # live knob; a quick phase would only train beside the compile (tests/test_step_compiler.py).
+    trainer = running(trainers(task="seed", clip_threshold=1.0, sinks=(record_chunk,), quick_start=False), min_steps=200, compiled=True)
     traces = trainer.trace_count
     for new_threshold in (0.05, 0.3, 2.0):
         trainer.set_clip_threshold(new_threshold)
@@ -62,7 +64,7 @@ def test_threshold_change_reaches_the_running_step_within_one_chunk_without_retr
 
 
 def test_learning_rate_and_policy_parameters_change_live_without_retracing(trainers, fresh_compile):
-    trainer = running(trainers(task="seed", policy="autoclip"), min_steps=100, compiled=True)
+    trainer = running(trainers(task="seed", policy="autoclip", quick_start=False), min_steps=100, compiled=True)
     trainer.set_learning_rate(0.002)
     trainer.set_policy("autoclip", percentile=30)
     trainer.set_policy("zclip", z_threshold=3.0)
@@ -239,7 +241,7 @@ def test_a_paced_runs_first_chunk_compile_is_not_owed_as_a_burst():
 
 
 def test_reader_snapshots_while_the_trainer_writes(trainers):
-    trainer = running(trainers(task="seed", store_window=5_000), min_steps=10, compiled=True)
+    trainer = running(trainers(task="seed", store_window=5_000, quick_start=False), min_steps=10, compiled=True)
     problems = []
 
     def read():
