@@ -339,3 +339,34 @@ def test_a_source_damaged_midway_stops_the_copy_with_one_message_and_the_runs_be
     assert "the copy stopped on a database error ('source.db' to 'target.db'): DatabaseError: " in message, message
     assert "The runs printed above were copied whole; no other run was." in message
     assert RunDatabase(tmp_path / "target.db").list_runs().name.tolist() == ["first"]
+
+
+def test_a_database_opened_read_only_refuses_every_write_saying_so(tmp_path):
+    """Found by probing: rename_run and delete_run on a RunDatabase(read_only=True) failed with
+    the driver's "attempt to write a readonly database" (sqlite3.OperationalError), and
+    mark_interrupted wrote to it whenever it had a dead run to mark."""
+    import hashlib
+
+    from test_database_defects import live_run
+
+    database = RunDatabase(tmp_path / "runs.db")
+    ended = recorded_run(database, "kept")
+    writer, live = live_run(database, "live")
+    try:
+        read_only = RunDatabase(tmp_path / "runs.db", read_only=True)
+        before = hashlib.sha256((tmp_path / "runs.db").read_bytes()).hexdigest()
+        writes = {
+            "rename a run": lambda: read_only.rename_run(ended, "renamed"),
+            "delete a run": lambda: read_only.delete_run(ended),
+            "queue a command": lambda: read_only.send_command(live, "clip_threshold", 0.5),
+            "mark dead runs interrupted": read_only.mark_interrupted,
+            "record a new run": lambda: read_only.start_run(CONFIG, ["w"], "new"),
+            "acknowledge commands": lambda: read_only.acknowledge_commands([]),
+        }
+        for what, write in writes.items():
+            with pytest.raises(ValueError, match=rf"opened read-only \(read_only=True\), so it cannot {what}\. "):
+                write()
+        assert hashlib.sha256((tmp_path / "runs.db").read_bytes()).hexdigest() == before
+        assert database.list_runs().name.tolist() == ["live", "kept"] and len(database.commands(live)) == 0
+    finally:
+        writer.finish("stopped")

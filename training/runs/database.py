@@ -138,9 +138,19 @@ class RunDatabase:
     def _execute(self, connection, statement: str, parameters=()):
         return self.backend.execute(connection, statement, parameters)
 
+    def _refuse_writing(self, what: str) -> None:
+        """A database opened read-only is never written: one clear refusal, not the driver's
+        "attempt to write a readonly database" (or a write that a read-only session refuses)."""
+        if self.read_only:
+            raise ValueError(
+                f"The run database at {self.location!r} was opened read-only (read_only=True), so it cannot "
+                f"{what}. Open it without read_only to change it."
+            )
+
     def mark_interrupted(self) -> None:
         """Mark as interrupted the live runs whose process has died (also done on opening), so
         a script killed while the app watches stops showing as live."""
+        self._refuse_writing("mark dead runs interrupted")
         with self.backend.connection() as connection:
             self._mark_interrupted(connection)
 
@@ -178,6 +188,7 @@ class RunDatabase:
         `parent_run_id` and `fork_step` (both None, or both set): the run this one was forked
         from and the step of it this one starts after (lineage, as `list_runs()` shows it).
         """
+        self._refuse_writing("record a new run")
         if (parent_run_id is None) != (fork_step is None):
             raise ValueError(
                 "A forked run names both its parent run and the step it forks at, or neither. "
@@ -229,6 +240,7 @@ class RunDatabase:
 
     def rename_run(self, run_id: int, name: str) -> None:
         """Rename a run (see `validate_run_name`); ValueError for a bad name or a missing run."""
+        self._refuse_writing("rename a run")
         name = validate_run_name(name)
         with self.backend.transaction() as connection:
             self._run_row(connection, run_id, "run_id")
@@ -240,6 +252,7 @@ class RunDatabase:
         Refused (ValueError) for a missing run and for a live one (its state idle, running or
         paused and its process alive): stop it first, or its process would go on recording it.
         """
+        self._refuse_writing("delete a run")
         with self.backend.transaction() as connection:
             state, host, pid, last_seen = self._run_row(connection, run_id, "state, host, pid, last_seen")
             if state in LIVE_STATES and not has_died(host, pid, last_seen, socket.gethostname(), time.time()):
@@ -271,6 +284,7 @@ class RunDatabase:
         Checked here first, with the trainer's own validators: a bad value or parameter, a
         missing run, or a run that has ended raises ValueError naming it, and queues nothing.
         """
+        self._refuse_writing("queue a command")
         command = check_command(kind, value, params, kinds=COMMAND_KINDS)  # ValueError naming it
         value, params = command.value, command.params  # plain numbers, as JSON stores them
         with self.backend.transaction() as connection:
@@ -315,6 +329,7 @@ class RunDatabase:
 
     def acknowledge_commands(self, acknowledgements: list[tuple]) -> None:
         """Record (id, applied_step, applied_time, error) for each applied or refused command."""
+        self._refuse_writing("acknowledge commands")
         with self.backend.connection() as connection:
             self.backend.execute_many(
                 connection,
