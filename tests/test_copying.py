@@ -236,6 +236,7 @@ def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_uncha
     """Found by probing: a PostgreSQL SOURCE was opened as a run's database. A mistyped database
     name got Clipwatch's tables created in it ("copied 0 run(s)"), an older schema was upgraded
     in place, and a run whose process died was marked interrupted in the source."""
+    import psycopg
     from test_database_defects import execute
 
     from training.runs.__main__ import main
@@ -247,8 +248,6 @@ def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_uncha
     empty = fresh_location("postgresql", tmp_path, request)
 
     def tables(url):
-        import psycopg
-
         with psycopg.connect(url) as connection:
             rows = connection.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
             return sorted(name for (name,) in rows)
@@ -271,7 +270,7 @@ def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_uncha
     assert main(["copy", source_url, "target.db"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"run {kept} -> 1: kept"]
     assert RunDatabase(tmp_path / "target.db").run_info(1)["state"] == "interrupted"
-    with psycopg_connection(source_url) as connection:
+    with psycopg.connect(source_url) as connection:
         assert connection.execute("SELECT state FROM runs WHERE run_id = %s", (kept,)).fetchone() == ("running",)
     # The same database spelled another way (a host name for its address) is refused: every
     # run would have been copied into SOURCE itself (only the same spelling was).
@@ -287,17 +286,9 @@ def test_a_server_source_is_only_read_and_an_empty_or_older_one_is_refused_uncha
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"SOURCE: Cannot use the run database at {server.url(source_url.rsplit('/', 1)[1])!r}" in message
     assert f"its schema is version {SCHEMA_VERSION - 1}, older than this Clipwatch's {SCHEMA_VERSION}" in message
-    with psycopg_connection(source_url) as connection:
+    with psycopg.connect(source_url) as connection:
         assert connection.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone() == (SCHEMA_VERSION - 1,)
     assert not (tmp_path / "other.db").exists()
-
-
-@contextlib.contextmanager
-def psycopg_connection(url):
-    import psycopg
-
-    with psycopg.connect(url) as connection:
-        yield connection
 
 
 def test_a_source_damaged_midway_stops_the_copy_with_one_message_and_the_runs_before_it_whole(tmp_path, monkeypatch, capsys):
