@@ -23,6 +23,7 @@ def test_two_runs_of_one_command_started_at_once_are_bit_identical(tmp_path):
     for side in ("a", "b"):
         path = tmp_path / f"{side}.csv"
         environment = {**os.environ, "CLIPWATCH_XLA_CACHE": str(tmp_path / f"xla-{side}")}  # both compile
+        environment.pop("TF_NUM_INTRAOP_THREADS", None)  # TensorFlow's own thread pools, as users run it
         command = [sys.executable, "-m", "training", "--task", "seed", "--steps", str(steps), "--no-db", "--csv", str(path)]
         processes.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         paths.append(path)
