@@ -18,10 +18,10 @@ import pandas as pd
 
 from dashboard import fork_charts
 from dashboard.live_run import ACTIVE_STATES, LiveRun
-from training.loop.branches import MAX_BRANCHES, BranchStatus
+from training.loop.branches import LIVE_BRANCH_STATES, MAX_BRANCHES, BranchStatus
 from training.policies import validate_policy_params
 
-ALIVE = ("waiting", "running")  # a branch in these states is still training (or about to)
+ALIVE = LIVE_BRANCH_STATES  # a branch in these states is still training (or about to)
 DRAWN = ("running", "finished")  # a fork in these states is drawn on the live charts
 
 

@@ -40,6 +40,7 @@ DEFAULT_MIN_SNAPSHOT_SECONDS = 0.25
 DEFAULT_SNAPSHOTS_KEPT = 10
 MAX_BRANCHES = 4  # forks alive at once (a sweep's branches are counted apart)
 BRANCH_STATES = ("waiting", "running", "finished", "failed", "discarded", "adopted")
+LIVE_BRANCH_STATES = BRANCH_STATES[:2]  # not ended: waiting to start, or running
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class Forks:
             raise ValueError(self.refusal)
         with self._lock:
             self._refuse_once_ended("fork")
-            alive = self._alive("fork")
+            alive = [b for b in self._alive() if b.status.role == "fork"]
             if len(alive) >= MAX_BRANCHES:
                 raise ValueError(
                     f"At most {MAX_BRANCHES} branches run at once; {len(alive)} are running "
@@ -188,7 +189,7 @@ class Forks:
             raise ValueError(self.refusal)
         with self._lock:
             self._refuse_once_ended("sweep")
-            left = [b for b in self._branches.values() if b.status.sweep_id is not None and b.status.state in ("waiting", "running")]
+            left = [b for b in self._alive() if b.status.sweep_id is not None]
             if left:
                 raise ValueError(
                     f"Sweep {left[0].status.sweep_id} is still running ({len(left)} of its branches left: "
@@ -200,8 +201,8 @@ class Forks:
                 self._queue(settings, at_step, steps, label, sweep_id, role)
         return sweep_id
 
-    def _alive(self, role: str) -> list["_Branch"]:
-        return [b for b in self._branches.values() if b.status.state in ("waiting", "running") and b.status.role == role]
+    def _alive(self) -> list["_Branch"]:
+        return [b for b in self._branches.values() if b.status.state in LIVE_BRANCH_STATES]
 
     def _queue(self, settings: BranchSettings, at_step: int | None, steps: int | None, label: str,
                sweep_id: int | None, role: str) -> int:  # fmt: skip
@@ -357,7 +358,7 @@ class Forks:
             discards, self._discard = self._discard, set()
         for branch_id in discards:
             branch = self._branches[branch_id]
-            if branch.status.state in ("waiting", "running"):
+            if branch.status.state in LIVE_BRANCH_STATES:
                 self._finish(branch, "discarded")
         running = [branch for branch in self._branches.values() if branch.status.state == "running"]
         if not running:
@@ -387,7 +388,7 @@ class Forks:
         self.ring = SnapshotRing(self.ring.every, self.ring.kept)
         self.snapshot_steps, self.snapshot_nbytes = (), 0
         for branch in self._branches.values():
-            if branch.status.state in ("waiting", "running"):
+            if branch.status.state in LIVE_BRANCH_STATES:
                 self._finish(branch, "failed", f"Ended: {reason}, so its state no longer fits the compiled step.")
 
     def close(self, final_state: str = "stopped") -> None:
@@ -396,7 +397,7 @@ class Forks:
         with self._lock:
             self.ended = final_state
         for branch in self._branches.values():
-            if branch.status.state in ("waiting", "running"):
+            if branch.status.state in LIVE_BRANCH_STATES:
                 self._finish(branch, "discarded" if branch.status.state == "running" else "failed",
                              None if branch.status.state == "running" else "the parent run ended first")  # fmt: skip
 

@@ -18,7 +18,7 @@ from ..clipping import policies
 from ..clipping.commands import apply_command, check_command
 from ..runs.snapshot_files import refuse_another_runs_files, write_snapshot
 from ..runs.store import MetricsStore
-from .branches import BranchSettings, BranchStatus, validate_branch_policy_params
+from .branches import LIVE_BRANCH_STATES, BranchSettings, BranchStatus, validate_branch_policy_params
 from .config import MAX_SEED, validate_count, validate_learning_rate
 from .sweeps import DEFAULT_SWEEP_STEPS, conclude, default_sweep_thresholds, summarize_branch, tail_mean, validate_sweep_thresholds
 
@@ -113,7 +113,7 @@ class RunForking:
                                              status.run_id, status.branch_id))  # fmt: skip
             else:
                 means[status.role] = tail_mean(frame.loss.to_numpy())
-        done = all(status.state not in ("waiting", "running") for status in members)
+        done = all(status.state not in LIVE_BRANCH_STATES for status in members)
         result = conclude(sorted(rows, key=lambda row: row["clip_threshold"]), means.get("baseline", float("nan")),
                           means.get("noise", float("nan")))  # fmt: skip
         fork_steps = {status.fork_step for status in members}
@@ -124,7 +124,7 @@ class RunForking:
         """Wait until no branch is waiting or running (True), or `timeout` seconds (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(status.state not in ("waiting", "running") for status in self._forks.statuses()):
+            if all(status.state not in LIVE_BRANCH_STATES for status in self._forks.statuses()):
                 return True
             time.sleep(0.02)
         return False
