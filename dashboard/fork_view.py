@@ -18,9 +18,10 @@ import streamlit as st
 
 from dashboard import charts, controls, export, fork_charts, panels, shared_charts
 from dashboard.control_state import CLIP_THRESHOLD, NEEDS_FULL_RERUN, show_error, show_value
-from dashboard.live_forks import ALIVE, MAX_BRANCHES, ForkSnapshot
+from dashboard.live_forks import MAX_BRANCHES, ForkSnapshot
 from dashboard.number_fields import number_list, optional_number, typed_number
 from dashboard.run_manager import RunManager
+from training.loop.branches import LIVE_BRANCH_STATES
 from training.loop.sweeps import DEFAULT_SWEEP_STEPS, default_sweep_thresholds, validate_sweep_thresholds
 from training.policies import POLICY_NAMES, validate_clip_threshold
 from training.trainer import validate_learning_rate
@@ -208,7 +209,7 @@ def _branch_list(manager: RunManager, forks: ForkSnapshot) -> None:
             help="The run continues from this branch's state and settings (recorded as an event).",
         )  # fmt: skip
         discard.button(
-            "Discard", key=f"discard.{key}", disabled=not manager.can_steer or branch.state not in ALIVE,
+            "Discard", key=f"discard.{key}", disabled=not manager.can_steer or branch.state not in LIVE_BRANCH_STATES,
             on_click=_on_branch, args=(manager, "discard", branch.branch_id), help="End this branch.",
         )  # fmt: skip
     if ended:

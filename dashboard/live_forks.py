@@ -21,7 +21,6 @@ from dashboard.live_run import ACTIVE_STATES, LiveRun
 from training.loop.branches import LIVE_BRANCH_STATES, MAX_BRANCHES, BranchStatus
 from training.policies import validate_policy_params
 
-ALIVE = LIVE_BRANCH_STATES  # a branch in these states is still training (or about to)
 DRAWN = ("running", "finished")  # a fork in these states is drawn on the live charts
 
 
@@ -44,7 +43,7 @@ class ForkSnapshot:
 
     @property
     def alive_forks(self) -> int:
-        return sum(branch.state in ALIVE for branch in self.forks)
+        return sum(branch.state in LIVE_BRANCH_STATES for branch in self.forks)
 
     @property
     def drawn_forks(self) -> tuple[BranchStatus, ...]:
@@ -176,4 +175,4 @@ def _newest_sweep(trainer, branches: tuple[BranchStatus, ...]) -> tuple[dict | N
     return result, {branch.branch_id: trainer.branch_metrics(branch.branch_id) for branch in members}
 
 
-__all__ = ["ALIVE", "DRAWN", "MAX_BRANCHES", "ForkSnapshot", "LiveForks"]
+__all__ = ["DRAWN", "MAX_BRANCHES", "ForkSnapshot", "LiveForks"]
